@@ -1,0 +1,330 @@
+// The only file that knows Python: translates between pybind11 and the core. Buffers arrive as
+// raw addresses from ringflow._arrays (which keeps the owning objects alive for the call);
+// every call that may block releases the GIL.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <memory>
+#include <string>
+
+#include "ringflow/common/dtype.h"
+#include "ringflow/common/error.h"
+#include "ringflow/engine/runtime.h"
+#include "ringflow/net/handshake.h"
+#include "ringflow/net/socket.h"
+#include "ringflow/store/tcp_store_client.h"
+#include "ringflow/store/tcp_store_server.h"
+
+namespace py = pybind11;
+
+namespace {
+
+using rf::DType;
+using rf::ReduceOp;
+
+void* as_pointer(uintptr_t address) { return reinterpret_cast<void*>(address); }
+
+rf::TensorRef make_tensor(uintptr_t address, DType dtype, std::vector<int64_t> shape,
+                          std::string name, std::string invalid_reason) {
+  rf::TensorRef tensor;
+  tensor.data = as_pointer(address);
+  tensor.dtype = dtype;
+  tensor.shape = std::move(shape);
+  tensor.name = std::move(name);
+  tensor.invalid_reason = std::move(invalid_reason);
+  return tensor;
+}
+
+// Exception classes, created once at import; subclasses also derive from the matching
+// built-in so `except TimeoutError` and `except ConnectionError` work as users expect.
+struct Exceptions {
+  PyObject* base = nullptr;
+  PyObject* invalid_argument = nullptr;
+  PyObject* mismatch = nullptr;
+  PyObject* timeout = nullptr;
+  PyObject* peer_failure = nullptr;
+};
+Exceptions exceptions;
+
+PyObject* new_exception(py::module_& m, const char* name, PyObject* bases, const char* doc) {
+  std::string qualified = std::string("ringflow._core.") + name;
+  PyObject* type = PyErr_NewExceptionWithDoc(qualified.c_str(), doc, bases, nullptr);
+  if (!type) throw py::error_already_set();
+  m.add_object(name, py::handle(type));
+  return type;
+}
+
+void register_exceptions(py::module_& m) {
+  exceptions.base = new_exception(m, "Error", PyExc_RuntimeError,
+                                  "Base class of every ringflow error.");
+  auto bases = [](PyObject* builtin) {
+    return py::make_tuple(py::handle(exceptions.base), py::handle(builtin)).release().ptr();
+  };
+  exceptions.invalid_argument =
+      new_exception(m, "InvalidArgumentError", bases(PyExc_ValueError),
+                    "Bad input from the caller, rejected before any data moved.");
+  exceptions.mismatch = new_exception(m, "MismatchError", exceptions.base,
+                                      "Ranks disagree about an operation.");
+  exceptions.timeout = new_exception(m, "TimeoutError", bases(PyExc_TimeoutError),
+                                     "A deadline (RINGFLOW_TIMEOUT) expired.");
+  exceptions.peer_failure = new_exception(m, "PeerFailureError", bases(PyExc_ConnectionError),
+                                          "A peer died, disconnected or misbehaved.");
+  py::register_exception_translator([](std::exception_ptr pointer) {
+    try {
+      if (pointer) std::rethrow_exception(pointer);
+    } catch (const rf::Error& error) {
+      PyObject* type = exceptions.base;
+      switch (error.kind()) {
+        case rf::ErrorKind::kInvalidArgument:
+          type = exceptions.invalid_argument;
+          break;
+        case rf::ErrorKind::kMismatch:
+          type = exceptions.mismatch;
+          break;
+        case rf::ErrorKind::kTimeout:
+          type = exceptions.timeout;
+          break;
+        case rf::ErrorKind::kPeerFailure:
+          type = exceptions.peer_failure;
+          break;
+        case rf::ErrorKind::kInternal:
+          break;
+      }
+      PyErr_SetString(type, error.what());
+    }
+  });
+}
+
+void probe_handshake(const std::string& host, int port, const std::string& secret,
+                     const std::string& job_id, int rank, double timeout_s) {
+  auto deadline = rf::Deadline::after_seconds(timeout_s);
+  rf::UniqueFd fd = rf::net::connect_tcp(rf::net::Endpoint{host, port}, deadline);
+  rf::net::Identity me{rf::net::Role::kPeer, rank, 0, job_id};
+  auto result = rf::net::handshake(fd.get(), me, rf::net::Role::kPeer, secret, nullptr, deadline);
+  if (result.verdict != rf::net::Verdict::kAccepted) {
+    throw rf::Error(rf::ErrorKind::kPeerFailure, "handshake with " + host + ":" +
+                                                     std::to_string(port) +
+                                                     " refused: " + result.reason);
+  }
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "ringflow's C++ core (internal: use the ringflow package)";
+  register_exceptions(m);
+
+  py::enum_<DType>(m, "DType")
+      .value("uint8", DType::kUInt8)
+      .value("int8", DType::kInt8)
+      .value("int32", DType::kInt32)
+      .value("int64", DType::kInt64)
+      .value("float16", DType::kFloat16)
+      .value("bfloat16", DType::kBFloat16)
+      .value("float32", DType::kFloat32)
+      .value("float64", DType::kFloat64)
+      .value("bool", DType::kBool);
+  py::enum_<ReduceOp>(m, "ReduceOp")
+      .value("Sum", ReduceOp::kSum)
+      .value("Average", ReduceOp::kAverage)
+      .value("Min", ReduceOp::kMin)
+      .value("Max", ReduceOp::kMax)
+      .value("Product", ReduceOp::kProduct);
+
+  m.def("dtype_size", &rf::dtype_size, py::arg("dtype"));
+  m.def(
+      "cuda_built", [] { return RINGFLOW_WITH_CUDA != 0; },
+      "Whether this build contains the CUDA parts.");
+
+  py::class_<rf::Runtime>(m, "Runtime")
+      .def(py::init([](int rank, int size, int local_rank, int local_size,
+                       const std::string& store_host, int store_port, bool host_store,
+                       const py::bytes& secret, const std::string& job_id, uint32_t generation,
+                       double timeout_s) {
+             rf::RuntimeOptions options;
+             options.rank = rank;
+             options.size = size;
+             options.local_rank = local_rank;
+             options.local_size = local_size;
+             options.store_host = store_host;
+             options.store_port = store_port;
+             options.host_store = host_store;
+             options.secret = std::string(secret);
+             options.job_id = job_id;
+             options.generation = generation;
+             options.timeout_s = timeout_s;
+             py::gil_scoped_release release;
+             return std::make_unique<rf::Runtime>(options);
+           }),
+           py::arg("rank"), py::arg("size"), py::arg("local_rank"), py::arg("local_size"),
+           py::arg("store_host"), py::arg("store_port"), py::arg("host_store"), py::arg("secret"),
+           py::arg("job_id"), py::arg("generation"), py::arg("timeout_s"))
+      .def_property_readonly("rank", &rf::Runtime::rank)
+      .def_property_readonly("size", &rf::Runtime::size)
+      .def_property_readonly("local_rank", [](const rf::Runtime& r) { return r.topology().local_rank; })
+      .def_property_readonly("local_size", [](const rf::Runtime& r) { return r.topology().local_size; })
+      .def_property_readonly("cross_rank", [](const rf::Runtime& r) { return r.topology().cross_rank; })
+      .def_property_readonly("cross_size", [](const rf::Runtime& r) { return r.topology().cross_size; })
+      .def(
+          "allreduce",
+          [](rf::Runtime& self, uintptr_t in, uintptr_t out, DType dtype, std::vector<int64_t> shape,
+             std::string name, std::string invalid, ReduceOp op, double prescale, double postscale) {
+            auto tensor = make_tensor(in, dtype, std::move(shape), std::move(name), std::move(invalid));
+            py::gil_scoped_release release;
+            self.allreduce(tensor, as_pointer(out), op, prescale, postscale);
+          },
+          py::arg("data"), py::arg("out"), py::arg("dtype"), py::arg("shape"), py::arg("name"),
+          py::arg("invalid"), py::arg("op"), py::arg("prescale"), py::arg("postscale"))
+      .def(
+          "broadcast",
+          [](rf::Runtime& self, uintptr_t data, DType dtype, std::vector<int64_t> shape,
+             std::string name, std::string invalid, int root) {
+            auto tensor = make_tensor(data, dtype, std::move(shape), std::move(name), std::move(invalid));
+            py::gil_scoped_release release;
+            self.broadcast(tensor, root);
+          },
+          py::arg("data"), py::arg("dtype"), py::arg("shape"), py::arg("name"), py::arg("invalid"),
+          py::arg("root"))
+      .def(
+          "allgather_sizes",
+          [](rf::Runtime& self, uintptr_t data, DType dtype, std::vector<int64_t> shape,
+             std::string name, std::string invalid) {
+            auto tensor = make_tensor(data, dtype, std::move(shape), std::move(name), std::move(invalid));
+            py::gil_scoped_release release;
+            return self.allgather_sizes(tensor);
+          },
+          py::arg("data"), py::arg("dtype"), py::arg("shape"), py::arg("name"), py::arg("invalid"))
+      .def(
+          "allgather",
+          [](rf::Runtime& self, uintptr_t data, DType dtype, std::vector<int64_t> shape,
+             std::string name, const std::vector<int64_t>& first_dims, uintptr_t out) {
+            auto tensor = make_tensor(data, dtype, std::move(shape), std::move(name), "");
+            py::gil_scoped_release release;
+            self.allgather(tensor, first_dims, as_pointer(out));
+          },
+          py::arg("data"), py::arg("dtype"), py::arg("shape"), py::arg("name"),
+          py::arg("first_dims"), py::arg("out"))
+      .def(
+          "reducescatter",
+          [](rf::Runtime& self, uintptr_t data, DType dtype, std::vector<int64_t> shape,
+             std::string name, std::string invalid, ReduceOp op, uintptr_t out) {
+            auto tensor = make_tensor(data, dtype, std::move(shape), std::move(name), std::move(invalid));
+            py::gil_scoped_release release;
+            self.reducescatter(tensor, as_pointer(out), op);
+          },
+          py::arg("data"), py::arg("dtype"), py::arg("shape"), py::arg("name"), py::arg("invalid"),
+          py::arg("op"), py::arg("out"))
+      .def(
+          "alltoall_sizes",
+          [](rf::Runtime& self, uintptr_t data, DType dtype, std::vector<int64_t> shape,
+             std::string name, std::string invalid, const std::vector<int64_t>& splits) {
+            auto tensor = make_tensor(data, dtype, std::move(shape), std::move(name), std::move(invalid));
+            py::gil_scoped_release release;
+            return self.alltoall_sizes(tensor, splits);
+          },
+          py::arg("data"), py::arg("dtype"), py::arg("shape"), py::arg("name"), py::arg("invalid"),
+          py::arg("splits"))
+      .def(
+          "alltoall",
+          [](rf::Runtime& self, uintptr_t data, DType dtype, std::vector<int64_t> shape,
+             std::string name, const std::vector<int64_t>& splits,
+             const std::vector<int64_t>& recv_splits, uintptr_t out) {
+            auto tensor = make_tensor(data, dtype, std::move(shape), std::move(name), "");
+            py::gil_scoped_release release;
+            self.alltoall(tensor, splits, recv_splits, as_pointer(out));
+          },
+          py::arg("data"), py::arg("dtype"), py::arg("shape"), py::arg("name"), py::arg("splits"),
+          py::arg("recv_splits"), py::arg("out"))
+      .def("barrier", &rf::Runtime::barrier, py::call_guard<py::gil_scoped_release>())
+      .def(
+          "send",
+          [](rf::Runtime& self, uintptr_t data, DType dtype, std::vector<int64_t> shape,
+             std::string name, std::string invalid, int dst) {
+            auto tensor = make_tensor(data, dtype, std::move(shape), std::move(name), std::move(invalid));
+            py::gil_scoped_release release;
+            self.send(tensor, dst);
+          },
+          py::arg("data"), py::arg("dtype"), py::arg("shape"), py::arg("name"), py::arg("invalid"),
+          py::arg("dst"))
+      .def(
+          "recv",
+          [](rf::Runtime& self, uintptr_t data, DType dtype, std::vector<int64_t> shape,
+             std::string name, std::string invalid, int src) {
+            auto tensor = make_tensor(data, dtype, std::move(shape), std::move(name), std::move(invalid));
+            py::gil_scoped_release release;
+            self.recv(tensor, src);
+          },
+          py::arg("data"), py::arg("dtype"), py::arg("shape"), py::arg("name"), py::arg("invalid"),
+          py::arg("src"));
+
+  py::class_<rf::TcpStoreServer>(m, "StoreServer")
+      .def(py::init([](const std::string& host, int port, const py::bytes& secret,
+                       const std::string& job_id) {
+             rf::StoreServerOptions options;
+             options.host = host;
+             options.port = port;
+             options.secret = std::string(secret);
+             options.job_id = job_id;
+             return std::make_unique<rf::TcpStoreServer>(options);
+           }),
+           py::arg("host") = "127.0.0.1", py::arg("port") = 0, py::arg("secret"),
+           py::arg("job_id"))
+      .def_property_readonly("port", &rf::TcpStoreServer::port)
+      .def("close", &rf::TcpStoreServer::close, py::call_guard<py::gil_scoped_release>());
+
+  py::class_<rf::TcpStoreClient>(m, "StoreClient")
+      .def(py::init([](const std::string& host, int port, const py::bytes& secret,
+                       const std::string& job_id, double timeout_s) {
+             rf::StoreClientOptions options;
+             options.server = rf::net::Endpoint{host, port};
+             options.secret = std::string(secret);
+             options.job_id = job_id;
+             py::gil_scoped_release release;
+             return std::make_unique<rf::TcpStoreClient>(options,
+                                                         rf::Deadline::after_seconds(timeout_s));
+           }),
+           py::arg("host"), py::arg("port"), py::arg("secret"), py::arg("job_id"),
+           py::arg("timeout_s") = 30.0)
+      .def(
+          "set",
+          [](rf::TcpStoreClient& self, const std::string& key, const py::bytes& value) {
+            std::string bytes(value);
+            py::gil_scoped_release release;
+            self.set(key, bytes);
+          },
+          py::arg("key"), py::arg("value"))
+      .def(
+          "get",
+          [](rf::TcpStoreClient& self, const std::string& key, std::optional<double> timeout_s) {
+            std::string value;
+            {
+              py::gil_scoped_release release;
+              value = self.get(key, rf::Deadline::after_seconds(timeout_s.value_or(300.0)));
+            }
+            return py::bytes(value);
+          },
+          py::arg("key"), py::arg("timeout_s") = py::none())
+      .def("add", &rf::TcpStoreClient::add, py::arg("key"), py::arg("delta"),
+           py::call_guard<py::gil_scoped_release>())
+      .def(
+          "wait",
+          [](rf::TcpStoreClient& self, const std::vector<std::string>& keys,
+             std::optional<double> timeout_s) {
+            py::gil_scoped_release release;
+            self.wait(keys, rf::Deadline::after_seconds(timeout_s.value_or(300.0)));
+          },
+          py::arg("keys"), py::arg("timeout_s") = py::none())
+      .def("close", &rf::TcpStoreClient::close);
+
+  m.def(
+      "probe_handshake",
+      [](const std::string& host, int port, const py::bytes& secret, const std::string& job_id,
+         int rank, double timeout_s) {
+        std::string key(secret);
+        py::gil_scoped_release release;
+        probe_handshake(host, port, key, job_id, rank, timeout_s);
+      },
+      py::arg("host"), py::arg("port"), py::arg("secret"), py::arg("job_id"), py::arg("rank"),
+      py::arg("timeout_s") = 10.0,
+      "Performs the peer handshake against a data port; raises ringflow.Error if refused.");
+}

@@ -1,0 +1,28 @@
+// Tunables read from RINGFLOW_* environment variables, once per process, in one place.
+// (Rendezvous variables — rank, size, store address — are read by the Python layer, which
+// also understands torchrun / Open MPI / Slurm, and passed in explicitly.)
+#pragma once
+
+#include <cstddef>
+#include <string>
+
+#include "ringflow/common/log.h"
+
+namespace rf {
+
+enum class TransportKind { kAuto, kTcp };
+
+struct EnvConfig {
+  LogLevel log_level = LogLevel::kWarning;     // RINGFLOW_LOG_LEVEL
+  TransportKind transport = TransportKind::kAuto;  // RINGFLOW_TRANSPORT=auto|tcp
+  size_t socket_buffer_bytes = 4 << 20;        // RINGFLOW_SOCKET_BUFFER (bytes, 0 = OS default)
+};
+
+// Parsed on first use; a malformed value throws rf::Error naming the variable.
+const EnvConfig& env_config();
+
+// Helpers for parsing one variable; exposed for the few values read elsewhere.
+std::string env_string(const char* name, const std::string& fallback);
+long long env_int(const char* name, long long fallback);
+
+}  // namespace rf

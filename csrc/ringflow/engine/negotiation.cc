@@ -1,0 +1,152 @@
+#include "ringflow/engine/negotiation.h"
+
+#include <cstring>
+#include <functional>
+#include <sstream>
+
+#include "ringflow/common/check.h"
+
+namespace rf {
+
+const char* op_kind_name(OpKind kind) {
+  switch (kind) {
+    case OpKind::kAllreduce:
+      return "allreduce";
+    case OpKind::kBroadcast:
+      return "broadcast";
+    case OpKind::kAllgather:
+      return "allgather";
+    case OpKind::kReducescatter:
+      return "reducescatter";
+    case OpKind::kAlltoall:
+      return "alltoall";
+    case OpKind::kBarrier:
+      return "barrier";
+  }
+  return "unknown";
+}
+
+namespace {
+
+uint64_t fnv1a(const std::string& text) {
+  uint64_t hash = 1469598103934665603ull;
+  for (unsigned char c : text) hash = (hash ^ c) * 1099511628211ull;
+  return hash;
+}
+
+std::string shape_text(const Descriptor& d, int first_dim) {
+  std::ostringstream text;
+  text << "(";
+  for (int i = first_dim; i < d.ndim; ++i) text << (i > first_dim ? ", " : "") << d.dims[i];
+  if (d.ndim - first_dim == 1) text << ",";
+  text << ")";
+  return text.str();
+}
+
+std::string name_of(const Descriptor& d) {
+  return std::string(d.name, strnlen(d.name, kDescriptorNameBytes));
+}
+
+// If value(d) differs between ranks, throws a kMismatch listing each rank's value.
+void require_same(const std::vector<Descriptor>& all, int rank, const Request& request,
+                  const char* field, const std::function<std::string(const Descriptor&)>& value) {
+  const std::string first = value(all[0]);
+  bool same = true;
+  for (const auto& d : all) same = same && value(d) == first;
+  if (same) return;
+  std::ostringstream message;
+  message << "rank " << rank << ": " << op_kind_name(request.kind) << " of tensor '"
+          << request.name << "': " << field << " differs between ranks:";
+  for (size_t r = 0; r < all.size(); ++r) {
+    message << (r ? "," : "") << " rank " << r << " " << value(all[r]);
+  }
+  RF_THROW(kMismatch) << message.str();
+}
+
+}  // namespace
+
+Descriptor describe(const Request& request) {
+  Descriptor d;
+  std::memset(&d, 0, sizeof(d));
+  d.kind = static_cast<uint8_t>(request.kind);
+  d.dtype = static_cast<uint8_t>(request.dtype);
+  d.op = static_cast<uint8_t>(request.op);
+  d.invalid = request.invalid_reason.empty() ? 0 : 1;
+  d.root = request.root;
+  RF_CHECK(request.shape.size() <= kMaxDims, kInvalidArgument)
+      << op_kind_name(request.kind) << " of tensor '" << request.name << "': "
+      << request.shape.size() << " dimensions, at most " << kMaxDims << " are supported";
+  d.ndim = static_cast<int32_t>(request.shape.size());
+  for (size_t i = 0; i < request.shape.size(); ++i) d.dims[i] = request.shape[i];
+  d.prescale = request.prescale;
+  d.postscale = request.postscale;
+  d.name_hash = fnv1a(request.name);
+  std::strncpy(d.name, request.name.c_str(), kDescriptorNameBytes - 1);
+  return d;
+}
+
+std::vector<Descriptor> exchange_descriptors(const CollectiveContext& ctx, const Request& request) {
+  const int size = ctx.size();
+  std::vector<Descriptor> all(size);
+  all[ctx.rank()] = describe(request);
+  if (size > 1) {
+    std::vector<size_t> bytes(size, sizeof(Descriptor));
+    ring_allgatherv(ctx, all.data(), bytes);
+  }
+  return all;
+}
+
+void check_agreement(const std::vector<Descriptor>& all, int rank, const Request& request) {
+  const int size = static_cast<int>(all.size());
+  std::string context = "rank " + std::to_string(rank) + ": " + op_kind_name(request.kind) +
+                        " of tensor '" + request.name + "'";
+  // Invalid input first: the offending rank explains itself, the others name it.
+  RF_CHECK(request.invalid_reason.empty(), kInvalidArgument)
+      << context << ": " << request.invalid_reason;
+  for (int r = 0; r < size; ++r) {
+    RF_CHECK(!all[r].invalid, kMismatch)
+        << context << ": rank " << r << " passed invalid input (see rank " << r
+        << "'s error); no data was exchanged";
+  }
+  // The same operation and name on every rank, or they are calling collectives out of order.
+  require_same(all, rank, request, "operation", [](const Descriptor& d) {
+    return std::string(op_kind_name(static_cast<OpKind>(d.kind))) + " '" + name_of(d) + "'";
+  });
+  require_same(all, rank, request, "tensor name",
+               [](const Descriptor& d) { return std::to_string(d.name_hash); });
+  require_same(all, rank, request, "dtype", [](const Descriptor& d) {
+    return std::string(dtype_name(static_cast<DType>(d.dtype)));
+  });
+  const OpKind kind = request.kind;
+  if (kind == OpKind::kAllreduce || kind == OpKind::kReducescatter) {
+    require_same(all, rank, request, "reduce op", [](const Descriptor& d) {
+      return std::string(reduce_op_name(static_cast<ReduceOp>(d.op)));
+    });
+  }
+  if (kind == OpKind::kAllreduce) {
+    auto number = [](double value) {
+      std::ostringstream text;
+      text << value;
+      return text.str();
+    };
+    require_same(all, rank, request, "prescale_factor",
+                 [&](const Descriptor& d) { return number(d.prescale); });
+    require_same(all, rank, request, "postscale_factor",
+                 [&](const Descriptor& d) { return number(d.postscale); });
+  }
+  if (kind == OpKind::kBroadcast) {
+    require_same(all, rank, request, "root rank",
+                 [](const Descriptor& d) { return std::to_string(d.root); });
+  }
+  // allgather and alltoall may differ in the first dimension; everything else must match whole.
+  const bool first_dim_free = kind == OpKind::kAllgather || kind == OpKind::kAlltoall;
+  if (kind != OpKind::kBarrier) {
+    require_same(all, rank, request, first_dim_free ? "shape after the first dimension" : "shape",
+                 [&](const Descriptor& d) {
+                   if (first_dim_free && d.ndim == 0) return std::string("() (a scalar)");
+                   return shape_text(d, first_dim_free ? 1 : 0);
+                 });
+  }
+}
+
+}  // namespace rf

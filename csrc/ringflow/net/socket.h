@@ -1,0 +1,38 @@
+// Thin, deadline-aware helpers over IPv4 TCP sockets. All sockets are non-blocking; the
+// blocking-style helpers here wait with poll() and give up at the deadline.
+#pragma once
+
+#include <cstddef>
+#include <string>
+
+#include "ringflow/common/deadline.h"
+#include "ringflow/common/unique_fd.h"
+
+namespace rf::net {
+
+struct Endpoint {
+  std::string host;
+  int port = 0;
+  std::string str() const { return host + ":" + std::to_string(port); }
+  static Endpoint parse(const std::string& text);  // "host:port"
+};
+
+// Listens on host:port (port 0 picks one); returns the socket and writes the bound port.
+UniqueFd listen_tcp(const std::string& host, int port, int* bound_port);
+// One connection attempt; throws rf::Error (kPeerFailure) if it is refused or times out.
+UniqueFd connect_tcp(const Endpoint& endpoint, const Deadline& deadline);
+// Waits for one incoming connection; returns an invalid fd when the deadline passes first.
+UniqueFd accept_tcp(int listen_fd, const Deadline& deadline);
+
+void set_nonblocking(int fd);
+void tune_stream(int fd, size_t buffer_bytes);  // TCP_NODELAY + SO_SNDBUF/SO_RCVBUF
+std::string local_ip(int fd);                   // address this socket is bound to
+
+// Move exactly len bytes, waiting up to the deadline. `what` names the exchange in errors.
+void send_all(int fd, const void* data, size_t len, const Deadline& deadline, const char* what);
+void recv_all(int fd, void* data, size_t len, const Deadline& deadline, const char* what);
+
+// Waits until fd is readable (or writable). Returns false on timeout.
+bool wait_fd(int fd, bool for_write, const Deadline& deadline);
+
+}  // namespace rf::net

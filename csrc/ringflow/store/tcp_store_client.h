@@ -1,0 +1,48 @@
+// A client of TcpStoreServer. Thread-safe: one request at a time on one connection.
+#pragma once
+
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "ringflow/common/unique_fd.h"
+#include "ringflow/net/socket.h"
+#include "ringflow/store/store.h"
+
+namespace rf {
+
+struct StoreClientOptions {
+  net::Endpoint server;
+  std::string secret;
+  std::string job_id;
+  int32_t rank = -1;         // for the server's logs
+  uint32_t generation = 0;   // a rank-0-hosted store only accepts its own generation
+};
+
+class TcpStoreClient : public Store {
+ public:
+  // Connects, retrying while the server is not up yet (or still serves an older generation),
+  // until the deadline. A wrong secret or job id fails at once.
+  TcpStoreClient(StoreClientOptions options, const Deadline& deadline);
+
+  void set(const std::string& key, const std::string& value) override;
+  std::string get(const std::string& key, const Deadline& deadline) override;
+  int64_t add(const std::string& key, int64_t delta) override;
+  void wait(const std::vector<std::string>& keys, const Deadline& deadline) override;
+  void close();
+
+  // The local address of the connection to the store: the interface that reaches the store,
+  // which is the one ranks advertise to each other.
+  std::string local_ip() const;
+
+ private:
+  void wait_locked(uint8_t command, const std::vector<std::string>& keys, const Deadline& deadline,
+                   std::string* value);
+  int fd() const;
+
+  StoreClientOptions options_;
+  mutable std::mutex mutex_;
+  UniqueFd fd_;
+};
+
+}  // namespace rf
