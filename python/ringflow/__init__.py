@@ -25,7 +25,7 @@ from ringflow._core import (
     MismatchError,
     PeerFailureError,
     ReduceOp,
-    TimeoutError,  # noqa: A004 - also a subclass of the built-in TimeoutError
+    TimeoutError,  # also a subclass of the built-in TimeoutError
 )
 
 __all__ = [

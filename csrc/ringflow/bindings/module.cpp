@@ -55,16 +55,16 @@ PyObject* new_exception(py::module_& m, const char* name, PyObject* bases, const
 }
 
 void register_exceptions(py::module_& m) {
-  exceptions.base = new_exception(m, "Error", PyExc_RuntimeError,
-                                  "Base class of every ringflow error.");
+  exceptions.base =
+      new_exception(m, "Error", PyExc_RuntimeError, "Base class of every ringflow error.");
   auto bases = [](PyObject* builtin) {
     return py::make_tuple(py::handle(exceptions.base), py::handle(builtin)).release().ptr();
   };
   exceptions.invalid_argument =
       new_exception(m, "InvalidArgumentError", bases(PyExc_ValueError),
                     "Bad input from the caller, rejected before any data moved.");
-  exceptions.mismatch = new_exception(m, "MismatchError", exceptions.base,
-                                      "Ranks disagree about an operation.");
+  exceptions.mismatch =
+      new_exception(m, "MismatchError", exceptions.base, "Ranks disagree about an operation.");
   exceptions.timeout = new_exception(m, "TimeoutError", bases(PyExc_TimeoutError),
                                      "A deadline (RINGFLOW_TIMEOUT) expired.");
   exceptions.peer_failure = new_exception(m, "PeerFailureError", bases(PyExc_ConnectionError),
@@ -102,9 +102,9 @@ void probe_handshake(const std::string& host, int port, const std::string& secre
   rf::net::Identity me{rf::net::Role::kPeer, rank, 0, job_id};
   auto result = rf::net::handshake(fd.get(), me, rf::net::Role::kPeer, secret, nullptr, deadline);
   if (result.verdict != rf::net::Verdict::kAccepted) {
-    throw rf::Error(rf::ErrorKind::kPeerFailure, "handshake with " + host + ":" +
-                                                     std::to_string(port) +
-                                                     " refused: " + result.reason);
+    throw rf::Error(
+        rf::ErrorKind::kPeerFailure,
+        "handshake with " + host + ":" + std::to_string(port) + " refused: " + result.reason);
   }
 }
 
@@ -161,15 +161,21 @@ PYBIND11_MODULE(_core, m) {
            py::arg("job_id"), py::arg("generation"), py::arg("timeout_s"))
       .def_property_readonly("rank", &rf::Runtime::rank)
       .def_property_readonly("size", &rf::Runtime::size)
-      .def_property_readonly("local_rank", [](const rf::Runtime& r) { return r.topology().local_rank; })
-      .def_property_readonly("local_size", [](const rf::Runtime& r) { return r.topology().local_size; })
-      .def_property_readonly("cross_rank", [](const rf::Runtime& r) { return r.topology().cross_rank; })
-      .def_property_readonly("cross_size", [](const rf::Runtime& r) { return r.topology().cross_size; })
+      .def_property_readonly("local_rank",
+                             [](const rf::Runtime& r) { return r.topology().local_rank; })
+      .def_property_readonly("local_size",
+                             [](const rf::Runtime& r) { return r.topology().local_size; })
+      .def_property_readonly("cross_rank",
+                             [](const rf::Runtime& r) { return r.topology().cross_rank; })
+      .def_property_readonly("cross_size",
+                             [](const rf::Runtime& r) { return r.topology().cross_size; })
       .def(
           "allreduce",
-          [](rf::Runtime& self, uintptr_t in, uintptr_t out, DType dtype, std::vector<int64_t> shape,
-             std::string name, std::string invalid, ReduceOp op, double prescale, double postscale) {
-            auto tensor = make_tensor(in, dtype, std::move(shape), std::move(name), std::move(invalid));
+          [](rf::Runtime& self, uintptr_t in, uintptr_t out, DType dtype,
+             std::vector<int64_t> shape, std::string name, std::string invalid, ReduceOp op,
+             double prescale, double postscale) {
+            auto tensor =
+                make_tensor(in, dtype, std::move(shape), std::move(name), std::move(invalid));
             py::gil_scoped_release release;
             self.allreduce(tensor, as_pointer(out), op, prescale, postscale);
           },
@@ -179,7 +185,8 @@ PYBIND11_MODULE(_core, m) {
           "broadcast",
           [](rf::Runtime& self, uintptr_t data, DType dtype, std::vector<int64_t> shape,
              std::string name, std::string invalid, int root) {
-            auto tensor = make_tensor(data, dtype, std::move(shape), std::move(name), std::move(invalid));
+            auto tensor =
+                make_tensor(data, dtype, std::move(shape), std::move(name), std::move(invalid));
             py::gil_scoped_release release;
             self.broadcast(tensor, root);
           },
@@ -189,7 +196,8 @@ PYBIND11_MODULE(_core, m) {
           "allgather_sizes",
           [](rf::Runtime& self, uintptr_t data, DType dtype, std::vector<int64_t> shape,
              std::string name, std::string invalid) {
-            auto tensor = make_tensor(data, dtype, std::move(shape), std::move(name), std::move(invalid));
+            auto tensor =
+                make_tensor(data, dtype, std::move(shape), std::move(name), std::move(invalid));
             py::gil_scoped_release release;
             return self.allgather_sizes(tensor);
           },
@@ -208,7 +216,8 @@ PYBIND11_MODULE(_core, m) {
           "reducescatter",
           [](rf::Runtime& self, uintptr_t data, DType dtype, std::vector<int64_t> shape,
              std::string name, std::string invalid, ReduceOp op, uintptr_t out) {
-            auto tensor = make_tensor(data, dtype, std::move(shape), std::move(name), std::move(invalid));
+            auto tensor =
+                make_tensor(data, dtype, std::move(shape), std::move(name), std::move(invalid));
             py::gil_scoped_release release;
             self.reducescatter(tensor, as_pointer(out), op);
           },
@@ -218,7 +227,8 @@ PYBIND11_MODULE(_core, m) {
           "alltoall_sizes",
           [](rf::Runtime& self, uintptr_t data, DType dtype, std::vector<int64_t> shape,
              std::string name, std::string invalid, const std::vector<int64_t>& splits) {
-            auto tensor = make_tensor(data, dtype, std::move(shape), std::move(name), std::move(invalid));
+            auto tensor =
+                make_tensor(data, dtype, std::move(shape), std::move(name), std::move(invalid));
             py::gil_scoped_release release;
             return self.alltoall_sizes(tensor, splits);
           },
@@ -240,7 +250,8 @@ PYBIND11_MODULE(_core, m) {
           "send",
           [](rf::Runtime& self, uintptr_t data, DType dtype, std::vector<int64_t> shape,
              std::string name, std::string invalid, int dst) {
-            auto tensor = make_tensor(data, dtype, std::move(shape), std::move(name), std::move(invalid));
+            auto tensor =
+                make_tensor(data, dtype, std::move(shape), std::move(name), std::move(invalid));
             py::gil_scoped_release release;
             self.send(tensor, dst);
           },
@@ -250,7 +261,8 @@ PYBIND11_MODULE(_core, m) {
           "recv",
           [](rf::Runtime& self, uintptr_t data, DType dtype, std::vector<int64_t> shape,
              std::string name, std::string invalid, int src) {
-            auto tensor = make_tensor(data, dtype, std::move(shape), std::move(name), std::move(invalid));
+            auto tensor =
+                make_tensor(data, dtype, std::move(shape), std::move(name), std::move(invalid));
             py::gil_scoped_release release;
             self.recv(tensor, src);
           },
@@ -267,8 +279,7 @@ PYBIND11_MODULE(_core, m) {
              options.job_id = job_id;
              return std::make_unique<rf::TcpStoreServer>(options);
            }),
-           py::arg("host") = "127.0.0.1", py::arg("port") = 0, py::arg("secret"),
-           py::arg("job_id"))
+           py::arg("host") = "127.0.0.1", py::arg("port") = 0, py::arg("secret"), py::arg("job_id"))
       .def_property_readonly("port", &rf::TcpStoreServer::port)
       .def("close", &rf::TcpStoreServer::close, py::call_guard<py::gil_scoped_release>());
 

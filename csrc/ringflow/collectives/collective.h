@@ -33,7 +33,8 @@ void binomial_broadcast(const CollectiveContext& ctx, void* data, size_t bytes, 
 
 // Rank r's block (block_bytes[r] bytes) is already at its place in `out`, which holds all blocks
 // back to back in rank order; fills in the others around the ring.
-void ring_allgatherv(const CollectiveContext& ctx, void* out, const std::vector<size_t>& block_bytes);
+void ring_allgatherv(const CollectiveContext& ctx, void* out,
+                     const std::vector<size_t>& block_bytes);
 
 // `work` holds the whole input (all blocks back to back, block_counts[r] elements for rank r)
 // and is used as scratch; afterwards `work`'s block `rank` holds the reduction of that block.

@@ -4,7 +4,8 @@
 
 namespace rf {
 
-void ring_allgatherv(const CollectiveContext& ctx, void* out, const std::vector<size_t>& block_bytes) {
+void ring_allgatherv(const CollectiveContext& ctx, void* out,
+                     const std::vector<size_t>& block_bytes) {
   const int size = ctx.size();
   const int rank = ctx.rank();
   if (size == 1) return;

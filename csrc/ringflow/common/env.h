@@ -13,9 +13,9 @@ namespace rf {
 enum class TransportKind { kAuto, kTcp };
 
 struct EnvConfig {
-  LogLevel log_level = LogLevel::kWarning;     // RINGFLOW_LOG_LEVEL
+  LogLevel log_level = LogLevel::kWarning;         // RINGFLOW_LOG_LEVEL
   TransportKind transport = TransportKind::kAuto;  // RINGFLOW_TRANSPORT=auto|tcp
-  size_t socket_buffer_bytes = 4 << 20;        // RINGFLOW_SOCKET_BUFFER (bytes, 0 = OS default)
+  size_t socket_buffer_bytes = 4 << 20;            // RINGFLOW_SOCKET_BUFFER (bytes, 0 = OS default)
 };
 
 // Parsed on first use; a malformed value throws rf::Error naming the variable.

@@ -29,7 +29,7 @@ class LogMessage {
 
 }  // namespace rf
 
-#define RF_LOG(level)                                \
-  if (!::rf::log_enabled(::rf::LogLevel::level)) {   \
-  } else                                             \
+#define RF_LOG(level)                              \
+  if (!::rf::log_enabled(::rf::LogLevel::level)) { \
+  } else                                           \
     ::rf::LogMessage(::rf::LogLevel::level)

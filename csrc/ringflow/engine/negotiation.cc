@@ -55,8 +55,8 @@ void require_same(const std::vector<Descriptor>& all, int rank, const Request& r
   for (const auto& d : all) same = same && value(d) == first;
   if (same) return;
   std::ostringstream message;
-  message << "rank " << rank << ": " << op_kind_name(request.kind) << " of tensor '"
-          << request.name << "': " << field << " differs between ranks:";
+  message << "rank " << rank << ": " << op_kind_name(request.kind) << " of tensor '" << request.name
+          << "': " << field << " differs between ranks:";
   for (size_t r = 0; r < all.size(); ++r) {
     message << (r ? "," : "") << " rank " << r << " " << value(all[r]);
   }
@@ -74,8 +74,8 @@ Descriptor describe(const Request& request) {
   d.invalid = request.invalid_reason.empty() ? 0 : 1;
   d.root = request.root;
   RF_CHECK(request.shape.size() <= kMaxDims, kInvalidArgument)
-      << op_kind_name(request.kind) << " of tensor '" << request.name << "': "
-      << request.shape.size() << " dimensions, at most " << kMaxDims << " are supported";
+      << op_kind_name(request.kind) << " of tensor '" << request.name
+      << "': " << request.shape.size() << " dimensions, at most " << kMaxDims << " are supported";
   d.ndim = static_cast<int32_t>(request.shape.size());
   for (size_t i = 0; i < request.shape.size(); ++i) d.dims[i] = request.shape[i];
   d.prescale = request.prescale;

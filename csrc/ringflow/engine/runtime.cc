@@ -142,8 +142,8 @@ void Runtime::allreduce(const TensorRef& in, void* out, ReduceOp op, double pres
                         double postscale) {
   std::lock_guard<std::mutex> lock(mutex_);
   check_usable();
-  Request request{OpKind::kAllreduce, in.name, in.dtype, op, 0, in.shape, prescale, postscale,
-                  in.invalid_reason};
+  Request request{OpKind::kAllreduce, in.name,   in.dtype,         op, 0, in.shape,
+                  prescale,           postscale, in.invalid_reason};
   if (request.invalid_reason.empty() && !reduction_supported(in.dtype, op)) {
     request.invalid_reason = std::string(reduce_op_name(op)) + " is not supported for dtype " +
                              dtype_name(in.dtype) + " (bool supports Min and Max)";
@@ -161,8 +161,8 @@ void Runtime::allreduce(const TensorRef& in, void* out, ReduceOp op, double pres
 void Runtime::broadcast(const TensorRef& buffer, int root) {
   std::lock_guard<std::mutex> lock(mutex_);
   check_usable();
-  Request request{OpKind::kBroadcast, buffer.name, buffer.dtype, ReduceOp::kSum, root,
-                  buffer.shape, 1.0, 1.0, buffer.invalid_reason};
+  Request request{OpKind::kBroadcast, buffer.name, buffer.dtype, ReduceOp::kSum,       root,
+                  buffer.shape,       1.0,         1.0,          buffer.invalid_reason};
   if (request.invalid_reason.empty() && (root < 0 || root >= options_.size)) {
     request.invalid_reason = "root_rank " + std::to_string(root) + " is out of range for " +
                              std::to_string(options_.size) + " ranks";
@@ -176,8 +176,8 @@ void Runtime::broadcast(const TensorRef& buffer, int root) {
 std::vector<int64_t> Runtime::allgather_sizes(const TensorRef& in) {
   std::lock_guard<std::mutex> lock(mutex_);
   check_usable();
-  Request request{OpKind::kAllgather, in.name, in.dtype, ReduceOp::kSum, 0, in.shape, 1.0, 1.0,
-                  in.invalid_reason};
+  Request request{OpKind::kAllgather, in.name, in.dtype, ReduceOp::kSum,   0,
+                  in.shape,           1.0,     1.0,      in.invalid_reason};
   if (request.invalid_reason.empty() && in.shape.empty()) {
     request.invalid_reason = "allgather needs at least one dimension (got a scalar)";
   }
@@ -230,11 +230,12 @@ void Runtime::reducescatter(const TensorRef& in, void* out, ReduceOp op) {
   if (mine > 0) std::memcpy(out, result, mine * elem);
 }
 
-std::vector<int64_t> Runtime::alltoall_sizes(const TensorRef& in, const std::vector<int64_t>& splits) {
+std::vector<int64_t> Runtime::alltoall_sizes(const TensorRef& in,
+                                             const std::vector<int64_t>& splits) {
   std::lock_guard<std::mutex> lock(mutex_);
   check_usable();
-  Request request{OpKind::kAlltoall, in.name, in.dtype, ReduceOp::kSum, 0, in.shape, 1.0, 1.0,
-                  in.invalid_reason};
+  Request request{OpKind::kAlltoall, in.name, in.dtype, ReduceOp::kSum,   0,
+                  in.shape,          1.0,     1.0,      in.invalid_reason};
   if (request.invalid_reason.empty() && in.shape.empty()) {
     request.invalid_reason = "alltoall needs at least one dimension (got a scalar)";
   }
@@ -276,7 +277,8 @@ void Runtime::send(const TensorRef& tensor, int dst) {
   check_usable();
   const std::string what = "rank " + std::to_string(options_.rank) + ": send of tensor '" +
                            tensor.name + "' to rank " + std::to_string(dst);
-  RF_CHECK(tensor.invalid_reason.empty(), kInvalidArgument) << what << ": " << tensor.invalid_reason;
+  RF_CHECK(tensor.invalid_reason.empty(), kInvalidArgument)
+      << what << ": " << tensor.invalid_reason;
   RF_CHECK(dst >= 0 && dst < options_.size && dst != options_.rank, kInvalidArgument)
       << what << ": destination must be another rank in [0, " << options_.size << ")";
   const uint64_t tag = kPointToPointBit | sends_to_[dst]++;
@@ -291,7 +293,8 @@ void Runtime::recv(const TensorRef& tensor, int src) {
   check_usable();
   const std::string what = "rank " + std::to_string(options_.rank) + ": recv of tensor '" +
                            tensor.name + "' from rank " + std::to_string(src);
-  RF_CHECK(tensor.invalid_reason.empty(), kInvalidArgument) << what << ": " << tensor.invalid_reason;
+  RF_CHECK(tensor.invalid_reason.empty(), kInvalidArgument)
+      << what << ": " << tensor.invalid_reason;
   RF_CHECK(src >= 0 && src < options_.size && src != options_.rank, kInvalidArgument)
       << what << ": source must be another rank in [0, " << options_.size << ")";
   const uint64_t tag = kPointToPointBit | recvs_from_[src]++;

@@ -95,7 +95,7 @@ class Runtime {
 
   std::mutex mutex_;  // one operation at a time; callers may come from several threads
   uint64_t next_tag_ = 1;
-  std::vector<uint64_t> sends_to_;     // point-to-point counters per peer
+  std::vector<uint64_t> sends_to_;  // point-to-point counters per peer
   std::vector<uint64_t> recvs_from_;
   std::optional<Error> broken_;
 };

@@ -69,8 +69,7 @@ Verdict check_hello(const HelloHeader& hello, const std::string& job_id, const I
   if (hello.magic != kMagic) {
     why << "not a ringflow endpoint (magic 0x" << std::hex << hello.magic << ")";
   } else if (hello.version != kProtocolVersion) {
-    why << "speaks protocol version " << hello.version << ", this side speaks "
-        << kProtocolVersion;
+    why << "speaks protocol version " << hello.version << ", this side speaks " << kProtocolVersion;
   } else if (hello.role != static_cast<uint8_t>(expected_role)) {
     why << "has role " << int(hello.role) << ", expected " << int(expected_role);
   } else if (job_id != me.job_id) {

@@ -31,15 +31,15 @@ struct Identity {
 
 enum class Verdict : uint8_t {
   kAccepted = 0,
-  kBadProof = 1,    // the other side does not know the secret
-  kRefused = 2,     // authenticated, but not wanted now (wrong generation, duplicate rank …)
-  kBadHello = 3,    // wrong magic, version, job id or role
+  kBadProof = 1,  // the other side does not know the secret
+  kRefused = 2,   // authenticated, but not wanted now (wrong generation, duplicate rank …)
+  kBadHello = 3,  // wrong magic, version, job id or role
 };
 
 struct HandshakeResult {
-  Identity peer;          // what the other side said it is
-  Verdict verdict;        // kAccepted only if both sides accepted
-  std::string reason;     // for logs and errors when not accepted
+  Identity peer;       // what the other side said it is
+  Verdict verdict;     // kAccepted only if both sides accepted
+  std::string reason;  // for logs and errors when not accepted
 };
 
 // Returns kAccepted, or the reason this side refuses `peer` (checked after authentication).

@@ -62,7 +62,8 @@ UniqueFd listen_tcp(const std::string& host, int port, int* bound_port) {
   int one = 1;
   ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
   sockaddr_in addr = resolve(host, port);
-  RF_CHECK(::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0, kInvalidArgument)
+  RF_CHECK(::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0,
+           kInvalidArgument)
       << "cannot listen on " << host << ":" << port << ": " << errno_text(errno);
   RF_CHECK(::listen(fd.get(), 1024) == 0, kPeerFailure) << "listen(): " << errno_text(errno);
   socklen_t len = sizeof(addr);

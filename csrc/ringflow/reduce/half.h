@@ -20,12 +20,15 @@ inline uint32_t float_to_bits(float value) {
   return bits;
 }
 
-inline float bf16_to_float(uint16_t value) { return bits_to_float(static_cast<uint32_t>(value) << 16); }
+inline float bf16_to_float(uint16_t value) {
+  return bits_to_float(static_cast<uint32_t>(value) << 16);
+}
 
 inline uint16_t float_to_bf16(float value) {
   uint32_t bits = float_to_bits(value);
-  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((bits >> 16) | 0x40u);  // NaN
-  uint32_t rounding = 0x7fffu + ((bits >> 16) & 1u);  // ties to even
+  if ((bits & 0x7fffffffu) > 0x7f800000u)
+    return static_cast<uint16_t>((bits >> 16) | 0x40u);  // NaN
+  uint32_t rounding = 0x7fffu + ((bits >> 16) & 1u);     // ties to even
   return static_cast<uint16_t>((bits + rounding) >> 16);
 }
 
@@ -46,7 +49,7 @@ inline uint16_t float_to_f16(float value) {
   uint32_t bits = float_to_bits(value);
   uint16_t sign = static_cast<uint16_t>((bits >> 16) & 0x8000u);
   uint32_t abs_bits = bits & 0x7fffffffu;
-  if (abs_bits > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u);  // NaN
+  if (abs_bits > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u);   // NaN
   if (abs_bits >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // rounds to inf
   if (abs_bits < 0x38800000u) {
     // Result is subnormal or zero: scale so the float32 adder does the rounding (ties to even).

@@ -27,8 +27,8 @@ TcpStoreClient::TcpStoreClient(StoreClientOptions options, const Deadline& deadl
   while (true) {
     try {
       UniqueFd fd = net::connect_tcp(options_.server, deadline);
-      auto result = net::handshake(fd.get(), me, net::Role::kStoreServer, options_.secret,
-                                   nullptr, deadline);
+      auto result =
+          net::handshake(fd.get(), me, net::Role::kStoreServer, options_.secret, nullptr, deadline);
       if (result.verdict == net::Verdict::kAccepted) {
         fd_ = std::move(fd);
         return;

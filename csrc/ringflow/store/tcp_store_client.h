@@ -15,8 +15,8 @@ struct StoreClientOptions {
   net::Endpoint server;
   std::string secret;
   std::string job_id;
-  int32_t rank = -1;         // for the server's logs
-  uint32_t generation = 0;   // a rank-0-hosted store only accepts its own generation
+  int32_t rank = -1;        // for the server's logs
+  uint32_t generation = 0;  // a rank-0-hosted store only accepts its own generation
 };
 
 class TcpStoreClient : public Store {

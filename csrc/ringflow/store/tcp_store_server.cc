@@ -160,7 +160,8 @@ void TcpStoreServer::serve_requests(int fd) {
           if (missing.empty() && command == sp::Command::kGet) value = data_[keys[0]];
         }
         Deadline write_deadline = Deadline::after_seconds(kReplySeconds);
-        sp::write_u8(fd, static_cast<uint8_t>(missing.empty() ? sp::Status::kOk : sp::Status::kTimeout),
+        sp::write_u8(fd,
+                     static_cast<uint8_t>(missing.empty() ? sp::Status::kOk : sp::Status::kTimeout),
                      write_deadline);
         if (!missing.empty()) {
           sp::write_u32(fd, static_cast<uint32_t>(missing.size()), write_deadline);

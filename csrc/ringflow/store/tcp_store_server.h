@@ -17,10 +17,10 @@ namespace rf {
 
 struct StoreServerOptions {
   std::string host = "127.0.0.1";
-  int port = 0;                 // 0 picks a free port
+  int port = 0;  // 0 picks a free port
   std::string secret;
   std::string job_id;
-  int64_t generation = -1;      // -1 accepts clients of any generation (launcher-hosted store)
+  int64_t generation = -1;  // -1 accepts clients of any generation (launcher-hosted store)
 };
 
 class TcpStoreServer {

@@ -86,7 +86,8 @@ Mesh connect_mesh(Store& store, const RendezvousOptions& options, const Deadline
   for (int r = 0; r < size; ++r) keys.push_back(rendezvous_key(options.generation, r));
   store.wait(keys, deadline);
   std::vector<PeerAddress> addresses;
-  for (int r = 0; r < size; ++r) addresses.push_back(parse_address(store.get(keys[r], deadline), r));
+  for (int r = 0; r < size; ++r)
+    addresses.push_back(parse_address(store.get(keys[r], deadline), r));
 
   const size_t buffer_bytes = env_config().socket_buffer_bytes;
   std::vector<UniqueFd> sockets(size);
@@ -108,17 +109,17 @@ Mesh connect_mesh(Store& store, const RendezvousOptions& options, const Deadline
     }
     auto check = [&](const net::Identity& identity, std::string* reason) {
       bool wanted = identity.rank > rank && identity.rank < size &&
-                    identity.generation == options.generation &&
-                    !sockets[identity.rank].valid();
+                    identity.generation == options.generation && !sockets[identity.rank].valid();
       if (wanted) return net::Verdict::kAccepted;
       *reason = "unexpected peer claiming rank " + std::to_string(identity.rank) +
                 " at generation " + std::to_string(identity.generation);
       return net::Verdict::kRefused;
     };
     try {
-      auto handshake_deadline = deadline.earlier(Deadline::after_seconds(kAcceptedHandshakeSeconds));
-      auto result = net::handshake(fd.get(), me, net::Role::kPeer, options.secret, check,
-                                   handshake_deadline);
+      auto handshake_deadline =
+          deadline.earlier(Deadline::after_seconds(kAcceptedHandshakeSeconds));
+      auto result =
+          net::handshake(fd.get(), me, net::Role::kPeer, options.secret, check, handshake_deadline);
       if (result.verdict != net::Verdict::kAccepted) {
         RF_LOG(kWarning) << "rank " << rank << ": refused a connection: " << result.reason;
         continue;
@@ -126,8 +127,8 @@ Mesh connect_mesh(Store& store, const RendezvousOptions& options, const Deadline
       sockets[result.peer.rank] = std::move(fd);
       --missing;
     } catch (const Error& error) {
-      RF_LOG(kWarning) << "rank " << rank << ": dropped a connection during its handshake: "
-                       << error.what();
+      RF_LOG(kWarning) << "rank " << rank
+                       << ": dropped a connection during its handshake: " << error.what();
     }
   }
 

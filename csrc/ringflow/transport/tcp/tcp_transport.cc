@@ -79,7 +79,8 @@ bool TcpTransport::progress_sends(int peer_rank) {
     if (sent < 0) {
       if (errno == EAGAIN || errno == EWOULDBLOCK) return false;
       if (errno == EINTR) continue;
-      RF_THROW(kPeerFailure) << "sending to rank " << peer_rank << " failed: " << std::strerror(errno)
+      RF_THROW(kPeerFailure) << "sending to rank " << peer_rank
+                             << " failed: " << std::strerror(errno)
                              << " (the peer has probably died)";
     }
     op.sent += static_cast<size_t>(sent);
@@ -94,7 +95,8 @@ void TcpTransport::accept_header(int peer_rank, Peer& peer) {
   RF_CHECK(header.magic == kFrameMagic, kPeerFailure)
       << "received a malformed frame from rank " << peer_rank << " (bad magic 0x" << std::hex
       << header.magic << ")";
-  if (header.kind == static_cast<uint32_t>(FrameKind::kAbort)) fail_with_abort_frame(peer_rank, peer);
+  if (header.kind == static_cast<uint32_t>(FrameKind::kAbort))
+    fail_with_abort_frame(peer_rank, peer);
   RF_CHECK(header.kind == static_cast<uint32_t>(FrameKind::kData), kPeerFailure)
       << "received a frame of unknown kind " << header.kind << " from rank " << peer_rank;
   const RecvOp& op = peer.recvs.front();
@@ -104,8 +106,8 @@ void TcpTransport::accept_header(int peer_rank, Peer& peer) {
   if (op.actual_len) *op.actual_len = header.length;
   if (header.length == op.len) return;
   RF_CHECK(op.actual_len, kPeerFailure)
-      << "rank " << peer_rank << " sent " << header.length << " bytes for "
-      << describe_tag(op.tag) << ", " << op.len << " were agreed";
+      << "rank " << peer_rank << " sent " << header.length << " bytes for " << describe_tag(op.tag)
+      << ", " << op.len << " were agreed";
   // Point to point: drain the frame so the stream stays usable; the caller reports it.
   peer.incoming.discarding = true;
 }

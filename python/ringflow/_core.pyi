@@ -1,0 +1,142 @@
+"""Typed surface of ringflow's C++ extension (internal: use the ringflow package)."""
+
+from __future__ import annotations
+
+import builtins
+from enum import Enum
+
+class Error(builtins.RuntimeError):
+    """Base class of every ringflow error."""
+
+class InvalidArgumentError(Error, builtins.ValueError):
+    """Bad input from the caller, rejected before any data moved."""
+
+class MismatchError(Error):
+    """Ranks disagree about an operation."""
+
+class TimeoutError(Error, builtins.TimeoutError):
+    """A deadline (RINGFLOW_TIMEOUT) expired."""
+
+class PeerFailureError(Error, builtins.ConnectionError):
+    """A peer died, disconnected or misbehaved."""
+
+class DType(Enum):
+    uint8 = 0
+    int8 = 1
+    int32 = 2
+    int64 = 3
+    float16 = 4
+    bfloat16 = 5
+    float32 = 6
+    float64 = 7
+    bool = 8
+
+class ReduceOp(Enum):
+    Sum = 0
+    Average = 1
+    Min = 2
+    Max = 3
+    Product = 4
+
+def dtype_size(dtype: DType) -> int: ...
+def cuda_built() -> bool: ...
+def probe_handshake(
+    host: str, port: int, secret: bytes, job_id: str, rank: int, timeout_s: float = 10.0
+) -> None: ...
+
+class Runtime:
+    def __init__(
+        self,
+        rank: int,
+        size: int,
+        local_rank: int,
+        local_size: int,
+        store_host: str,
+        store_port: int,
+        host_store: bool,
+        secret: bytes,
+        job_id: str,
+        generation: int,
+        timeout_s: float,
+    ) -> None: ...
+    @property
+    def rank(self) -> int: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def local_rank(self) -> int: ...
+    @property
+    def local_size(self) -> int: ...
+    @property
+    def cross_rank(self) -> int: ...
+    @property
+    def cross_size(self) -> int: ...
+    def allreduce(
+        self,
+        data: int,
+        out: int,
+        dtype: DType,
+        shape: list[int],
+        name: str,
+        invalid: str,
+        op: ReduceOp,
+        prescale: float,
+        postscale: float,
+    ) -> None: ...
+    def broadcast(
+        self, data: int, dtype: DType, shape: list[int], name: str, invalid: str, root: int
+    ) -> None: ...
+    def allgather_sizes(
+        self, data: int, dtype: DType, shape: list[int], name: str, invalid: str
+    ) -> list[int]: ...
+    def allgather(
+        self, data: int, dtype: DType, shape: list[int], name: str, first_dims: list[int], out: int
+    ) -> None: ...
+    def reducescatter(
+        self,
+        data: int,
+        dtype: DType,
+        shape: list[int],
+        name: str,
+        invalid: str,
+        op: ReduceOp,
+        out: int,
+    ) -> None: ...
+    def alltoall_sizes(
+        self, data: int, dtype: DType, shape: list[int], name: str, invalid: str, splits: list[int]
+    ) -> list[int]: ...
+    def alltoall(
+        self,
+        data: int,
+        dtype: DType,
+        shape: list[int],
+        name: str,
+        splits: list[int],
+        recv_splits: list[int],
+        out: int,
+    ) -> None: ...
+    def barrier(self) -> None: ...
+    def send(
+        self, data: int, dtype: DType, shape: list[int], name: str, invalid: str, dst: int
+    ) -> None: ...
+    def recv(
+        self, data: int, dtype: DType, shape: list[int], name: str, invalid: str, src: int
+    ) -> None: ...
+
+class StoreServer:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, *, secret: bytes, job_id: str
+    ) -> None: ...
+    @property
+    def port(self) -> int: ...
+    def close(self) -> None: ...
+
+class StoreClient:
+    def __init__(
+        self, host: str, port: int, secret: bytes, job_id: str, timeout_s: float = 30.0
+    ) -> None: ...
+    def set(self, key: str, value: bytes) -> None: ...
+    def get(self, key: str, timeout_s: float | None = None) -> bytes: ...
+    def add(self, key: str, delta: int) -> int: ...
+    def wait(self, keys: list[str], timeout_s: float | None = None) -> None: ...
+    def close(self) -> None: ...
