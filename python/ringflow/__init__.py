@@ -182,10 +182,8 @@ def allreduce_(
     """
     runtime = _runtime()
     d = _arrays.describe(x, writable=True)
-    runtime.allreduce(
-        d.address, d.address, d.dtype, d.shape, _name("allreduce", name), d.invalid,
-        op, float(prescale_factor), float(postscale_factor),
-    )  # fmt: skip
+    tensor = d.tensor(_name("allreduce", name))
+    runtime.allreduce(tensor, d.address, op, float(prescale_factor), float(postscale_factor))
     return x
 
 
@@ -199,11 +197,9 @@ def allreduce(
     """Reduce x over all ranks into a new array (see `allreduce_` for the semantics)."""
     runtime = _runtime()
     d = _arrays.describe(x)
-    out = np.empty_like(d.array) if not d.invalid else d.array
-    runtime.allreduce(
-        d.address, out.ctypes.data if not d.invalid else 0, d.dtype, d.shape,
-        _name("allreduce", name), d.invalid, op, float(prescale_factor), float(postscale_factor),
-    )  # fmt: skip
+    out = np.empty_like(d.array)
+    tensor = d.tensor(_name("allreduce", name))
+    runtime.allreduce(tensor, out.ctypes.data, op, float(prescale_factor), float(postscale_factor))
     return out
 
 
@@ -211,20 +207,17 @@ def broadcast_(x: Any, root_rank: int, name: str | None = None) -> Any:
     """Overwrite x on every rank with root_rank's x; returns x itself."""
     runtime = _runtime()
     d = _arrays.describe(x, writable=True)
-    runtime.broadcast(d.address, d.dtype, d.shape, _name("broadcast", name), d.invalid, root_rank)
+    runtime.broadcast(d.tensor(_name("broadcast", name)), root_rank)
     return x
 
 
 def broadcast(x: Any, root_rank: int, name: str | None = None) -> np.ndarray:
     """A new array holding root_rank's x, on every rank."""
     d = _arrays.describe(x)
-    out = d.array.copy() if not d.invalid else d.array
-    runtime = _runtime()
-    runtime.broadcast(
-        out.ctypes.data if not d.invalid else 0, d.dtype, d.shape, _name("broadcast", name),
-        d.invalid, root_rank,
-    )  # fmt: skip
-    return out
+    if not d.invalid:
+        d = _arrays.describe(d.array.copy())
+    _runtime().broadcast(d.tensor(_name("broadcast", name)), root_rank)
+    return d.array
 
 
 def allgather(x: Any, name: str | None = None) -> np.ndarray:
@@ -234,10 +227,10 @@ def allgather(x: Any, name: str | None = None) -> np.ndarray:
     """
     runtime = _runtime()
     d = _arrays.describe(x)
-    name = _name("allgather", name)
-    first_dims = runtime.allgather_sizes(d.address, d.dtype, d.shape, name, d.invalid)
+    tensor = d.tensor(_name("allgather", name))
+    first_dims = runtime.allgather_sizes(tensor)
     out = np.empty((sum(first_dims), *d.shape[1:]), dtype=d.array.dtype)
-    runtime.allgather(d.address, d.dtype, d.shape, name, first_dims, out.ctypes.data)
+    runtime.allgather(tensor, first_dims, out.ctypes.data)
     return out
 
 
@@ -251,9 +244,7 @@ def reducescatter(x: Any, op: ReduceOp = Average, name: str | None = None) -> np
     rows = d.shape[0] if d.shape else 0
     mine = rows // runtime.size + (1 if runtime.rank < rows % runtime.size else 0)
     out = np.empty((mine, *d.shape[1:]), dtype=d.array.dtype)
-    runtime.reducescatter(
-        d.address, d.dtype, d.shape, _name("reducescatter", name), d.invalid, op, out.ctypes.data
-    )
+    runtime.reducescatter(d.tensor(_name("reducescatter", name)), out.ctypes.data, op)
     return out
 
 
@@ -283,11 +274,11 @@ def alltoall(x: Any, splits: Any = None, name: str | None = None) -> tuple[np.nd
     d = _arrays.describe(x)
     rows = d.shape[0] if d.shape else 0
     send_splits, reason = _check_splits(splits, rows, runtime.size)
-    invalid = d.invalid or reason
-    name = _name("alltoall", name)
-    recv_splits = runtime.alltoall_sizes(d.address, d.dtype, d.shape, name, invalid, send_splits)
+    d.invalid = d.invalid or reason
+    tensor = d.tensor(_name("alltoall", name))
+    recv_splits = runtime.alltoall_sizes(tensor, send_splits)
     out = np.empty((sum(recv_splits), *d.shape[1:]), dtype=d.array.dtype)
-    runtime.alltoall(d.address, d.dtype, d.shape, name, send_splits, recv_splits, out.ctypes.data)
+    runtime.alltoall(tensor, send_splits, recv_splits, out.ctypes.data)
     return out, np.asarray(recv_splits, dtype=np.int64)
 
 
@@ -298,14 +289,10 @@ def barrier() -> None:
 
 def send(x: Any, dst: int, name: str | None = None) -> None:
     """Send x to rank dst, which must call recv with a buffer of the same size."""
-    runtime = _runtime()
-    d = _arrays.describe(x)
-    runtime.send(d.address, d.dtype, d.shape, name or "send", d.invalid, dst)
+    _runtime().send(_arrays.describe(x).tensor(name or "send"), dst)
 
 
 def recv(x: Any, src: int, name: str | None = None) -> Any:
     """Receive a message from rank src into x (same byte size as sent); returns x."""
-    runtime = _runtime()
-    d = _arrays.describe(x, writable=True)
-    runtime.recv(d.address, d.dtype, d.shape, name or "recv", d.invalid, src)
+    _runtime().recv(_arrays.describe(x, writable=True).tensor(name or "recv"), src)
     return x

@@ -32,13 +32,17 @@ _SUPPORTED = "uint8, int8, int32, int64, float16, bfloat16, float32, float64, bo
 
 @dataclass
 class Described:
-    """A host array as the core sees it. `array` keeps the memory alive during the call."""
+    """A host array and the core's view of it. `array` keeps the memory alive during the call."""
 
     array: np.ndarray
-    address: int
+    invalid: str  # empty when usable; otherwise why not, for this rank's and the others' errors
     dtype: _core.DType
     shape: list[int]
-    invalid: str  # empty when usable; otherwise why not, for this rank's and the others' errors
+    address: int
+
+    def tensor(self, name: str) -> _core.Tensor:
+        """The core's descriptor of this array, named for negotiation and error messages."""
+        return _core.Tensor(self.address, self.dtype, self.shape, name, self.invalid)
 
 
 def dtype_of(dtype: np.dtype) -> _core.DType | None:
@@ -70,7 +74,7 @@ def describe(x: Any, *, writable: bool = False) -> Described:
     if array is None:
         empty = np.empty(0, np.uint8)
         reason = f"{type(x).__name__} is not an array (no buffer protocol or DLPack)"
-        return Described(empty, 0, _core.DType.uint8, [0], reason)
+        return Described(empty, reason, _core.DType.uint8, [0], 0)
     dtype = dtype_of(array.dtype)
     reason = ""
     if dtype is None:
@@ -86,8 +90,8 @@ def describe(x: Any, *, writable: bool = False) -> Described:
         reason = "array is read-only but the operation writes into it"
     return Described(
         array=array,
-        address=array.ctypes.data if not reason else 0,
+        invalid=reason,
         dtype=dtype if dtype is not None else _core.DType.uint8,
         shape=[int(d) for d in array.shape],
-        invalid=reason,
+        address=array.ctypes.data if not reason else 0,
     )

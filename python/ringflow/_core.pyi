@@ -44,6 +44,17 @@ def probe_handshake(
     host: str, port: int, secret: bytes, job_id: str, rank: int, timeout_s: float = 10.0
 ) -> None: ...
 
+class Tensor:
+    """A C-contiguous host buffer: address, dtype, shape, and a name for negotiation."""
+
+    def __init__(
+        self, address: int, dtype: DType, shape: list[int], name: str, invalid: str = ""
+    ) -> None: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def shape(self) -> list[int]: ...
+
 class Runtime:
     def __init__(
         self,
@@ -72,56 +83,19 @@ class Runtime:
     @property
     def cross_size(self) -> int: ...
     def allreduce(
-        self,
-        data: int,
-        out: int,
-        dtype: DType,
-        shape: list[int],
-        name: str,
-        invalid: str,
-        op: ReduceOp,
-        prescale: float,
-        postscale: float,
+        self, tensor: Tensor, out: int, op: ReduceOp, prescale: float, postscale: float
     ) -> None: ...
-    def broadcast(
-        self, data: int, dtype: DType, shape: list[int], name: str, invalid: str, root: int
-    ) -> None: ...
-    def allgather_sizes(
-        self, data: int, dtype: DType, shape: list[int], name: str, invalid: str
-    ) -> list[int]: ...
-    def allgather(
-        self, data: int, dtype: DType, shape: list[int], name: str, first_dims: list[int], out: int
-    ) -> None: ...
-    def reducescatter(
-        self,
-        data: int,
-        dtype: DType,
-        shape: list[int],
-        name: str,
-        invalid: str,
-        op: ReduceOp,
-        out: int,
-    ) -> None: ...
-    def alltoall_sizes(
-        self, data: int, dtype: DType, shape: list[int], name: str, invalid: str, splits: list[int]
-    ) -> list[int]: ...
+    def broadcast(self, tensor: Tensor, root: int) -> None: ...
+    def allgather_sizes(self, tensor: Tensor) -> list[int]: ...
+    def allgather(self, tensor: Tensor, first_dims: list[int], out: int) -> None: ...
+    def reducescatter(self, tensor: Tensor, out: int, op: ReduceOp) -> None: ...
+    def alltoall_sizes(self, tensor: Tensor, splits: list[int]) -> list[int]: ...
     def alltoall(
-        self,
-        data: int,
-        dtype: DType,
-        shape: list[int],
-        name: str,
-        splits: list[int],
-        recv_splits: list[int],
-        out: int,
+        self, tensor: Tensor, splits: list[int], recv_splits: list[int], out: int
     ) -> None: ...
     def barrier(self) -> None: ...
-    def send(
-        self, data: int, dtype: DType, shape: list[int], name: str, invalid: str, dst: int
-    ) -> None: ...
-    def recv(
-        self, data: int, dtype: DType, shape: list[int], name: str, invalid: str, src: int
-    ) -> None: ...
+    def send(self, tensor: Tensor, dst: int) -> None: ...
+    def recv(self, tensor: Tensor, src: int) -> None: ...
 
 class StoreServer:
     def __init__(

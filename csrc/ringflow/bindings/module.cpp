@@ -95,6 +95,27 @@ void register_exceptions(py::module_& m) {
   });
 }
 
+std::unique_ptr<rf::Runtime> make_runtime(int rank, int size, int local_rank, int local_size,
+                                          const std::string& store_host, int store_port,
+                                          bool host_store, const py::bytes& secret,
+                                          const std::string& job_id, uint32_t generation,
+                                          double timeout_s) {
+  rf::RuntimeOptions options;
+  options.rank = rank;
+  options.size = size;
+  options.local_rank = local_rank;
+  options.local_size = local_size;
+  options.store_host = store_host;
+  options.store_port = store_port;
+  options.host_store = host_store;
+  options.secret = std::string(secret);
+  options.job_id = job_id;
+  options.generation = generation;
+  options.timeout_s = timeout_s;
+  py::gil_scoped_release release;  // the rendezvous waits for every other rank
+  return std::make_unique<rf::Runtime>(options);
+}
+
 void probe_handshake(const std::string& host, int port, const std::string& secret,
                      const std::string& job_id, int rank, double timeout_s) {
   auto deadline = rf::Deadline::after_seconds(timeout_s);
@@ -136,29 +157,18 @@ PYBIND11_MODULE(_core, m) {
       "cuda_built", [] { return RINGFLOW_WITH_CUDA != 0; },
       "Whether this build contains the CUDA parts.");
 
+  py::class_<rf::TensorRef>(m, "Tensor")
+      .def(py::init(&make_tensor), py::arg("address"), py::arg("dtype"), py::arg("shape"),
+           py::arg("name"), py::arg("invalid") = "")
+      .def_readonly("name", &rf::TensorRef::name)
+      .def_readonly("shape", &rf::TensorRef::shape);
+
+  using Release = py::call_guard<py::gil_scoped_release>;
   py::class_<rf::Runtime>(m, "Runtime")
-      .def(py::init([](int rank, int size, int local_rank, int local_size,
-                       const std::string& store_host, int store_port, bool host_store,
-                       const py::bytes& secret, const std::string& job_id, uint32_t generation,
-                       double timeout_s) {
-             rf::RuntimeOptions options;
-             options.rank = rank;
-             options.size = size;
-             options.local_rank = local_rank;
-             options.local_size = local_size;
-             options.store_host = store_host;
-             options.store_port = store_port;
-             options.host_store = host_store;
-             options.secret = std::string(secret);
-             options.job_id = job_id;
-             options.generation = generation;
-             options.timeout_s = timeout_s;
-             py::gil_scoped_release release;
-             return std::make_unique<rf::Runtime>(options);
-           }),
-           py::arg("rank"), py::arg("size"), py::arg("local_rank"), py::arg("local_size"),
-           py::arg("store_host"), py::arg("store_port"), py::arg("host_store"), py::arg("secret"),
-           py::arg("job_id"), py::arg("generation"), py::arg("timeout_s"))
+      .def(py::init(&make_runtime), py::arg("rank"), py::arg("size"), py::arg("local_rank"),
+           py::arg("local_size"), py::arg("store_host"), py::arg("store_port"),
+           py::arg("host_store"), py::arg("secret"), py::arg("job_id"), py::arg("generation"),
+           py::arg("timeout_s"))
       .def_property_readonly("rank", &rf::Runtime::rank)
       .def_property_readonly("size", &rf::Runtime::size)
       .def_property_readonly("local_rank",
@@ -171,103 +181,36 @@ PYBIND11_MODULE(_core, m) {
                              [](const rf::Runtime& r) { return r.topology().cross_size; })
       .def(
           "allreduce",
-          [](rf::Runtime& self, uintptr_t in, uintptr_t out, DType dtype,
-             std::vector<int64_t> shape, std::string name, std::string invalid, ReduceOp op,
+          [](rf::Runtime& self, const rf::TensorRef& tensor, uintptr_t out, ReduceOp op,
              double prescale, double postscale) {
-            auto tensor =
-                make_tensor(in, dtype, std::move(shape), std::move(name), std::move(invalid));
-            py::gil_scoped_release release;
             self.allreduce(tensor, as_pointer(out), op, prescale, postscale);
           },
-          py::arg("data"), py::arg("out"), py::arg("dtype"), py::arg("shape"), py::arg("name"),
-          py::arg("invalid"), py::arg("op"), py::arg("prescale"), py::arg("postscale"))
-      .def(
-          "broadcast",
-          [](rf::Runtime& self, uintptr_t data, DType dtype, std::vector<int64_t> shape,
-             std::string name, std::string invalid, int root) {
-            auto tensor =
-                make_tensor(data, dtype, std::move(shape), std::move(name), std::move(invalid));
-            py::gil_scoped_release release;
-            self.broadcast(tensor, root);
-          },
-          py::arg("data"), py::arg("dtype"), py::arg("shape"), py::arg("name"), py::arg("invalid"),
-          py::arg("root"))
-      .def(
-          "allgather_sizes",
-          [](rf::Runtime& self, uintptr_t data, DType dtype, std::vector<int64_t> shape,
-             std::string name, std::string invalid) {
-            auto tensor =
-                make_tensor(data, dtype, std::move(shape), std::move(name), std::move(invalid));
-            py::gil_scoped_release release;
-            return self.allgather_sizes(tensor);
-          },
-          py::arg("data"), py::arg("dtype"), py::arg("shape"), py::arg("name"), py::arg("invalid"))
+          py::arg("tensor"), py::arg("out"), py::arg("op"), py::arg("prescale"),
+          py::arg("postscale"), Release())
+      .def("broadcast", &rf::Runtime::broadcast, py::arg("tensor"), py::arg("root"), Release())
+      .def("allgather_sizes", &rf::Runtime::allgather_sizes, py::arg("tensor"), Release())
       .def(
           "allgather",
-          [](rf::Runtime& self, uintptr_t data, DType dtype, std::vector<int64_t> shape,
-             std::string name, const std::vector<int64_t>& first_dims, uintptr_t out) {
-            auto tensor = make_tensor(data, dtype, std::move(shape), std::move(name), "");
-            py::gil_scoped_release release;
-            self.allgather(tensor, first_dims, as_pointer(out));
-          },
-          py::arg("data"), py::arg("dtype"), py::arg("shape"), py::arg("name"),
-          py::arg("first_dims"), py::arg("out"))
+          [](rf::Runtime& self, const rf::TensorRef& tensor, const std::vector<int64_t>& first_dims,
+             uintptr_t out) { self.allgather(tensor, first_dims, as_pointer(out)); },
+          py::arg("tensor"), py::arg("first_dims"), py::arg("out"), Release())
       .def(
           "reducescatter",
-          [](rf::Runtime& self, uintptr_t data, DType dtype, std::vector<int64_t> shape,
-             std::string name, std::string invalid, ReduceOp op, uintptr_t out) {
-            auto tensor =
-                make_tensor(data, dtype, std::move(shape), std::move(name), std::move(invalid));
-            py::gil_scoped_release release;
+          [](rf::Runtime& self, const rf::TensorRef& tensor, uintptr_t out, ReduceOp op) {
             self.reducescatter(tensor, as_pointer(out), op);
           },
-          py::arg("data"), py::arg("dtype"), py::arg("shape"), py::arg("name"), py::arg("invalid"),
-          py::arg("op"), py::arg("out"))
-      .def(
-          "alltoall_sizes",
-          [](rf::Runtime& self, uintptr_t data, DType dtype, std::vector<int64_t> shape,
-             std::string name, std::string invalid, const std::vector<int64_t>& splits) {
-            auto tensor =
-                make_tensor(data, dtype, std::move(shape), std::move(name), std::move(invalid));
-            py::gil_scoped_release release;
-            return self.alltoall_sizes(tensor, splits);
-          },
-          py::arg("data"), py::arg("dtype"), py::arg("shape"), py::arg("name"), py::arg("invalid"),
-          py::arg("splits"))
+          py::arg("tensor"), py::arg("out"), py::arg("op"), Release())
+      .def("alltoall_sizes", &rf::Runtime::alltoall_sizes, py::arg("tensor"), py::arg("splits"),
+           Release())
       .def(
           "alltoall",
-          [](rf::Runtime& self, uintptr_t data, DType dtype, std::vector<int64_t> shape,
-             std::string name, const std::vector<int64_t>& splits,
-             const std::vector<int64_t>& recv_splits, uintptr_t out) {
-            auto tensor = make_tensor(data, dtype, std::move(shape), std::move(name), "");
-            py::gil_scoped_release release;
-            self.alltoall(tensor, splits, recv_splits, as_pointer(out));
-          },
-          py::arg("data"), py::arg("dtype"), py::arg("shape"), py::arg("name"), py::arg("splits"),
-          py::arg("recv_splits"), py::arg("out"))
-      .def("barrier", &rf::Runtime::barrier, py::call_guard<py::gil_scoped_release>())
-      .def(
-          "send",
-          [](rf::Runtime& self, uintptr_t data, DType dtype, std::vector<int64_t> shape,
-             std::string name, std::string invalid, int dst) {
-            auto tensor =
-                make_tensor(data, dtype, std::move(shape), std::move(name), std::move(invalid));
-            py::gil_scoped_release release;
-            self.send(tensor, dst);
-          },
-          py::arg("data"), py::arg("dtype"), py::arg("shape"), py::arg("name"), py::arg("invalid"),
-          py::arg("dst"))
-      .def(
-          "recv",
-          [](rf::Runtime& self, uintptr_t data, DType dtype, std::vector<int64_t> shape,
-             std::string name, std::string invalid, int src) {
-            auto tensor =
-                make_tensor(data, dtype, std::move(shape), std::move(name), std::move(invalid));
-            py::gil_scoped_release release;
-            self.recv(tensor, src);
-          },
-          py::arg("data"), py::arg("dtype"), py::arg("shape"), py::arg("name"), py::arg("invalid"),
-          py::arg("src"));
+          [](rf::Runtime& self, const rf::TensorRef& tensor, const std::vector<int64_t>& splits,
+             const std::vector<int64_t>& recv_splits,
+             uintptr_t out) { self.alltoall(tensor, splits, recv_splits, as_pointer(out)); },
+          py::arg("tensor"), py::arg("splits"), py::arg("recv_splits"), py::arg("out"), Release())
+      .def("barrier", &rf::Runtime::barrier, Release())
+      .def("send", &rf::Runtime::send, py::arg("tensor"), py::arg("dst"), Release())
+      .def("recv", &rf::Runtime::recv, py::arg("tensor"), py::arg("src"), Release());
 
   py::class_<rf::TcpStoreServer>(m, "StoreServer")
       .def(py::init([](const std::string& host, int port, const py::bytes& secret,
