@@ -33,9 +33,14 @@ sockaddr_in resolve(const std::string& host, int port) {
   return addr;
 }
 
-UniqueFd new_socket() {
+UniqueFd new_socket(size_t buffer_bytes) {
   UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
   RF_CHECK(fd.valid(), kPeerFailure) << "socket(): " << errno_text(errno);
+  if (buffer_bytes > 0) {
+    int size = static_cast<int>(buffer_bytes);
+    ::setsockopt(fd.get(), SOL_SOCKET, SO_SNDBUF, &size, sizeof(size));
+    ::setsockopt(fd.get(), SOL_SOCKET, SO_RCVBUF, &size, sizeof(size));
+  }
   return fd;
 }
 
@@ -57,8 +62,8 @@ Endpoint Endpoint::parse(const std::string& text) {
   return endpoint;
 }
 
-UniqueFd listen_tcp(const std::string& host, int port, int* bound_port) {
-  UniqueFd fd = new_socket();
+UniqueFd listen_tcp(const std::string& host, int port, int* bound_port, size_t buffer_bytes) {
+  UniqueFd fd = new_socket(buffer_bytes);
   int one = 1;
   ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
   sockaddr_in addr = resolve(host, port);
@@ -72,9 +77,9 @@ UniqueFd listen_tcp(const std::string& host, int port, int* bound_port) {
   return fd;
 }
 
-UniqueFd connect_tcp(const Endpoint& endpoint, const Deadline& deadline) {
+UniqueFd connect_tcp(const Endpoint& endpoint, const Deadline& deadline, size_t buffer_bytes) {
   sockaddr_in addr = resolve(endpoint.host, endpoint.port);
-  UniqueFd fd = new_socket();
+  UniqueFd fd = new_socket(buffer_bytes);
   int rc = ::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
   if (rc != 0 && errno != EINPROGRESS) {
     RF_THROW(kPeerFailure) << "connect to " << endpoint.str() << ": " << errno_text(errno);
@@ -106,14 +111,9 @@ void set_nonblocking(int fd) {
   ::fcntl(fd, F_SETFL, flags | O_NONBLOCK);
 }
 
-void tune_stream(int fd, size_t buffer_bytes) {
+void set_nodelay(int fd) {
   int one = 1;
   ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-  if (buffer_bytes > 0) {
-    int size = static_cast<int>(buffer_bytes);
-    ::setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof(size));
-    ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof(size));
-  }
 }
 
 std::string local_ip(int fd) {

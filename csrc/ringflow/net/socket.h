@@ -18,15 +18,17 @@ struct Endpoint {
 };
 
 // Listens on host:port (port 0 picks one); returns the socket and writes the bound port.
-UniqueFd listen_tcp(const std::string& host, int port, int* bound_port);
+// buffer_bytes > 0 sizes the kernel buffers of accepted sockets (set before listen() so the
+// TCP window scale is negotiated for them).
+UniqueFd listen_tcp(const std::string& host, int port, int* bound_port, size_t buffer_bytes = 0);
 // One connection attempt; throws rf::Error (kPeerFailure) if it is refused or times out.
-UniqueFd connect_tcp(const Endpoint& endpoint, const Deadline& deadline);
+UniqueFd connect_tcp(const Endpoint& endpoint, const Deadline& deadline, size_t buffer_bytes = 0);
 // Waits for one incoming connection; returns an invalid fd when the deadline passes first.
 UniqueFd accept_tcp(int listen_fd, const Deadline& deadline);
 
 void set_nonblocking(int fd);
-void tune_stream(int fd, size_t buffer_bytes);  // TCP_NODELAY + SO_SNDBUF/SO_RCVBUF
-std::string local_ip(int fd);                   // address this socket is bound to
+void set_nodelay(int fd);
+std::string local_ip(int fd);  // address this socket is bound to
 
 // Move exactly len bytes, waiting up to the deadline. `what` names the exchange in errors.
 void send_all(int fd, const void* data, size_t len, const Deadline& deadline, const char* what);

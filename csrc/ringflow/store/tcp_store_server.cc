@@ -60,9 +60,21 @@ void TcpStoreServer::accept_loop() {
     if (rc <= 0) continue;
     int fd = ::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) continue;
-    connections_.push_back(Connection{UniqueFd(fd), std::thread()});
-    Connection* connection = &connections_.back();
+    reap_finished();
+    Connection* connection = &connections_.emplace_back();
+    connection->fd.reset(fd);
     connection->thread = std::thread([this, connection] { serve(connection); });
+  }
+}
+
+void TcpStoreServer::reap_finished() {
+  for (auto it = connections_.begin(); it != connections_.end();) {
+    if (!it->finished) {
+      ++it;
+      continue;
+    }
+    it->thread.join();
+    it = connections_.erase(it);
   }
 }
 
@@ -91,6 +103,7 @@ void TcpStoreServer::serve(Connection* connection) {
     RF_LOG(kInfo) << "store: closed a client connection: " << error.what();
   }
   ::shutdown(fd, SHUT_RDWR);
+  connection->finished = true;
 }
 
 void TcpStoreServer::serve_requests(int fd) {

@@ -3,6 +3,7 @@
 // Hosted by the launcher, or by rank 0 when the job was started without one.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <list>
 #include <map>
@@ -37,10 +38,12 @@ class TcpStoreServer {
   struct Connection {
     UniqueFd fd;
     std::thread thread;
+    std::atomic<bool> finished{false};
   };
   void accept_loop();
   void serve(Connection* connection);
   void serve_requests(int fd);
+  void reap_finished();  // joins the threads of closed connections; caller holds mutex_
 
   StoreServerOptions options_;
   UniqueFd listen_fd_;

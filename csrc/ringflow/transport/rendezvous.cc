@@ -52,7 +52,7 @@ Topology compute_topology(const std::vector<PeerAddress>& addresses, int rank) {
 
 UniqueFd connect_to_lower(const PeerAddress& address, int peer, const net::Identity& me,
                           const RendezvousOptions& options, const Deadline& deadline) {
-  UniqueFd fd = net::connect_tcp(address.endpoint, deadline);
+  UniqueFd fd = net::connect_tcp(address.endpoint, deadline, env_config().socket_buffer_bytes);
   auto check = [peer, &options](const net::Identity& identity, std::string* reason) {
     if (identity.rank == peer && identity.generation == options.generation) {
       return net::Verdict::kAccepted;
@@ -78,7 +78,8 @@ Mesh connect_mesh(Store& store, const RendezvousOptions& options, const Deadline
   const int rank = options.rank;
   const int size = options.size;
   int port = 0;
-  UniqueFd listener = net::listen_tcp(options.advertise_ip, 0, &port);
+  UniqueFd listener =
+      net::listen_tcp(options.advertise_ip, 0, &port, env_config().socket_buffer_bytes);
   store.set(rendezvous_key(options.generation, rank),
             options.advertise_ip + ":" + std::to_string(port) + " " + options.host_id);
 
@@ -89,7 +90,6 @@ Mesh connect_mesh(Store& store, const RendezvousOptions& options, const Deadline
   for (int r = 0; r < size; ++r)
     addresses.push_back(parse_address(store.get(keys[r], deadline), r));
 
-  const size_t buffer_bytes = env_config().socket_buffer_bytes;
   std::vector<UniqueFd> sockets(size);
   net::Identity me{net::Role::kPeer, rank, options.generation, options.job_id};
   for (int peer = 0; peer < rank; ++peer) {
@@ -133,7 +133,7 @@ Mesh connect_mesh(Store& store, const RendezvousOptions& options, const Deadline
   }
 
   for (int peer = 0; peer < size; ++peer) {
-    if (sockets[peer].valid()) net::tune_stream(sockets[peer].get(), buffer_bytes);
+    if (sockets[peer].valid()) net::set_nodelay(sockets[peer].get());
   }
   Mesh mesh;
   mesh.topology = compute_topology(addresses, rank);
