@@ -91,7 +91,10 @@ def init() -> None:
     """
     if _state.runtime is not None:
         return
-    config = _environment.detect()
+    try:
+        config = _environment.detect()
+    except ValueError as error:  # a malformed launcher environment: say so as a ringflow error
+        raise InvalidArgumentError(f"ringflow.init(): {error}") from error
     generation = _state.generation
     _state.generation += 1
     _state.unnamed.clear()

@@ -1,0 +1,128 @@
+"""The ``ringflow`` command line: ``ringflow run -np N [--] CMD…`` (more subcommands later)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from .launcher import TIMEOUT_EXIT_CODE, launch
+
+__all__ = ["build_parser", "build_run_parser", "main", "run_main"]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0 seconds")
+    return value
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-np",
+        "--num-proc",
+        dest="num_proc",
+        type=_positive_int,
+        required=True,
+        metavar="N",
+        help="number of ranks to start on this host",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        default=None,
+        metavar="SECONDS",
+        help=f"stop the whole job after this wall-clock time and exit {TIMEOUT_EXIT_CODE}",
+    )
+    parser.add_argument(
+        "--grace-period",
+        type=_positive_seconds,
+        default=5.0,
+        metavar="SECONDS",
+        help="after SIGTERM, wait this long before SIGKILL when stopping ranks (default 5)",
+    )
+    parser.add_argument(
+        "--verbose", action="store_true", help="report the store, each rank's pid and exit"
+    )
+    parser.add_argument(
+        "command",
+        nargs=argparse.REMAINDER,
+        metavar="CMD",
+        help="the program each rank runs, with its arguments (after an optional --)",
+    )
+
+
+_RUN_DESCRIPTION = """\
+Start N ranks of CMD on this host. Each output line is prefixed with "[rank] " (a rank's stdout
+goes to stdout, its stderr to stderr). When a rank fails, the others are stopped (SIGTERM, then
+SIGKILL after the grace period) and ringflow exits with the first failing rank's code (128+N if
+it was killed by signal N). SIGINT and SIGTERM are forwarded to the ranks."""
+
+
+def build_parser(prog: str = "ringflow") -> argparse.ArgumentParser:
+    """The ``ringflow`` parser, one subparser per subcommand."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description="ringflow: collective communication for Python", allow_abbrev=False
+    )
+    commands = parser.add_subparsers(dest="subcommand", metavar="COMMAND", required=True)
+    run = commands.add_parser(
+        "run",
+        help="start a job of N local ranks",
+        description=_RUN_DESCRIPTION,
+        allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_run_arguments(run)
+    return parser
+
+
+def build_run_parser(prog: str = "python -m ringflow.run") -> argparse.ArgumentParser:
+    """The parser of ``python -m ringflow.run``: ``ringflow run`` without the subcommand word."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=_RUN_DESCRIPTION,
+        allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_run_arguments(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``ringflow`` script; returns the exit code."""
+    parser = build_parser()
+    return _dispatch(parser, parser.parse_args(argv))
+
+
+def run_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m ringflow.run``; returns the exit code."""
+    parser = build_run_parser()
+    return _dispatch(parser, parser.parse_args(argv))
+
+
+def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    command = list(args.command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if not command:
+        parser.error("no command given: ringflow run -np N [--] CMD [ARG...]")
+    return launch(
+        command,
+        args.num_proc,
+        timeout=args.timeout,
+        grace_period=args.grace_period,
+        verbose=args.verbose,
+    )
