@@ -233,6 +233,7 @@ PYBIND11_MODULE(_core, m) {
              options.server = rf::net::Endpoint{host, port};
              options.secret = std::string(secret);
              options.job_id = job_id;
+             options.timeout_s = timeout_s;
              py::gil_scoped_release release;
              return std::make_unique<rf::TcpStoreClient>(options,
                                                          rf::Deadline::after_seconds(timeout_s));
@@ -253,7 +254,8 @@ PYBIND11_MODULE(_core, m) {
             std::string value;
             {
               py::gil_scoped_release release;
-              value = self.get(key, rf::Deadline::after_seconds(timeout_s.value_or(300.0)));
+              value =
+                  self.get(key, rf::Deadline::after_seconds(timeout_s.value_or(self.timeout_s())));
             }
             return py::bytes(value);
           },
@@ -265,7 +267,7 @@ PYBIND11_MODULE(_core, m) {
           [](rf::TcpStoreClient& self, const std::vector<std::string>& keys,
              std::optional<double> timeout_s) {
             py::gil_scoped_release release;
-            self.wait(keys, rf::Deadline::after_seconds(timeout_s.value_or(300.0)));
+            self.wait(keys, rf::Deadline::after_seconds(timeout_s.value_or(self.timeout_s())));
           },
           py::arg("keys"), py::arg("timeout_s") = py::none())
       .def("close", &rf::TcpStoreClient::close);

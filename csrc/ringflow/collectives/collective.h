@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "ringflow/common/deadline.h"
@@ -23,22 +24,28 @@ struct CollectiveContext {
   int size() const { return transport.size(); }
 };
 
-// In place: data (count elements) becomes the reduction over all ranks. Average reduces like Sum;
-// the caller divides. Reduce-scatter then allgather around the ring.
-void ring_allreduce(const CollectiveContext& ctx, void* data, size_t count, DType dtype,
-                    ReduceOp op);
+// Applied to each fully reduced piece before it is shared (Average's division, postscale), so
+// every rank finishes 1/N of the data instead of all of it.
+using ChunkFinisher = std::function<void(void* data, size_t count)>;
 
-// data (bytes) is copied from root to every rank along a binomial tree.
+// out = reduction of every rank's in (count elements); in == out is allowed. Reduce-scatter
+// then allgather around the ring, pipelined by segments.
+void ring_allreduce(const CollectiveContext& ctx, const void* in, void* out, size_t count,
+                    DType dtype, ReduceOp op, const ChunkFinisher& finish);
+
+// data (bytes) is copied from root to every rank: binomial tree (log2 N rounds, for small
+// buffers) or pipelined chain (every link carries the data once, for large ones).
 void binomial_broadcast(const CollectiveContext& ctx, void* data, size_t bytes, int root);
+void chain_broadcast(const CollectiveContext& ctx, void* data, size_t bytes, int root);
 
 // Rank r's block (block_bytes[r] bytes) is already at its place in `out`, which holds all blocks
 // back to back in rank order; fills in the others around the ring.
 void ring_allgatherv(const CollectiveContext& ctx, void* out,
                      const std::vector<size_t>& block_bytes);
 
-// `work` holds the whole input (all blocks back to back, block_counts[r] elements for rank r)
-// and is used as scratch; afterwards `work`'s block `rank` holds the reduction of that block.
-void ring_reduce_scatter(const CollectiveContext& ctx, void* work,
+// `in` holds every block back to back (block_counts[r] elements for rank r); `out` receives
+// this rank's block, reduced over all ranks.
+void ring_reduce_scatter(const CollectiveContext& ctx, const void* in, void* out,
                          const std::vector<size_t>& block_counts, DType dtype, ReduceOp op);
 
 // send_bytes[p] bytes from `in` (blocks in rank order) go to rank p; recv_bytes[p] bytes from
@@ -50,7 +57,23 @@ void pairwise_alltoall(const CollectiveContext& ctx, const void* in,
 // Returns once every rank has entered it.
 void dissemination_barrier(const CollectiveContext& ctx);
 
-// Byte offsets of consecutive blocks of the given sizes.
+// One rank's contribution to bruck_allgather: a fixed-size header and a payload.
+struct GatherBlock {
+  std::vector<char> header;
+  const char* payload = nullptr;
+  size_t payload_bytes = 0;
+};
+struct GatheredBlocks {
+  std::vector<char> headers;                // every rank's header, in rank order
+  std::vector<std::vector<char>> payloads;  // every rank's payload, in rank order
+};
+// How many payload bytes follow a header (the receiver's view; must match what the sender sent).
+using PayloadSize = std::function<size_t(const char* header)>;
+// Every rank ends with every rank's block, in ceil(log2 N) rounds.
+void bruck_allgather(const CollectiveContext& ctx, const GatherBlock& mine,
+                     const PayloadSize& payload_size, GatheredBlocks* all);
+
+// Byte offsets of consecutive blocks of the given sizes (one more entry: the total).
 std::vector<size_t> block_offsets(const std::vector<size_t>& sizes);
 // count split into `parts` blocks: count / parts each, the first count % parts get one more.
 std::vector<size_t> even_blocks(size_t count, int parts);

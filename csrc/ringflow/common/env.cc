@@ -1,6 +1,7 @@
 #include "ringflow/common/env.h"
 
 #include <cstdlib>
+#include <initializer_list>
 
 #include "ringflow/common/check.h"
 
@@ -30,6 +31,7 @@ LogLevel parse_log_level(const std::string& text) {
   if (text == "error") return LogLevel::kError;
   RF_THROW(kInvalidArgument) << "RINGFLOW_LOG_LEVEL=" << text
                              << " is not one of debug, info, warning, error";
+  return LogLevel::kWarning;  // not reached
 }
 
 TransportKind parse_transport(const std::string& text) {
@@ -37,6 +39,24 @@ TransportKind parse_transport(const std::string& text) {
   if (text == "tcp") return TransportKind::kTcp;
   RF_THROW(kInvalidArgument) << "RINGFLOW_TRANSPORT=" << text
                              << " is not one of auto, tcp (shared memory comes later)";
+  return TransportKind::kAuto;  // not reached
+}
+
+std::string parse_choice(const char* name, const std::string& value,
+                         std::initializer_list<const char*> allowed) {
+  std::string listed;
+  for (const char* option : allowed) {
+    if (value == option) return value;
+    listed += listed.empty() ? option : std::string(", ") + option;
+  }
+  RF_THROW(kInvalidArgument) << name << "=" << value << " is not one of " << listed;
+  return value;  // not reached
+}
+
+size_t positive_bytes(const char* name, size_t fallback) {
+  long long value = env_int(name, static_cast<long long>(fallback));
+  RF_CHECK(value > 0, kInvalidArgument) << name << " must be at least 1 byte";
+  return static_cast<size_t>(value);
 }
 
 EnvConfig read_env() {
@@ -45,6 +65,20 @@ EnvConfig read_env() {
   config.transport = parse_transport(env_string("RINGFLOW_TRANSPORT", "auto"));
   config.socket_buffer_bytes =
       static_cast<size_t>(env_int("RINGFLOW_SOCKET_BUFFER", config.socket_buffer_bytes));
+  config.allreduce_algorithm =
+      parse_choice("RINGFLOW_ALLREDUCE_ALGORITHM",
+                   env_string("RINGFLOW_ALLREDUCE_ALGORITHM", "auto"), {"auto", "ring", "bruck"});
+  config.bruck_max_bytes = static_cast<size_t>(
+      env_int("RINGFLOW_BRUCK_MAX_BYTES", static_cast<long long>(config.bruck_max_bytes)));
+  config.broadcast_algorithm = parse_choice("RINGFLOW_BROADCAST_ALGORITHM",
+                                            env_string("RINGFLOW_BROADCAST_ALGORITHM", "auto"),
+                                            {"auto", "binomial", "chain"});
+  config.chain_min_bytes = static_cast<size_t>(
+      env_int("RINGFLOW_CHAIN_MIN_BYTES", static_cast<long long>(config.chain_min_bytes)));
+  config.segment_bytes = positive_bytes("RINGFLOW_SEGMENT_BYTES", config.segment_bytes);
+  const char* spin = std::getenv("RINGFLOW_SPIN_US");
+  if (spin && *spin)
+    config.spin_us = std::string(spin) == "auto" ? -1 : env_int("RINGFLOW_SPIN_US", 0);
   return config;
 }
 

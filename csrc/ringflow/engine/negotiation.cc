@@ -72,6 +72,7 @@ Descriptor describe(const Request& request) {
   d.dtype = static_cast<uint8_t>(request.dtype);
   d.op = static_cast<uint8_t>(request.op);
   d.invalid = request.invalid_reason.empty() ? 0 : 1;
+  d.inline_payload = request.inline_payload != nullptr && d.invalid == 0 ? 1 : 0;
   d.root = request.root;
   RF_CHECK(request.shape.size() <= kMaxDims, kInvalidArgument)
       << op_kind_name(request.kind) << " of tensor '" << request.name
@@ -85,15 +86,47 @@ Descriptor describe(const Request& request) {
   return d;
 }
 
-std::vector<Descriptor> exchange_descriptors(const CollectiveContext& ctx, const Request& request) {
-  const int size = ctx.size();
-  std::vector<Descriptor> all(size);
-  all[ctx.rank()] = describe(request);
-  if (size > 1) {
-    std::vector<size_t> bytes(size, sizeof(Descriptor));
-    ring_allgatherv(ctx, all.data(), bytes);
+size_t inline_payload_bytes(const Descriptor& d) {
+  if (!d.inline_payload || d.invalid) return 0;
+  RF_CHECK(dtype_is_valid(d.dtype) && d.ndim >= 0 && d.ndim <= kMaxDims, kPeerFailure)
+      << "received a malformed operation descriptor";
+  // Inline payloads are small by construction; refuse anything that could exhaust memory.
+  constexpr size_t kLimit = size_t{1} << 30;
+  size_t bytes = dtype_size(static_cast<DType>(d.dtype));
+  for (int i = 0; i < d.ndim; ++i) {
+    RF_CHECK(d.dims[i] >= 0 && static_cast<size_t>(d.dims[i]) <= kLimit, kPeerFailure)
+        << "received a malformed operation descriptor";
+    bytes *= static_cast<size_t>(d.dims[i]);
+    RF_CHECK(bytes <= kLimit, kPeerFailure) << "received an oversized inline payload";
   }
-  return all;
+  return bytes;
+}
+
+Negotiated exchange_descriptors(const CollectiveContext& ctx, const Request& request) {
+  const int size = ctx.size();
+  Descriptor own = describe(request);
+  GatherBlock mine;
+  mine.header.assign(reinterpret_cast<const char*>(&own),
+                     reinterpret_cast<const char*>(&own) + sizeof(own));
+  mine.payload = static_cast<const char*>(request.inline_payload);
+  mine.payload_bytes = inline_payload_bytes(own);
+  GatheredBlocks gathered;
+  if (size == 1) {
+    gathered.headers = mine.header;
+    gathered.payloads.emplace_back(mine.payload, mine.payload + mine.payload_bytes);
+  } else {
+    auto payload_size = [](const char* header) {
+      Descriptor d;
+      std::memcpy(&d, header, sizeof(d));
+      return inline_payload_bytes(d);
+    };
+    bruck_allgather(ctx, mine, payload_size, &gathered);
+  }
+  Negotiated result;
+  result.descriptors.resize(size);
+  std::memcpy(result.descriptors.data(), gathered.headers.data(), size * sizeof(Descriptor));
+  result.payloads = std::move(gathered.payloads);
+  return result;
 }
 
 void check_agreement(const std::vector<Descriptor>& all, int rank, const Request& request) {
@@ -146,6 +179,14 @@ void check_agreement(const std::vector<Descriptor>& all, int rank, const Request
                    if (first_dim_free && d.ndim == 0) return std::string("() (a scalar)");
                    return shape_text(d, first_dim_free ? 1 : 0);
                  });
+  }
+  if (kind == OpKind::kAllreduce) {
+    // Ranks pick the algorithm alone from the size and RINGFLOW_* settings; they must agree.
+    require_same(
+        all, rank, request,
+        "algorithm (check RINGFLOW_ALLREDUCE_ALGORITHM and "
+        "RINGFLOW_BRUCK_MAX_BYTES on every rank)",
+        [](const Descriptor& d) { return std::string(d.inline_payload ? "bruck" : "ring"); });
   }
 }
 

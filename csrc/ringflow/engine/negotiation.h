@@ -40,6 +40,8 @@ struct Request {
   double postscale = 1.0;
   // Non-empty when this rank's input is unusable; the other ranks are told so.
   std::string invalid_reason;
+  // The data travels with the descriptor (small allreduce: negotiation and data in one exchange).
+  const void* inline_payload = nullptr;
 };
 
 #pragma pack(push, 1)
@@ -50,7 +52,8 @@ struct Descriptor {
   uint8_t invalid;  // 1 when the rank's input was rejected locally
   int32_t root;
   int32_t ndim;
-  int32_t reserved;
+  uint8_t inline_payload;  // 1 when the tensor's bytes follow the descriptor
+  uint8_t reserved[3];
   int64_t dims[kMaxDims];
   double prescale;
   double postscale;
@@ -62,8 +65,18 @@ static_assert(sizeof(Descriptor) == 144, "descriptor is part of the wire format"
 
 Descriptor describe(const Request& request);
 
-// Gathers every rank's descriptor (moves bytes; transport errors propagate).
-std::vector<Descriptor> exchange_descriptors(const CollectiveContext& ctx, const Request& request);
+// Bytes of tensor data a descriptor announces (its inline payload, or 0). Throws kPeerFailure
+// for a descriptor no ringflow rank would send.
+size_t inline_payload_bytes(const Descriptor& d);
+
+struct Negotiated {
+  std::vector<Descriptor> descriptors;      // by rank
+  std::vector<std::vector<char>> payloads;  // by rank; empty unless sent inline
+};
+
+// Gathers every rank's descriptor and inline payload in ceil(log2 N) rounds (moves bytes;
+// transport errors propagate).
+Negotiated exchange_descriptors(const CollectiveContext& ctx, const Request& request);
 
 // Checks that the gathered descriptors agree; every rank reaches the same verdict. Throws
 // kInvalidArgument on the rank whose input was invalid and kMismatch, naming the field and

@@ -6,6 +6,7 @@
 #include <numeric>
 
 #include "ringflow/collectives/collective.h"
+#include "ringflow/collectives/select.h"
 #include "ringflow/common/check.h"
 #include "ringflow/common/env.h"
 #include "ringflow/reduce/reduce.h"
@@ -125,17 +126,13 @@ void Runtime::io(const std::string& what, Fn&& fn) {
   }
 }
 
-std::vector<Descriptor> Runtime::negotiate(const Request& request) {
-  std::vector<Descriptor> all;
-  if (options_.size == 1) {
-    all.push_back(describe(request));
-  } else {
-    CollectiveContext ctx = next_context();
-    io(context(op_kind_name(request.kind), request.name) + " (negotiation)",
-       [&] { all = exchange_descriptors(ctx, request); });
-  }
-  check_agreement(all, options_.rank, request);
-  return all;
+Negotiated Runtime::negotiate(const Request& request) {
+  Negotiated negotiated;
+  CollectiveContext ctx = next_context();
+  io(context(op_kind_name(request.kind), request.name) + " (negotiation)",
+     [&] { negotiated = exchange_descriptors(ctx, request); });
+  check_agreement(negotiated.descriptors, options_.rank, request);
+  return negotiated;
 }
 
 void Runtime::allreduce(const TensorRef& in, void* out, ReduceOp op, double prescale,
@@ -148,14 +145,47 @@ void Runtime::allreduce(const TensorRef& in, void* out, ReduceOp op, double pres
     request.invalid_reason = std::string(reduce_op_name(op)) + " is not supported for dtype " +
                              dtype_name(in.dtype) + " (bool supports Min and Max)";
   }
-  negotiate(request);
   const size_t count = in.count();
-  if (out != in.data && count > 0) std::memcpy(out, in.data, in.bytes());
-  scale_by(out, count, in.dtype, prescale);
+  const DType dtype = in.dtype;
+  const bool bruck = choose_allreduce(in.bytes(), options_.size) == AllreduceAlgorithm::kBruck;
+  // Bruck sends the data with the descriptor, so it is prescaled (on a copy) before that.
+  std::vector<char> prescaled;
+  const void* source = in.data;
+  if (bruck && prescale != 1.0 && request.invalid_reason.empty()) {
+    prescaled.assign(static_cast<const char*>(in.data),
+                     static_cast<const char*>(in.data) + in.bytes());
+    scale_by(prescaled.data(), count, dtype, prescale);
+    source = prescaled.data();
+  }
+  if (bruck) request.inline_payload = source ? source : "";
+  Negotiated negotiated = negotiate(request);
+  const int world = options_.size;
+  auto finish = [&](void* data, size_t n) {
+    if (op == ReduceOp::kAverage) divide_by(data, n, dtype, world);
+    scale_by(data, n, dtype, postscale);
+  };
+  if (bruck) {
+    // Every rank folds every contribution in rank order: the same bits everywhere.
+    const auto& parts = negotiated.payloads;
+    if (count > 0) {
+      if (world == 1) {
+        std::memcpy(out, parts[0].data(), in.bytes());
+      } else {
+        reduce(parts[0].data(), parts[1].data(), out, count, dtype, op);
+        for (int r = 2; r < world; ++r) reduce(out, parts[r].data(), out, count, dtype, op);
+      }
+      finish(out, count);
+    }
+    return;
+  }
+  if (prescale != 1.0 && count > 0) {
+    if (out != in.data) std::memcpy(out, in.data, in.bytes());
+    scale_by(out, count, dtype, prescale);
+    source = out;
+  }
   CollectiveContext ctx = next_context();
-  io(context("allreduce", in.name), [&] { ring_allreduce(ctx, out, count, in.dtype, op); });
-  if (op == ReduceOp::kAverage) divide_by(out, count, in.dtype, options_.size);
-  scale_by(out, count, in.dtype, postscale);
+  io(context("allreduce", in.name),
+     [&] { ring_allreduce(ctx, source, out, count, dtype, op, finish); });
 }
 
 void Runtime::broadcast(const TensorRef& buffer, int root) {
@@ -169,8 +199,13 @@ void Runtime::broadcast(const TensorRef& buffer, int root) {
   }
   negotiate(request);
   CollectiveContext ctx = next_context();
-  io(context("broadcast", buffer.name),
-     [&] { binomial_broadcast(ctx, buffer.data, buffer.bytes(), root); });
+  io(context("broadcast", buffer.name), [&] {
+    if (choose_broadcast(buffer.bytes(), options_.size) == BroadcastAlgorithm::kChain) {
+      chain_broadcast(ctx, buffer.data, buffer.bytes(), root);
+    } else {
+      binomial_broadcast(ctx, buffer.data, buffer.bytes(), root);
+    }
+  });
 }
 
 std::vector<int64_t> Runtime::allgather_sizes(const TensorRef& in) {
@@ -181,9 +216,9 @@ std::vector<int64_t> Runtime::allgather_sizes(const TensorRef& in) {
   if (request.invalid_reason.empty() && in.shape.empty()) {
     request.invalid_reason = "allgather needs at least one dimension (got a scalar)";
   }
-  std::vector<Descriptor> all = negotiate(request);
+  Negotiated negotiated = negotiate(request);
   std::vector<int64_t> first_dims;
-  for (const auto& d : all) first_dims.push_back(d.dims[0]);
+  for (const auto& d : negotiated.descriptors) first_dims.push_back(d.dims[0]);
   return first_dims;
 }
 
@@ -217,17 +252,11 @@ void Runtime::reducescatter(const TensorRef& in, void* out, ReduceOp op) {
   const size_t row = in.row_count();
   std::vector<size_t> block_counts = even_blocks(static_cast<size_t>(in.shape[0]), options_.size);
   for (auto& block : block_counts) block *= row;
-  std::vector<size_t> offsets = block_offsets(block_counts);
-  const size_t elem = dtype_size(in.dtype);
-  std::vector<char> work(static_cast<const char*>(in.data),
-                         static_cast<const char*>(in.data) + in.bytes());
   CollectiveContext ctx = next_context();
   io(context("reducescatter", in.name),
-     [&] { ring_reduce_scatter(ctx, work.data(), block_counts, in.dtype, op); });
-  const size_t mine = block_counts[options_.rank];
-  char* result = work.data() + offsets[options_.rank] * elem;
-  if (op == ReduceOp::kAverage) divide_by(result, mine, in.dtype, options_.size);
-  if (mine > 0) std::memcpy(out, result, mine * elem);
+     [&] { ring_reduce_scatter(ctx, in.data, out, block_counts, in.dtype, op); });
+  if (op == ReduceOp::kAverage)
+    divide_by(out, block_counts[options_.rank], in.dtype, options_.size);
 }
 
 std::vector<int64_t> Runtime::alltoall_sizes(const TensorRef& in,

@@ -84,7 +84,7 @@ class Runtime {
   // Runs fn (which moves bytes); an error poisons the runtime and is rethrown with context.
   template <typename Fn>
   void io(const std::string& what, Fn&& fn);
-  std::vector<Descriptor> negotiate(const Request& request);
+  Negotiated negotiate(const Request& request);
   std::string context(const char* op, const std::string& name) const;
 
   RuntimeOptions options_;

@@ -10,8 +10,12 @@
 
 namespace rf {
 
-// acc[i] = acc[i] (op) src[i] for i < count, with acc on the left (the order matters for floats).
-// Average reduces like Sum; divide_by() finishes it. bool supports only Min (and) / Max (or).
+// dst[i] = a[i] (op) b[i] for i < count. dst may be a or b. Average reduces like Sum;
+// divide_by() finishes it. bool supports only Min (and) / Max (or). (op) is commutative bit for
+// bit (IEEE + and * are), so which operand is "a" never changes a result.
+void reduce(const void* a, const void* b, void* dst, size_t count, DType dtype, ReduceOp op);
+
+// acc[i] = acc[i] (op) src[i].
 void reduce_into(void* acc, const void* src, size_t count, DType dtype, ReduceOp op);
 
 // buf[i] = buf[i] / divisor. Floats divide in their accumulation type (float32 for 16-bit
@@ -24,5 +28,8 @@ void scale_by(void* buf, size_t count, DType dtype, double factor);
 
 // Whether (dtype, op) is a supported reduction; false for bool with Sum/Average/Product.
 bool reduction_supported(DType dtype, ReduceOp op);
+
+// Which kernel build runs on this CPU: "avx2+f16c" or "generic".
+const char* reduce_kernel_isa();
 
 }  // namespace rf

@@ -15,8 +15,9 @@ struct StoreClientOptions {
   net::Endpoint server;
   std::string secret;
   std::string job_id;
-  int32_t rank = -1;        // for the server's logs
-  uint32_t generation = 0;  // a rank-0-hosted store only accepts its own generation
+  int32_t rank = -1;         // for the server's logs
+  uint32_t generation = 0;   // a rank-0-hosted store only accepts its own generation
+  double timeout_s = 300.0;  // for get()/wait() callers without a deadline of their own
 };
 
 class TcpStoreClient : public Store {
@@ -34,6 +35,7 @@ class TcpStoreClient : public Store {
   // The local address of the connection to the store: the interface that reaches the store,
   // which is the one ranks advertise to each other.
   std::string local_ip() const;
+  double timeout_s() const { return options_.timeout_s; }
 
  private:
   void wait_locked(uint8_t command, const std::vector<std::string>& keys, const Deadline& deadline,

@@ -1,5 +1,7 @@
 #include "ringflow/transport/rendezvous.h"
 
+#include <sched.h>
+
 #include <map>
 #include <sstream>
 #include <vector>
@@ -19,30 +21,16 @@ namespace {
 // longer than this is not a peer and must not hold up the rendezvous.
 constexpr double kAcceptedHandshakeSeconds = 5.0;
 
-struct PeerAddress {
-  net::Endpoint endpoint;
-  std::string host_id;
-};
-
-PeerAddress parse_address(const std::string& value, int rank) {
-  auto space = value.find(' ');
-  RF_CHECK(space != std::string::npos, kPeerFailure)
-      << "malformed rendezvous entry for rank " << rank << ": '" << value << "'";
-  return PeerAddress{net::Endpoint::parse(value.substr(0, space)), value.substr(space + 1)};
-}
-
-Topology compute_topology(const std::vector<PeerAddress>& addresses, int rank) {
+Topology compute_topology(const std::vector<std::string>& hosts, int rank) {
   Topology topology;
   std::map<std::string, int> next_local_rank;
-  std::vector<int> local_rank_of(addresses.size());
-  for (size_t r = 0; r < addresses.size(); ++r) {
-    local_rank_of[r] = next_local_rank[addresses[r].host_id]++;
-  }
+  std::vector<int> local_rank_of(hosts.size());
+  for (size_t r = 0; r < hosts.size(); ++r) local_rank_of[r] = next_local_rank[hosts[r]]++;
   topology.local_rank = local_rank_of[rank];
-  topology.local_size = next_local_rank[addresses[rank].host_id];
+  topology.local_size = next_local_rank[hosts[rank]];
   topology.cross_rank = 0;
   topology.cross_size = 0;
-  for (size_t r = 0; r < addresses.size(); ++r) {
+  for (size_t r = 0; r < hosts.size(); ++r) {
     if (local_rank_of[r] != topology.local_rank) continue;
     if (static_cast<int>(r) < rank) ++topology.cross_rank;
     ++topology.cross_size;
@@ -50,9 +38,19 @@ Topology compute_topology(const std::vector<PeerAddress>& addresses, int rank) {
   return topology;
 }
 
-UniqueFd connect_to_lower(const PeerAddress& address, int peer, const net::Identity& me,
+// Polling before sleeping pays off only when every local rank has a core of its own.
+int spin_budget_us(const Topology& topology) {
+  long long configured = env_config().spin_us;
+  if (configured >= 0) return static_cast<int>(configured);
+  cpu_set_t cpus;
+  CPU_ZERO(&cpus);
+  int available = ::sched_getaffinity(0, sizeof(cpus), &cpus) == 0 ? CPU_COUNT(&cpus) : 1;
+  return topology.local_size <= available ? 50 : 0;
+}
+
+UniqueFd connect_to_lower(const net::Endpoint& address, int peer, const net::Identity& me,
                           const RendezvousOptions& options, const Deadline& deadline) {
-  UniqueFd fd = net::connect_tcp(address.endpoint, deadline, env_config().socket_buffer_bytes);
+  UniqueFd fd = net::connect_tcp(address, deadline, env_config().socket_buffer_bytes);
   auto check = [peer, &options](const net::Identity& identity, std::string* reason) {
     if (identity.rank == peer && identity.generation == options.generation) {
       return net::Verdict::kAccepted;
@@ -63,15 +61,15 @@ UniqueFd connect_to_lower(const PeerAddress& address, int peer, const net::Ident
   };
   auto result = net::handshake(fd.get(), me, net::Role::kPeer, options.secret, check, deadline);
   RF_CHECK(result.verdict == net::Verdict::kAccepted, kPeerFailure)
-      << "rank " << options.rank << ": handshake with rank " << peer << " at "
-      << address.endpoint.str() << " failed: " << result.reason;
+      << "rank " << options.rank << ": handshake with rank " << peer << " at " << address.str()
+      << " failed: " << result.reason;
   return fd;
 }
 
 }  // namespace
 
-std::string rendezvous_key(uint32_t generation, int rank) {
-  return "rf/" + std::to_string(generation) + "/rank/" + std::to_string(rank);
+std::string rendezvous_key(uint32_t generation, const char* what, int rank) {
+  return "rf/" + std::to_string(generation) + "/" + what + "/" + std::to_string(rank);
 }
 
 Mesh connect_mesh(Store& store, const RendezvousOptions& options, const Deadline& deadline) {
@@ -80,20 +78,22 @@ Mesh connect_mesh(Store& store, const RendezvousOptions& options, const Deadline
   int port = 0;
   UniqueFd listener =
       net::listen_tcp(options.advertise_ip, 0, &port, env_config().socket_buffer_bytes);
-  store.set(rendezvous_key(options.generation, rank),
-            options.advertise_ip + ":" + std::to_string(port) + " " + options.host_id);
+  // The host first: once a rank's address is visible, everything about it is.
+  store.set(rendezvous_key(options.generation, "host", rank), options.host_id);
+  store.set(rendezvous_key(options.generation, "addr", rank),
+            options.advertise_ip + ":" + std::to_string(port));
 
-  std::vector<std::string> keys;
-  for (int r = 0; r < size; ++r) keys.push_back(rendezvous_key(options.generation, r));
-  store.wait(keys, deadline);
-  std::vector<PeerAddress> addresses;
-  for (int r = 0; r < size; ++r)
-    addresses.push_back(parse_address(store.get(keys[r], deadline), r));
-
+  // Only the lower ranks' addresses are needed to connect; waiting for all of them here would
+  // keep this rank from accepting the higher ranks that are already knocking.
+  std::vector<net::Endpoint> lower;
+  for (int r = 0; r < rank; ++r) {
+    lower.push_back(
+        net::Endpoint::parse(store.get(rendezvous_key(options.generation, "addr", r), deadline)));
+  }
   std::vector<UniqueFd> sockets(size);
   net::Identity me{net::Role::kPeer, rank, options.generation, options.job_id};
   for (int peer = 0; peer < rank; ++peer) {
-    sockets[peer] = connect_to_lower(addresses[peer], peer, me, options, deadline);
+    sockets[peer] = connect_to_lower(lower[peer], peer, me, options, deadline);
   }
 
   int missing = size - 1 - rank;
@@ -135,16 +135,23 @@ Mesh connect_mesh(Store& store, const RendezvousOptions& options, const Deadline
   for (int peer = 0; peer < size; ++peer) {
     if (sockets[peer].valid()) net::set_nodelay(sockets[peer].get());
   }
+  // Every rank published its host before its address, and every rank has connected: all
+  // host ids are in the store now.
+  std::vector<std::string> hosts;
+  for (int r = 0; r < size; ++r) {
+    hosts.push_back(store.get(rendezvous_key(options.generation, "host", r), deadline));
+  }
   Mesh mesh;
-  mesh.topology = compute_topology(addresses, rank);
-  mesh.transport = std::make_unique<TcpTransport>(rank, std::move(sockets));
+  mesh.topology = compute_topology(hosts, rank);
+  mesh.transport =
+      std::make_unique<TcpTransport>(rank, std::move(sockets), spin_budget_us(mesh.topology));
   return mesh;
 }
 
 Mesh single_process_mesh() {
   Mesh mesh;
   std::vector<UniqueFd> none(1);
-  mesh.transport = std::make_unique<TcpTransport>(0, std::move(none));
+  mesh.transport = std::make_unique<TcpTransport>(0, std::move(none), 0);
   return mesh;
 }
 

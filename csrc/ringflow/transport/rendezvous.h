@@ -34,8 +34,8 @@ struct Mesh {
   Topology topology;
 };
 
-// Store keys: rf/<generation>/rank/<r> = "<ip>:<port> <host id>".
-std::string rendezvous_key(uint32_t generation, int rank);
+// Store keys: rf/<generation>/addr/<r> = "<ip>:<port>", rf/<generation>/host/<r> = host id.
+std::string rendezvous_key(uint32_t generation, const char* what, int rank);
 
 // Rank r connects to every rank below it and accepts every rank above it. Connections that
 // fail the handshake (wrong secret, garbage, stale generation) are refused and logged; the

@@ -17,16 +17,22 @@ class Transport {
   virtual int rank() const = 0;
   virtual int size() const = 0;
 
-  // Queue one frame to `peer`. `data` must stay valid until wait_all() returns.
-  virtual void post_send(int peer, const void* data, size_t len, uint64_t tag) = 0;
+  // Queue one frame to `peer`. `data` must stay valid, and unchanged, until the send completes
+  // (wait_send() with the returned ticket, or wait_all()). Sends to one peer complete in order.
+  virtual uint64_t post_send(int peer, const void* data, size_t len, uint64_t tag) = 0;
+  virtual void wait_send(int peer, uint64_t ticket, const Deadline& deadline) = 0;
   // Queue the receipt of the next frame from `peer` into `data`. Without `actual_len` the frame
   // must be exactly `len` bytes (a collective: sizes were agreed beforehand). With it, a frame
   // of another length is drained without touching `data` and its length reported there (point
-  // to point, where only the receiver can notice a size mismatch).
-  virtual void post_recv(int peer, void* data, size_t len, uint64_t tag,
-                         size_t* actual_len = nullptr) = 0;
-  // Drives all queued operations to completion. Throws rf::Error (kTimeout, kPeerFailure)
-  // naming the peer; after a throw the transport is unusable and should be aborted.
+  // to point, where only the receiver can notice a size mismatch). Returns a ticket for
+  // wait_recv(); receives from one peer complete in the order they were posted.
+  virtual uint64_t post_recv(int peer, void* data, size_t len, uint64_t tag,
+                             size_t* actual_len = nullptr) = 0;
+  // Drives all queued operations until the receive with this ticket has completed: the
+  // pipelined algorithms reduce segment k while later segments are still arriving.
+  virtual void wait_recv(int peer, uint64_t ticket, const Deadline& deadline) = 0;
+  // Drives all queued operations to completion. Both waits throw rf::Error (kTimeout,
+  // kPeerFailure) naming the peer; after a throw the transport is unusable and should be aborted.
   virtual void wait_all(const Deadline& deadline) = 0;
   // Tells every peer (best effort) why this rank gives up, and closes all connections.
   virtual void abort(const std::string& reason) noexcept = 0;

@@ -1,11 +1,10 @@
 #include "ringflow/transport/tcp/tcp_transport.h"
 
 #include <sys/epoll.h>
-#include <sys/socket.h>
-#include <sys/uio.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <sstream>
 
@@ -14,206 +13,86 @@
 
 namespace rf {
 
-namespace {
-constexpr size_t kHeaderBytes = sizeof(FrameHeader);
-
-std::string describe_tag(uint64_t tag) {
-  std::ostringstream text;
-  if (tag & kPointToPointBit) {
-    text << "point-to-point message #" << (tag & ~kPointToPointBit);
-  } else {
-    text << "collective #" << tag;
-  }
-  return text.str();
-}
-}  // namespace
-
-TcpTransport::TcpTransport(int rank, std::vector<UniqueFd> sockets)
-    : rank_(rank), peers_(sockets.size()), epoll_fd_(::epoll_create1(EPOLL_CLOEXEC)) {
+TcpTransport::TcpTransport(int rank, std::vector<UniqueFd> sockets, int spin_us)
+    : rank_(rank),
+      spin_us_(spin_us),
+      pairs_(sockets.size()),
+      watched_(sockets.size(), 0),
+      epoll_fd_(::epoll_create1(EPOLL_CLOEXEC)) {
   RF_CHECK(epoll_fd_.valid(), kPeerFailure) << "epoll_create1: " << std::strerror(errno);
   for (size_t p = 0; p < sockets.size(); ++p) {
-    peers_[p].fd = std::move(sockets[p]);
-    if (!peers_[p].fd.valid()) continue;
+    if (!sockets[p].valid()) continue;
     epoll_event event{};
     event.data.u32 = static_cast<uint32_t>(p);
-    RF_CHECK(::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_ADD, peers_[p].fd.get(), &event) == 0,
+    RF_CHECK(::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_ADD, sockets[p].get(), &event) == 0,
              kPeerFailure)
         << "epoll_ctl: " << std::strerror(errno);
+    pairs_[p] = std::make_unique<TcpPair>(static_cast<int>(p), std::move(sockets[p]));
   }
 }
 
 TcpTransport::~TcpTransport() = default;
 
-void TcpTransport::post_send(int peer, const void* data, size_t len, uint64_t tag) {
-  RF_CHECK(peer >= 0 && peer < size() && peer != rank_, kInternal) << "send to rank " << peer;
-  FrameHeader header{kFrameMagic, static_cast<uint32_t>(FrameKind::kData), tag, len};
-  peers_[peer].sends.push_back(SendOp{header, static_cast<const char*>(data), 0});
+TcpPair& TcpTransport::pair(int peer) {
+  RF_CHECK(peer >= 0 && peer < size() && pairs_[peer], kInternal)
+      << "rank " << rank_ << " has no connection to rank " << peer;
+  return *pairs_[peer];
+}
+
+uint64_t TcpTransport::post_send(int peer, const void* data, size_t len, uint64_t tag) {
+  uint64_t ticket = pair(peer).post_send(data, len, tag);
   active_.push_back(peer);
+  return ticket;
 }
 
-void TcpTransport::post_recv(int peer, void* data, size_t len, uint64_t tag, size_t* actual_len) {
-  RF_CHECK(peer >= 0 && peer < size() && peer != rank_, kInternal) << "recv from rank " << peer;
-  peers_[peer].recvs.push_back(RecvOp{static_cast<char*>(data), len, tag, actual_len});
+uint64_t TcpTransport::post_recv(int peer, void* data, size_t len, uint64_t tag,
+                                 size_t* actual_len) {
+  uint64_t ticket = pair(peer).post_recv(data, len, tag, actual_len);
   active_.push_back(peer);
+  return ticket;
 }
 
-bool TcpTransport::progress_sends(int peer_rank) {
-  Peer& peer = peers_[peer_rank];
-  while (!peer.sends.empty()) {
-    SendOp& op = peer.sends.front();
-    const size_t total = kHeaderBytes + op.header.length;
-    // Header and payload go out in one syscall: small messages cost one send, not two.
-    iovec parts[2];
-    int count = 0;
-    if (op.sent < kHeaderBytes) {
-      parts[count++] = {reinterpret_cast<char*>(&op.header) + op.sent, kHeaderBytes - op.sent};
-      parts[count++] = {const_cast<char*>(op.data), op.header.length};
-    } else {
-      size_t done = op.sent - kHeaderBytes;
-      parts[count++] = {const_cast<char*>(op.data) + done, op.header.length - done};
-    }
-    msghdr message{};
-    message.msg_iov = parts;
-    message.msg_iovlen = count;
-    ssize_t sent = ::sendmsg(peer.fd.get(), &message, MSG_NOSIGNAL);
-    if (sent < 0) {
-      if (errno == EAGAIN || errno == EWOULDBLOCK) return false;
-      if (errno == EINTR) continue;
-      RF_THROW(kPeerFailure) << "sending to rank " << peer_rank
-                             << " failed: " << std::strerror(errno)
-                             << " (the peer has probably died)";
-    }
-    op.sent += static_cast<size_t>(sent);
-    if (op.sent < total) return false;
-    peer.sends.pop_front();
-  }
-  return true;
-}
-
-void TcpTransport::accept_header(int peer_rank, Peer& peer) {
-  const FrameHeader& header = peer.incoming.header;
-  RF_CHECK(header.magic == kFrameMagic, kPeerFailure)
-      << "received a malformed frame from rank " << peer_rank << " (bad magic 0x" << std::hex
-      << header.magic << ")";
-  if (header.kind == static_cast<uint32_t>(FrameKind::kAbort))
-    fail_with_abort_frame(peer_rank, peer);
-  RF_CHECK(header.kind == static_cast<uint32_t>(FrameKind::kData), kPeerFailure)
-      << "received a frame of unknown kind " << header.kind << " from rank " << peer_rank;
-  const RecvOp& op = peer.recvs.front();
-  RF_CHECK(header.tag == op.tag, kPeerFailure)
-      << "expected " << describe_tag(op.tag) << " from rank " << peer_rank << " but received "
-      << describe_tag(header.tag) << ": the ranks called operations in different orders";
-  if (op.actual_len) *op.actual_len = header.length;
-  if (header.length == op.len) return;
-  RF_CHECK(op.actual_len, kPeerFailure)
-      << "rank " << peer_rank << " sent " << header.length << " bytes for " << describe_tag(op.tag)
-      << ", " << op.len << " were agreed";
-  // Point to point: drain the frame so the stream stays usable; the caller reports it.
-  peer.incoming.discarding = true;
-}
-
-void TcpTransport::fail_with_abort_frame(int peer_rank, Peer& peer) {
-  size_t len = std::min<uint64_t>(peer.incoming.header.length, kMaxAbortMessageBytes);
-  std::string reason(len, '\0');
-  // Best effort: the aborting peer wrote the whole frame before closing.
-  size_t got = 0;
-  while (got < len) {
-    ssize_t n = ::recv(peer.fd.get(), reason.data() + got, len - got, MSG_DONTWAIT);
-    if (n <= 0) break;
-    got += static_cast<size_t>(n);
-  }
-  reason.resize(got);
-  RF_THROW(kPeerFailure) << "rank " << peer_rank << " failed: " << reason;
-}
-
-bool TcpTransport::progress_recvs(int peer_rank) {
-  Peer& peer = peers_[peer_rank];
-  Incoming& in = peer.incoming;
-  while (!peer.recvs.empty()) {
-    RecvOp& op = peer.recvs.front();
-    char* target;
-    size_t want;
-    char scratch[16384];
-    if (in.header_got < kHeaderBytes) {
-      target = reinterpret_cast<char*>(&in.header) + in.header_got;
-      want = kHeaderBytes - in.header_got;
-    } else if (in.discarding) {
-      target = scratch;
-      want = std::min<uint64_t>(sizeof(scratch), in.header.length - in.payload_got);
-    } else {
-      target = op.data + in.payload_got;
-      want = op.len - in.payload_got;
-    }
-    ssize_t got = want == 0 ? 0 : ::recv(peer.fd.get(), target, want, 0);
-    if (want > 0) {
-      if (got == 0) {
-        RF_THROW(kPeerFailure) << "the connection to rank " << peer_rank
-                               << " was closed (the peer died or gave up)";
-      }
-      if (got < 0) {
-        if (errno == EAGAIN || errno == EWOULDBLOCK) return false;
-        if (errno == EINTR) continue;
-        RF_THROW(kPeerFailure) << "receiving from rank " << peer_rank
-                               << " failed: " << std::strerror(errno);
-      }
-    }
-    if (in.header_got < kHeaderBytes) {
-      in.header_got += static_cast<size_t>(got);
-      if (in.header_got == kHeaderBytes) accept_header(peer_rank, peer);
-      continue;
-    }
-    in.payload_got += static_cast<size_t>(std::max<ssize_t>(got, 0));
-    const size_t frame_len = in.discarding ? in.header.length : op.len;
-    if (in.payload_got < frame_len) continue;
-    in = Incoming{};
-    peer.recvs.pop_front();
-  }
-  return true;
-}
-
-void TcpTransport::watch(int peer_rank, Peer& peer) {
-  uint32_t wanted = (peer.recvs.empty() ? 0u : EPOLLIN) | (peer.sends.empty() ? 0u : EPOLLOUT);
-  if (wanted == peer.epoll_events) return;
+void TcpTransport::watch(int peer) {
+  const TcpPair& p = *pairs_[peer];
+  uint32_t wanted = (p.receiving() ? EPOLLIN : 0u) | (p.sending() ? EPOLLOUT : 0u);
+  if (wanted == watched_[peer]) return;
   epoll_event event{};
   event.events = wanted;
-  event.data.u32 = static_cast<uint32_t>(peer_rank);
-  ::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_MOD, peer.fd.get(), &event);
-  peer.epoll_events = wanted;
+  event.data.u32 = static_cast<uint32_t>(peer);
+  ::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_MOD, p.fd(), &event);
+  watched_[peer] = wanted;
 }
 
-std::string TcpTransport::pending_summary() const {
-  std::ostringstream text;
-  const char* separator = "";
-  for (int p : active_) {
-    const Peer& peer = peers_[p];
-    if (!peer.recvs.empty()) {
-      text << separator << "receive of " << peer.recvs.front().len << " bytes from rank " << p
-           << " (" << peer.incoming.payload_got << " arrived)";
-      separator = ", ";
-    }
-    if (!peer.sends.empty()) {
-      text << separator << "send of " << peer.sends.front().header.length << " bytes to rank " << p;
-      separator = ", ";
-    }
-  }
-  return text.str();
-}
-
-void TcpTransport::wait_all(const Deadline& deadline) {
+bool TcpTransport::progress_active() {
   std::sort(active_.begin(), active_.end());
   active_.erase(std::unique(active_.begin(), active_.end()), active_.end());
+  auto idle = [this](int peer) {
+    TcpPair& p = *pairs_[peer];
+    bool sends_idle = p.progress_sends();
+    bool recvs_idle = p.progress_recvs();
+    return sends_idle && recvs_idle;
+  };
+  active_.erase(std::remove_if(active_.begin(), active_.end(), idle), active_.end());
+  return active_.empty();
+}
+
+template <typename Finished>
+void TcpTransport::progress_until(Finished finished, const Deadline& deadline) {
+  using Clock = std::chrono::steady_clock;
   epoll_event events[64];
   while (true) {
-    // Try every pending peer first: most small frames complete without ever sleeping.
-    auto done = [this](int p) {
-      bool sends_done = progress_sends(p);
-      bool recvs_done = progress_recvs(p);
-      if (sends_done && recvs_done) return true;
-      watch(p, peers_[p]);
-      return false;
-    };
-    active_.erase(std::remove_if(active_.begin(), active_.end(), done), active_.end());
-    if (active_.empty()) break;
+    progress_active();
+    if (finished()) return;
+    // A reply often arrives within microseconds; polling for it is far cheaper than a sleep
+    // and wake-up in epoll, when there is a core to spare.
+    if (spin_us_ > 0) {
+      auto until = Clock::now() + std::chrono::microseconds(spin_us_);
+      while (Clock::now() < until) {
+        progress_active();
+        if (finished()) return;
+      }
+    }
+    for (int peer : active_) watch(peer);
     int ready = ::epoll_wait(epoll_fd_.get(), events, 64, deadline.remaining_ms());
     if (ready < 0 && errno != EINTR) {
       RF_THROW(kPeerFailure) << "epoll_wait: " << std::strerror(errno);
@@ -224,25 +103,32 @@ void TcpTransport::wait_all(const Deadline& deadline) {
   }
 }
 
+void TcpTransport::wait_send(int peer, uint64_t ticket, const Deadline& deadline) {
+  const TcpPair& target = pair(peer);
+  progress_until([&] { return target.sends_done() > ticket; }, deadline);
+}
+
+void TcpTransport::wait_recv(int peer, uint64_t ticket, const Deadline& deadline) {
+  const TcpPair& target = pair(peer);
+  progress_until([&] { return target.recvs_done() > ticket; }, deadline);
+}
+
+void TcpTransport::wait_all(const Deadline& deadline) {
+  progress_until([this] { return active_.empty(); }, deadline);
+}
+
+std::string TcpTransport::pending_summary() const {
+  std::ostringstream text;
+  for (size_t i = 0; i < active_.size(); ++i) {
+    text << (i ? ", " : "") << pairs_[active_[i]]->pending_summary();
+  }
+  return text.str();
+}
+
 void TcpTransport::abort(const std::string& reason) noexcept {
   std::string message = reason.substr(0, kMaxAbortMessageBytes);
-  for (size_t p = 0; p < peers_.size(); ++p) {
-    Peer& peer = peers_[p];
-    if (!peer.fd.valid()) continue;
-    // An abort frame may only start at a frame boundary of our outgoing stream.
-    bool mid_frame = !peer.sends.empty() && peer.sends.front().sent > 0;
-    if (!mid_frame) {
-      FrameHeader header{kFrameMagic, static_cast<uint32_t>(FrameKind::kAbort), 0, message.size()};
-      iovec parts[2] = {{&header, sizeof(header)}, {message.data(), message.size()}};
-      msghdr frame{};
-      frame.msg_iov = parts;
-      frame.msg_iovlen = 2;
-      ::sendmsg(peer.fd.get(), &frame, MSG_NOSIGNAL | MSG_DONTWAIT);
-    }
-    ::shutdown(peer.fd.get(), SHUT_RDWR);
-    peer.fd.reset();
-    peer.sends.clear();
-    peer.recvs.clear();
+  for (auto& p : pairs_) {
+    if (p) p->abort(message);
   }
   active_.clear();
   RF_LOG(kDebug) << "rank " << rank_ << " aborted: " << message;

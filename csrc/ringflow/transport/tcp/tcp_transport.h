@@ -1,14 +1,13 @@
-// Transport over one TCP connection per peer, non-blocking sockets driven by epoll from the
-// thread that calls wait_all().
+// Transport over one TCP connection per peer (TcpPair), non-blocking sockets driven by epoll
+// from the thread that waits.
 #pragma once
 
-#include <deque>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "ringflow/common/unique_fd.h"
-#include "ringflow/transport/frame.h"
+#include "ringflow/transport/tcp/tcp_pair.h"
 #include "ringflow/transport/transport.h"
 
 namespace rf {
@@ -16,52 +15,33 @@ namespace rf {
 class TcpTransport : public Transport {
  public:
   // `sockets[p]` is the connected, authenticated socket to rank p (invalid for p == rank).
-  TcpTransport(int rank, std::vector<UniqueFd> sockets);
+  // spin_us: how long a wait polls the sockets before sleeping in epoll (0 when processes
+  // outnumber cores: spinning would steal the peer's CPU).
+  TcpTransport(int rank, std::vector<UniqueFd> sockets, int spin_us);
   ~TcpTransport() override;
 
   int rank() const override { return rank_; }
-  int size() const override { return static_cast<int>(peers_.size()); }
-  void post_send(int peer, const void* data, size_t len, uint64_t tag) override;
-  void post_recv(int peer, void* data, size_t len, uint64_t tag, size_t* actual_len) override;
+  int size() const override { return static_cast<int>(pairs_.size()); }
+  uint64_t post_send(int peer, const void* data, size_t len, uint64_t tag) override;
+  uint64_t post_recv(int peer, void* data, size_t len, uint64_t tag, size_t* actual_len) override;
+  void wait_send(int peer, uint64_t ticket, const Deadline& deadline) override;
+  void wait_recv(int peer, uint64_t ticket, const Deadline& deadline) override;
   void wait_all(const Deadline& deadline) override;
   void abort(const std::string& reason) noexcept override;
 
  private:
-  struct SendOp {
-    FrameHeader header;
-    const char* data;
-    size_t sent = 0;  // bytes of header + payload already written
-  };
-  struct RecvOp {
-    char* data;
-    size_t len;
-    uint64_t tag;
-    size_t* actual_len;  // null: the frame must be exactly len bytes
-  };
-  // The frame currently arriving from a peer.
-  struct Incoming {
-    FrameHeader header{};
-    size_t header_got = 0;
-    size_t payload_got = 0;
-    bool discarding = false;  // a point-to-point frame of the wrong length being drained
-  };
-  struct Peer {
-    UniqueFd fd;
-    std::deque<SendOp> sends;
-    std::deque<RecvOp> recvs;
-    Incoming incoming;
-    uint32_t epoll_events = 0;  // what epoll currently watches for
-  };
-
-  bool progress_sends(int peer_rank);  // true when this peer has no pending sends
-  bool progress_recvs(int peer_rank);  // true when this peer has no pending receives
-  void accept_header(int peer_rank, Peer& peer);
-  [[noreturn]] void fail_with_abort_frame(int peer_rank, Peer& peer);
-  void watch(int peer_rank, Peer& peer);
+  TcpPair& pair(int peer);
+  // Progresses every pair with pending work until finished() holds or the deadline passes.
+  template <typename Finished>
+  void progress_until(Finished finished, const Deadline& deadline);
+  bool progress_active();  // one non-blocking pass; true when nothing is pending any more
+  void watch(int peer);
   std::string pending_summary() const;
 
   int rank_;
-  std::vector<Peer> peers_;
+  int spin_us_;
+  std::vector<std::unique_ptr<TcpPair>> pairs_;  // null for this rank
+  std::vector<uint32_t> watched_;                // epoll events registered per pair
   UniqueFd epoll_fd_;
   std::vector<int> active_;  // peers with pending operations
 };

@@ -1,0 +1,32 @@
+#include "ringflow/collectives/select.h"
+
+#include "ringflow/collectives/segments.h"
+#include "ringflow/common/env.h"
+
+namespace rf {
+
+AllreduceAlgorithm choose_allreduce(size_t bytes, int size) {
+  const EnvConfig& env = env_config();
+  if (env.allreduce_algorithm == "ring") return AllreduceAlgorithm::kRing;
+  if (env.allreduce_algorithm == "bruck") return AllreduceAlgorithm::kBruck;
+  // Bruck moves (N - 1) x the data in log2(N) rounds; the ring moves 2 (N - 1) / N x in
+  // 2 (N - 1) rounds. Small messages are all latency, large ones all bandwidth.
+  return size > 1 && bytes <= env.bruck_max_bytes ? AllreduceAlgorithm::kBruck
+                                                  : AllreduceAlgorithm::kRing;
+}
+
+BroadcastAlgorithm choose_broadcast(size_t bytes, int size) {
+  const EnvConfig& env = env_config();
+  if (env.broadcast_algorithm == "binomial") return BroadcastAlgorithm::kBinomial;
+  if (env.broadcast_algorithm == "chain") return BroadcastAlgorithm::kChain;
+  // The tree sends the whole buffer log2(N) times from the root; the chain once per link.
+  return size > 2 && bytes >= env.chain_min_bytes ? BroadcastAlgorithm::kChain
+                                                  : BroadcastAlgorithm::kBinomial;
+}
+
+size_t segment_elements(size_t elem_bytes) {
+  size_t elements = env_config().segment_bytes / elem_bytes;
+  return elements > 0 ? elements : 1;
+}
+
+}  // namespace rf
