@@ -184,9 +184,8 @@ def allreduce_(
     postscale_factor the result.
     """
     runtime = _runtime()
-    d = _arrays.describe(x, writable=True)
-    tensor = d.tensor(_name("allreduce", name))
-    runtime.allreduce(tensor, d.address, op, float(prescale_factor), float(postscale_factor))
+    array, tensor = _arrays.describe(x, _name("allreduce", name), writable=True)
+    runtime.allreduce(tensor, array, op, float(prescale_factor), float(postscale_factor))
     return x
 
 
@@ -199,28 +198,30 @@ def allreduce(
 ) -> np.ndarray:
     """Reduce x over all ranks into a new array (see `allreduce_` for the semantics)."""
     runtime = _runtime()
-    d = _arrays.describe(x)
-    out = np.empty_like(d.array)
-    tensor = d.tensor(_name("allreduce", name))
-    runtime.allreduce(tensor, out.ctypes.data, op, float(prescale_factor), float(postscale_factor))
+    array, tensor = _arrays.describe(x, _name("allreduce", name))
+    out = np.empty(array.shape, array.dtype)
+    runtime.allreduce(tensor, out, op, float(prescale_factor), float(postscale_factor))
     return out
 
 
 def broadcast_(x: Any, root_rank: int, name: str | None = None) -> Any:
     """Overwrite x on every rank with root_rank's x; returns x itself."""
     runtime = _runtime()
-    d = _arrays.describe(x, writable=True)
-    runtime.broadcast(d.tensor(_name("broadcast", name)), root_rank)
+    _, tensor = _arrays.describe(x, _name("broadcast", name), writable=True)
+    runtime.broadcast(tensor, root_rank)
     return x
 
 
 def broadcast(x: Any, root_rank: int, name: str | None = None) -> np.ndarray:
     """A new array holding root_rank's x, on every rank."""
-    d = _arrays.describe(x)
-    if not d.invalid:
-        d = _arrays.describe(d.array.copy())
-    _runtime().broadcast(d.tensor(_name("broadcast", name)), root_rank)
-    return d.array
+    runtime = _runtime()
+    name = _name("broadcast", name)
+    array, tensor = _arrays.describe(x, name)
+    if array is not _arrays.EMPTY:  # usable: broadcast into a copy, x stays as it was
+        array = array.copy()
+        tensor = _core.Tensor(array, tensor.dtype, name)
+    runtime.broadcast(tensor, root_rank)
+    return array
 
 
 def allgather(x: Any, name: str | None = None) -> np.ndarray:
@@ -229,11 +230,10 @@ def allgather(x: Any, name: str | None = None) -> np.ndarray:
     The first dimension may differ between ranks; the others and the dtype must match.
     """
     runtime = _runtime()
-    d = _arrays.describe(x)
-    tensor = d.tensor(_name("allgather", name))
+    array, tensor = _arrays.describe(x, _name("allgather", name))
     first_dims = runtime.allgather_sizes(tensor)
-    out = np.empty((sum(first_dims), *d.shape[1:]), dtype=d.array.dtype)
-    runtime.allgather(tensor, first_dims, out.ctypes.data)
+    out = np.empty((sum(first_dims), *array.shape[1:]), dtype=array.dtype)
+    runtime.allgather(tensor, first_dims, out)
     return out
 
 
@@ -243,11 +243,11 @@ def reducescatter(x: Any, op: ReduceOp = Average, name: str | None = None) -> np
     Blocks are as `np.array_split` makes them: the first (rows % size) ranks get one more row.
     """
     runtime = _runtime()
-    d = _arrays.describe(x)
-    rows = d.shape[0] if d.shape else 0
+    array, tensor = _arrays.describe(x, _name("reducescatter", name))
+    rows = array.shape[0] if array.ndim else 0
     mine = rows // runtime.size + (1 if runtime.rank < rows % runtime.size else 0)
-    out = np.empty((mine, *d.shape[1:]), dtype=d.array.dtype)
-    runtime.reducescatter(d.tensor(_name("reducescatter", name)), out.ctypes.data, op)
+    out = np.empty((mine, *array.shape[1:]), dtype=array.dtype)
+    runtime.reducescatter(tensor, out, op)
     return out
 
 
@@ -274,14 +274,16 @@ def alltoall(x: Any, splits: Any = None, name: str | None = None) -> tuple[np.nd
     Without splits, x's first dimension is divided evenly and must be divisible by size().
     """
     runtime = _runtime()
-    d = _arrays.describe(x)
-    rows = d.shape[0] if d.shape else 0
+    name = _name("alltoall", name)
+    array, tensor = _arrays.describe(x, name)
+    rows = array.shape[0] if array.ndim else 0
     send_splits, reason = _check_splits(splits, rows, runtime.size)
-    d.invalid = d.invalid or reason
-    tensor = d.tensor(_name("alltoall", name))
+    if reason:  # tell every rank, like any other invalid input
+        array = _arrays.EMPTY
+        tensor = _core.Tensor(array, _core.DType.uint8, name, reason)
     recv_splits = runtime.alltoall_sizes(tensor, send_splits)
-    out = np.empty((sum(recv_splits), *d.shape[1:]), dtype=d.array.dtype)
-    runtime.alltoall(tensor, send_splits, recv_splits, out.ctypes.data)
+    out = np.empty((sum(recv_splits), *array.shape[1:]), dtype=array.dtype)
+    runtime.alltoall(tensor, send_splits, recv_splits, out)
     return out, np.asarray(recv_splits, dtype=np.int64)
 
 
@@ -292,10 +294,10 @@ def barrier() -> None:
 
 def send(x: Any, dst: int, name: str | None = None) -> None:
     """Send x to rank dst, which must call recv with a buffer of the same size."""
-    _runtime().send(_arrays.describe(x).tensor(name or "send"), dst)
+    _runtime().send(_arrays.describe(x, name or "send")[1], dst)
 
 
 def recv(x: Any, src: int, name: str | None = None) -> Any:
     """Receive a message from rank src into x (same byte size as sent); returns x."""
-    _runtime().recv(_arrays.describe(x, writable=True).tensor(name or "recv"), src)
+    _runtime().recv(_arrays.describe(x, name or "recv", writable=True)[1], src)
     return x

@@ -8,14 +8,13 @@ that this rank's input was unusable instead of leaving them waiting.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ringflow import _core
 
-__all__ = ["Described", "describe", "dtype_of"]
+__all__ = ["EMPTY", "as_ndarray", "describe", "dtype_of"]
 
 _DTYPES = {
     np.dtype(np.uint8): _core.DType.uint8,
@@ -30,19 +29,7 @@ _DTYPES = {
 _SUPPORTED = "uint8, int8, int32, int64, float16, bfloat16, float32, float64, bool"
 
 
-@dataclass
-class Described:
-    """A host array and the core's view of it. `array` keeps the memory alive during the call."""
-
-    array: np.ndarray
-    invalid: str  # empty when usable; otherwise why not, for this rank's and the others' errors
-    dtype: _core.DType
-    shape: list[int]
-    address: int
-
-    def tensor(self, name: str) -> _core.Tensor:
-        """The core's descriptor of this array, named for negotiation and error messages."""
-        return _core.Tensor(self.address, self.dtype, self.shape, name, self.invalid)
+EMPTY = np.empty(0, np.uint8)
 
 
 def dtype_of(dtype: np.dtype) -> _core.DType | None:
@@ -53,7 +40,8 @@ def dtype_of(dtype: np.dtype) -> _core.DType | None:
     return found
 
 
-def _as_ndarray(x: Any) -> np.ndarray | None:
+def as_ndarray(x: Any) -> np.ndarray | None:
+    """x itself if it is an ndarray, else a zero-copy numpy view of it, or None."""
     if isinstance(x, np.ndarray):
         return x
     try:
@@ -68,30 +56,38 @@ def _as_ndarray(x: Any) -> np.ndarray | None:
     return None
 
 
-def describe(x: Any, *, writable: bool = False) -> Described:
-    """Describe x for the core; `writable` when the collective writes into it (in place)."""
-    array = _as_ndarray(x)
+def _problem(x: Any, array: np.ndarray | None, writable: bool) -> str:
+    """Why x cannot be used as is (the slow path, only taken when something is off)."""
     if array is None:
-        empty = np.empty(0, np.uint8)
-        reason = f"{type(x).__name__} is not an array (no buffer protocol or DLPack)"
-        return Described(empty, reason, _core.DType.uint8, [0], 0)
-    dtype = dtype_of(array.dtype)
-    reason = ""
-    if dtype is None:
-        reason = f"dtype {array.dtype} is not supported (supported: {_SUPPORTED})"
-    elif not array.dtype.isnative:
-        reason = f"dtype {array.dtype} is not in this machine's byte order"
-    elif not array.flags.c_contiguous:
-        reason = (
+        return f"{type(x).__name__} is not an array (no buffer protocol or DLPack)"
+    if dtype_of(array.dtype) is None:
+        return f"dtype {array.dtype} is not supported (supported: {_SUPPORTED})"
+    if not array.dtype.isnative:
+        return f"dtype {array.dtype} is not in this machine's byte order"
+    if not array.flags.c_contiguous:
+        return (
             f"array of shape {array.shape} with strides {array.strides} is not C-contiguous; "
             "pass np.ascontiguousarray(x)"
         )
-    elif writable and not array.flags.writeable:
-        reason = "array is read-only but the operation writes into it"
-    return Described(
-        array=array,
-        invalid=reason,
-        dtype=dtype if dtype is not None else _core.DType.uint8,
-        shape=[int(d) for d in array.shape],
-        address=array.ctypes.data if not reason else 0,
-    )
+    if writable and not array.flags.writeable:
+        return "array is read-only but the operation writes into it"
+    return ""
+
+
+def describe(x: Any, name: str, *, writable: bool = False) -> tuple[np.ndarray, _core.Tensor]:
+    """x as a numpy array and the core's descriptor of it, named for negotiation and errors.
+
+    When x is unusable the descriptor carries the reason (and an empty array), so the collective
+    fails on every rank with it instead of leaving the other ranks waiting.
+    """
+    array = as_ndarray(x)
+    if array is not None:
+        dtype = _DTYPES.get(array.dtype)
+        flags = array.flags
+        if dtype is not None and flags.c_contiguous and (flags.writeable or not writable):
+            return array, _core.Tensor(array, dtype, name)
+    reason = _problem(x, array, writable)
+    if not reason:  # bfloat16 (not in the fast table) or another dtype alias that is fine
+        assert array is not None
+        return array, _core.Tensor(array, dtype_of(array.dtype), name)
+    return EMPTY, _core.Tensor(EMPTY, _core.DType.uint8, name, reason)

@@ -1,6 +1,7 @@
 // The only file that knows Python: translates between pybind11 and the core. Buffers arrive as
 // raw addresses from ringflow._arrays (which keeps the owning objects alive for the call);
 // every call that may block releases the GIL.
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -22,18 +23,20 @@ namespace {
 using rf::DType;
 using rf::ReduceOp;
 
-void* as_pointer(uintptr_t address) { return reinterpret_cast<void*>(address); }
-
-rf::TensorRef make_tensor(uintptr_t address, DType dtype, std::vector<int64_t> shape,
-                          std::string name, std::string invalid_reason) {
+// The numpy array is only read here, with the GIL held: its address and shape. ringflow._arrays
+// has already checked dtype, contiguity and writability (or set invalid_reason).
+rf::TensorRef make_tensor(const py::array& array, DType dtype, std::string name,
+                          std::string invalid_reason) {
   rf::TensorRef tensor;
-  tensor.data = as_pointer(address);
+  tensor.data = const_cast<void*>(array.data());
   tensor.dtype = dtype;
-  tensor.shape = std::move(shape);
+  tensor.shape.assign(array.shape(), array.shape() + array.ndim());
   tensor.name = std::move(name);
   tensor.invalid_reason = std::move(invalid_reason);
   return tensor;
 }
+
+void* address_of(const py::array& array) { return const_cast<void*>(array.data()); }
 
 // Exception classes, created once at import; subclasses also derive from the matching
 // built-in so `except TimeoutError` and `except ConnectionError` work as users expect.
@@ -158,9 +161,10 @@ PYBIND11_MODULE(_core, m) {
       "Whether this build contains the CUDA parts.");
 
   py::class_<rf::TensorRef>(m, "Tensor")
-      .def(py::init(&make_tensor), py::arg("address"), py::arg("dtype"), py::arg("shape"),
-           py::arg("name"), py::arg("invalid") = "")
+      .def(py::init(&make_tensor), py::arg("array"), py::arg("dtype"), py::arg("name"),
+           py::arg("invalid") = "")
       .def_readonly("name", &rf::TensorRef::name)
+      .def_readonly("dtype", &rf::TensorRef::dtype)
       .def_readonly("shape", &rf::TensorRef::shape);
 
   using Release = py::call_guard<py::gil_scoped_release>;
@@ -181,33 +185,44 @@ PYBIND11_MODULE(_core, m) {
                              [](const rf::Runtime& r) { return r.topology().cross_size; })
       .def(
           "allreduce",
-          [](rf::Runtime& self, const rf::TensorRef& tensor, uintptr_t out, ReduceOp op,
+          [](rf::Runtime& self, const rf::TensorRef& tensor, const py::array& out, ReduceOp op,
              double prescale, double postscale) {
-            self.allreduce(tensor, as_pointer(out), op, prescale, postscale);
+            void* target = address_of(out);
+            py::gil_scoped_release release;
+            self.allreduce(tensor, target, op, prescale, postscale);
           },
           py::arg("tensor"), py::arg("out"), py::arg("op"), py::arg("prescale"),
-          py::arg("postscale"), Release())
+          py::arg("postscale"))
       .def("broadcast", &rf::Runtime::broadcast, py::arg("tensor"), py::arg("root"), Release())
       .def("allgather_sizes", &rf::Runtime::allgather_sizes, py::arg("tensor"), Release())
       .def(
           "allgather",
           [](rf::Runtime& self, const rf::TensorRef& tensor, const std::vector<int64_t>& first_dims,
-             uintptr_t out) { self.allgather(tensor, first_dims, as_pointer(out)); },
-          py::arg("tensor"), py::arg("first_dims"), py::arg("out"), Release())
+             const py::array& out) {
+            void* target = address_of(out);
+            py::gil_scoped_release release;
+            self.allgather(tensor, first_dims, target);
+          },
+          py::arg("tensor"), py::arg("first_dims"), py::arg("out"))
       .def(
           "reducescatter",
-          [](rf::Runtime& self, const rf::TensorRef& tensor, uintptr_t out, ReduceOp op) {
-            self.reducescatter(tensor, as_pointer(out), op);
+          [](rf::Runtime& self, const rf::TensorRef& tensor, const py::array& out, ReduceOp op) {
+            void* target = address_of(out);
+            py::gil_scoped_release release;
+            self.reducescatter(tensor, target, op);
           },
-          py::arg("tensor"), py::arg("out"), py::arg("op"), Release())
+          py::arg("tensor"), py::arg("out"), py::arg("op"))
       .def("alltoall_sizes", &rf::Runtime::alltoall_sizes, py::arg("tensor"), py::arg("splits"),
            Release())
       .def(
           "alltoall",
           [](rf::Runtime& self, const rf::TensorRef& tensor, const std::vector<int64_t>& splits,
-             const std::vector<int64_t>& recv_splits,
-             uintptr_t out) { self.alltoall(tensor, splits, recv_splits, as_pointer(out)); },
-          py::arg("tensor"), py::arg("splits"), py::arg("recv_splits"), py::arg("out"), Release())
+             const std::vector<int64_t>& recv_splits, const py::array& out) {
+            void* target = address_of(out);
+            py::gil_scoped_release release;
+            self.alltoall(tensor, splits, recv_splits, target);
+          },
+          py::arg("tensor"), py::arg("splits"), py::arg("recv_splits"), py::arg("out"))
       .def("barrier", &rf::Runtime::barrier, Release())
       .def("send", &rf::Runtime::send, py::arg("tensor"), py::arg("dst"), Release())
       .def("recv", &rf::Runtime::recv, py::arg("tensor"), py::arg("src"), Release());

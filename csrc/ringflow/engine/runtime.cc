@@ -128,6 +128,18 @@ void Runtime::io(const std::string& what, Fn&& fn) {
 
 Negotiated Runtime::negotiate(const Request& request) {
   Negotiated negotiated;
+  if (options_.size == 1) {
+    // Nobody to disagree with: only this rank's own input can be wrong.
+    RF_CHECK(request.invalid_reason.empty(), kInvalidArgument)
+        << context(op_kind_name(request.kind), request.name) << ": " << request.invalid_reason;
+    negotiated.descriptors.push_back(describe(request));
+    if (request.inline_payload) {
+      const char* data = static_cast<const char*>(request.inline_payload);
+      negotiated.payloads.emplace_back(data,
+                                       data + inline_payload_bytes(negotiated.descriptors[0]));
+    }
+    return negotiated;
+  }
   CollectiveContext ctx = next_context();
   io(context(op_kind_name(request.kind), request.name) + " (negotiation)",
      [&] { negotiated = exchange_descriptors(ctx, request); });

@@ -92,13 +92,15 @@ void TcpTransport::progress_until(Finished finished, const Deadline& deadline) {
         if (finished()) return;
       }
     }
-    for (int peer : active_) watch(peer);
+    // Watch exactly the pending directions: a stale interest in an idle socket (say, a peer
+    // that closed) would wake epoll forever without progress.
+    for (size_t peer = 0; peer < pairs_.size(); ++peer) {
+      if (pairs_[peer]) watch(static_cast<int>(peer));
+    }
+    RF_CHECK(!deadline.expired(), kTimeout) << "timed out waiting for " << pending_summary();
     int ready = ::epoll_wait(epoll_fd_.get(), events, 64, deadline.remaining_ms());
     if (ready < 0 && errno != EINTR) {
       RF_THROW(kPeerFailure) << "epoll_wait: " << std::strerror(errno);
-    }
-    if (ready == 0 && deadline.expired()) {
-      RF_THROW(kTimeout) << "timed out waiting for " << pending_summary();
     }
   }
 }
