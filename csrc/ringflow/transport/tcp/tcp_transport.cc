@@ -17,12 +17,15 @@ TcpTransport::TcpTransport(int rank, std::vector<UniqueFd> sockets, int spin_us)
     : rank_(rank),
       spin_us_(spin_us),
       pairs_(sockets.size()),
-      watched_(sockets.size(), 0),
       epoll_fd_(::epoll_create1(EPOLL_CLOEXEC)) {
   RF_CHECK(epoll_fd_.valid(), kPeerFailure) << "epoll_create1: " << std::strerror(errno);
   for (size_t p = 0; p < sockets.size(); ++p) {
     if (!sockets[p].valid()) continue;
+    // Edge-triggered, both directions, registered once: a wait never pays an epoll_ctl. Every
+    // wait tries the sockets before sleeping, so bytes that arrived before their receive was
+    // posted are not lost with their edge.
     epoll_event event{};
+    event.events = EPOLLIN | EPOLLOUT | EPOLLET;
     event.data.u32 = static_cast<uint32_t>(p);
     RF_CHECK(::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_ADD, sockets[p].get(), &event) == 0,
              kPeerFailure)
@@ -50,17 +53,6 @@ uint64_t TcpTransport::post_recv(int peer, void* data, size_t len, uint64_t tag,
   uint64_t ticket = pair(peer).post_recv(data, len, tag, actual_len);
   active_.push_back(peer);
   return ticket;
-}
-
-void TcpTransport::watch(int peer) {
-  const TcpPair& p = *pairs_[peer];
-  uint32_t wanted = (p.receiving() ? EPOLLIN : 0u) | (p.sending() ? EPOLLOUT : 0u);
-  if (wanted == watched_[peer]) return;
-  epoll_event event{};
-  event.events = wanted;
-  event.data.u32 = static_cast<uint32_t>(peer);
-  ::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_MOD, p.fd(), &event);
-  watched_[peer] = wanted;
 }
 
 bool TcpTransport::progress_active() {
@@ -91,11 +83,6 @@ void TcpTransport::progress_until(Finished finished, const Deadline& deadline) {
         progress_active();
         if (finished()) return;
       }
-    }
-    // Watch exactly the pending directions: a stale interest in an idle socket (say, a peer
-    // that closed) would wake epoll forever without progress.
-    for (size_t peer = 0; peer < pairs_.size(); ++peer) {
-      if (pairs_[peer]) watch(static_cast<int>(peer));
     }
     RF_CHECK(!deadline.expired(), kTimeout) << "timed out waiting for " << pending_summary();
     int ready = ::epoll_wait(epoll_fd_.get(), events, 64, deadline.remaining_ms());

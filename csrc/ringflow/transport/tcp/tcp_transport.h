@@ -35,13 +35,11 @@ class TcpTransport : public Transport {
   template <typename Finished>
   void progress_until(Finished finished, const Deadline& deadline);
   bool progress_active();  // one non-blocking pass; true when nothing is pending any more
-  void watch(int peer);
   std::string pending_summary() const;
 
   int rank_;
   int spin_us_;
   std::vector<std::unique_ptr<TcpPair>> pairs_;  // null for this rank
-  std::vector<uint32_t> watched_;                // epoll events registered per pair
   UniqueFd epoll_fd_;
   std::vector<int> active_;  // peers with pending operations
 };
