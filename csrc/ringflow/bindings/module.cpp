@@ -13,6 +13,7 @@
 #include "ringflow/engine/runtime.h"
 #include "ringflow/net/handshake.h"
 #include "ringflow/net/socket.h"
+#include "ringflow/reduce/reduce.h"
 #include "ringflow/store/tcp_store_client.h"
 #include "ringflow/store/tcp_store_server.h"
 
@@ -156,6 +157,26 @@ PYBIND11_MODULE(_core, m) {
       .value("Product", ReduceOp::kProduct);
 
   m.def("dtype_size", &rf::dtype_size, py::arg("dtype"));
+  m.def(
+      "reduce",
+      [](const py::array& a, const py::array& b, const py::array& out, DType dtype, ReduceOp op) {
+        const size_t bytes = static_cast<size_t>(out.nbytes());
+        if (static_cast<size_t>(a.nbytes()) != bytes || static_cast<size_t>(b.nbytes()) != bytes ||
+            bytes % rf::dtype_size(dtype) != 0) {
+          throw rf::Error(rf::ErrorKind::kInvalidArgument,
+                          "reduce: a, b and out must hold the same number of elements");
+        }
+        const void* pa = a.data();
+        const void* pb = b.data();
+        void* pout = address_of(out);
+        py::gil_scoped_release release;
+        rf::reduce(pa, pb, pout, bytes / rf::dtype_size(dtype), dtype, op);
+      },
+      py::arg("a"), py::arg("b"), py::arg("out"), py::arg("dtype"), py::arg("op"),
+      "out = a (op) b elementwise with the collectives' kernels (for benchmarks and tests; "
+      "arrays must be C-contiguous).");
+  m.def("reduce_kernel_isa", &rf::reduce_kernel_isa,
+        "Which build of the reduction kernels runs on this CPU.");
   m.def(
       "cuda_built", [] { return RINGFLOW_WITH_CUDA != 0; },
       "Whether this build contains the CUDA parts.");

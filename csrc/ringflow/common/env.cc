@@ -76,6 +76,8 @@ EnvConfig read_env() {
   config.chain_min_bytes = static_cast<size_t>(
       env_int("RINGFLOW_CHAIN_MIN_BYTES", static_cast<long long>(config.chain_min_bytes)));
   config.segment_bytes = positive_bytes("RINGFLOW_SEGMENT_BYTES", config.segment_bytes);
+  config.kernel_isa = parse_choice("RINGFLOW_KERNEL_ISA", env_string("RINGFLOW_KERNEL_ISA", "auto"),
+                                   {"auto", "generic"});
   const char* spin = std::getenv("RINGFLOW_SPIN_US");
   if (spin && *spin)
     config.spin_us = std::string(spin) == "auto" ? -1 : env_int("RINGFLOW_SPIN_US", 0);

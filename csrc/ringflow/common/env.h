@@ -25,6 +25,7 @@ struct EnvConfig {
   // RINGFLOW_SPIN_US: microseconds a wait polls before sleeping; "auto" (-1) polls 50 us when
   // every local rank has a core. Off by default: on a busy machine polling steals the peers' CPU.
   long long spin_us = 0;
+  std::string kernel_isa = "auto";  // RINGFLOW_KERNEL_ISA=auto|generic (generic: no AVX2/F16C)
 };
 
 // Parsed on first use; a malformed value throws rf::Error naming the variable.

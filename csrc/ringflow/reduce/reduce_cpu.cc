@@ -1,5 +1,6 @@
 // Runtime dispatch to the best kernel build this CPU runs, plus argument checks.
 #include "ringflow/common/check.h"
+#include "ringflow/common/env.h"
 #include "ringflow/reduce/reduce.h"
 #include "ringflow/reduce/reduce_kernels.h"
 
@@ -9,7 +10,8 @@ namespace {
 
 bool use_avx2() {
 #if defined(RINGFLOW_HAVE_AVX2_KERNELS)
-  static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+  static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c") &&
+                                env_config().kernel_isa == "auto";
   return supported;
 #else
   return false;
