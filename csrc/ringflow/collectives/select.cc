@@ -9,10 +9,13 @@ AllreduceAlgorithm choose_allreduce(size_t bytes, int size) {
   const EnvConfig& env = env_config();
   if (env.allreduce_algorithm == "ring") return AllreduceAlgorithm::kRing;
   if (env.allreduce_algorithm == "bruck") return AllreduceAlgorithm::kBruck;
-  // Bruck moves (N - 1) x the data in log2(N) rounds; the ring moves 2 (N - 1) / N x in
-  // 2 (N - 1) rounds. Small messages are all latency, large ones all bandwidth.
-  return size > 1 && bytes <= env.bruck_max_bytes ? AllreduceAlgorithm::kBruck
-                                                  : AllreduceAlgorithm::kRing;
+  // Bruck receives (N - 1) x the data in log2(N) rounds; the ring 2 (N - 1) / N x in
+  // 2 (N - 1) rounds. Small messages are all latency, large ones all bandwidth, so the switch
+  // is on what Bruck makes a rank receive. Measured crossovers (docs/performance.md): 64 KiB
+  // at N = 2 and 16-64 KiB at N = 4 on loopback, 16 KiB at N = 4 on 1 Gbit/s links.
+  return size > 1 && bytes * static_cast<size_t>(size - 1) <= env.bruck_max_bytes
+             ? AllreduceAlgorithm::kBruck
+             : AllreduceAlgorithm::kRing;
 }
 
 BroadcastAlgorithm choose_broadcast(size_t bytes, int size) {
