@@ -439,7 +439,10 @@ def test_launch_closes_the_store_and_passes_its_identity(code):
     (store,) = stores
     assert store.closed
     expected = f"4242 {store.secret.decode()} {store.job_id}"
-    assert by_rank(out.getvalue().decode()) == {0: [expected], 1: [expected]}
+    lines = by_rank(out.getvalue().decode())
+    assert lines[1] == [expected]
+    # When rank 1 fails, rank 0 may be torn down before it prints: only what it did print counts.
+    assert lines.get(0, [expected] if code else []) == [expected]
 
 
 @pytest.mark.parametrize(

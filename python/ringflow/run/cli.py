@@ -1,10 +1,11 @@
-"""The ``ringflow`` command line: ``ringflow run -np N [--] CMD…`` (more subcommands later)."""
+"""The ``ringflow`` command line: ``ringflow run -np N [--] CMD…`` and ``ringflow bench …``."""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
 
+from .. import bench
 from .launcher import TIMEOUT_EXIT_CODE, launch
 
 __all__ = ["build_parser", "build_run_parser", "main", "run_main"]
@@ -86,6 +87,7 @@ def build_parser(prog: str = "ringflow") -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_run_arguments(run)
+    bench.add_parser(commands)
     return parser
 
 
@@ -104,7 +106,10 @@ def build_run_parser(prog: str = "python -m ringflow.run") -> argparse.ArgumentP
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ringflow`` script; returns the exit code."""
     parser = build_parser()
-    return _dispatch(parser, parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    if args.subcommand == "bench":
+        return bench.main(args)
+    return _dispatch(parser, args)
 
 
 def run_main(argv: Sequence[str] | None = None) -> int:
