@@ -36,6 +36,9 @@ sockaddr_in resolve(const std::string& host, int port) {
 UniqueFd new_socket(size_t buffer_bytes) {
   UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
   RF_CHECK(fd.valid(), kPeerFailure) << "socket(): " << errno_text(errno);
+  // Every ringflow protocol is request/response or pipelined frames: Nagle's algorithm would
+  // hold small writes for the peer's delayed ACK (40 ms). Accepted sockets inherit this.
+  set_nodelay(fd.get());
   if (buffer_bytes > 0) {
     int size = static_cast<int>(buffer_bytes);
     ::setsockopt(fd.get(), SOL_SOCKET, SO_SNDBUF, &size, sizeof(size));

@@ -60,6 +60,7 @@ void TcpStoreServer::accept_loop() {
     if (rc <= 0) continue;
     int fd = ::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) continue;
+    net::set_nodelay(fd);
     reap_finished();
     Connection* connection = &connections_.emplace_back();
     connection->fd.reset(fd);
