@@ -1,0 +1,177 @@
+"""A rank dies or stalls: every survivor raises rf.Error within the timeout; nothing hangs.
+
+Each test runs its own job (the communicator ends up poisoned) with a short RINGFLOW_TIMEOUT.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import ringflow as rf
+from tests import harness
+
+TIMEOUT_S = 10.0
+"""RINGFLOW_TIMEOUT of these jobs; a survivor must raise within it (plus scheduling slack)."""
+SLACK_S = 10.0
+
+
+def _collective(kind, name):
+    x = np.arange(1000, dtype=np.float32) + rf.rank()
+    if kind == "allreduce":
+        return rf.allreduce(x, op=rf.Sum, name=name)
+    if kind == "broadcast":
+        return rf.broadcast(x, 0, name=name)
+    if kind == "allgather":
+        return rf.allgather(x, name=name)
+    if kind == "barrier":
+        return rf.barrier()
+    if kind == "recv":
+        return rf.recv(x, rf.size() - 1)
+    raise AssertionError(kind)
+
+
+def _timed(kind, name):
+    """(error or None, seconds the call took)."""
+    start = time.monotonic()
+    try:
+        _collective(kind, name)
+        error = None
+    except rf.Error as exc:
+        error = exc
+    return error, time.monotonic() - start
+
+
+def _warm_up_then(victim, how, kind):
+    """One good collective; then the victim dies and the others try ``kind`` twice: both calls
+    must raise (the second on a poisoned communicator). Then shutdown() must return (it may
+    raise rf.Error) rather than hang."""
+    rf.allreduce(np.ones(8, dtype=np.int32), op=rf.Sum, name="warm-up")
+    if rf.rank() == victim:
+        if how == "sigkill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        os._exit(3)
+    attempts = (_timed(kind, "after-death"), _timed(kind, "again"))
+    with contextlib.suppress(rf.Error):
+        rf.shutdown()
+    return attempts
+
+
+def check_survivors(results, victim, expected_exit):
+    for result in results:
+        if result.rank == victim:
+            assert result.died and result.exitcode == expected_exit, result.describe()
+            continue
+        assert result.ok, result.describe()
+        for attempt, (error, elapsed) in zip(("first", "second"), result.value):
+            context = f"rank {result.rank}, {attempt} call after rank {victim} died"
+            assert isinstance(error, rf.Error), f"{context}: no error ({elapsed:.1f} s)"
+            assert elapsed < TIMEOUT_S + SLACK_S, f"{context}: took {elapsed:.1f} s: {error}"
+            assert f"rank {result.rank}" in str(error), f"{context}: {error}"
+
+
+@pytest.mark.parametrize("kind", ["allreduce", "broadcast", "allgather", "barrier"])
+@pytest.mark.parametrize("n", [3, 4])
+def test_rank_killed_before_collective(make_job, n, kind):
+    victim = 2
+    job = make_job(n, rank_timeout=TIMEOUT_S).start()
+    results = job.run(_warm_up_then, victim, "sigkill", kind)
+    check_survivors(results, victim, -signal.SIGKILL)
+
+
+def test_rank_exits_without_shutdown(make_job):
+    job = make_job(3, rank_timeout=TIMEOUT_S).start()
+    results = job.run(_warm_up_then, 1, "exit", "allreduce")
+    check_survivors(results, 1, 3)
+
+
+def test_killed_sender_fails_waiting_receiver(make_job):
+    """recv from a rank that dies before sending."""
+    n = 3
+    job = make_job(n, rank_timeout=TIMEOUT_S).start()
+    results = job.run(_warm_up_then, n - 1, "sigkill", "recv")
+    check_survivors(results, n - 1, -signal.SIGKILL)
+
+
+def _loop_allreduce(victim):
+    """Allreduce until an error; the victim announces through the store when it is looping."""
+    x = np.ones(200_000, dtype=np.float32)
+    for step in range(1_000_000):
+        if step == 3 and rf.rank() == victim:
+            harness.rank_store().set("test/looping", b"1")
+        try:
+            rf.allreduce(x, op=rf.Sum, name="loop")
+        except rf.Error as exc:
+            return step, exc
+    raise AssertionError("the loop never failed")
+
+
+def test_rank_killed_from_outside_mid_job(make_job):
+    """The parent SIGKILLs a rank while every rank loops over large allreduces."""
+    n, victim = 4, 1
+    job = make_job(n, rank_timeout=TIMEOUT_S).start()
+    job.submit(_loop_allreduce, victim)
+    store = job.store_client()
+    try:
+        store.get("test/looping", timeout_s=60.0)
+    finally:
+        store.close()
+    job.kill(victim)
+    results = job.collect(deadline=TIMEOUT_S + 30)
+    for result in results:
+        if result.rank == victim:
+            assert result.died and result.exitcode == -signal.SIGKILL, result.describe()
+        else:
+            assert result.ok, result.describe()
+            step, error = result.value
+            assert step >= 3 and isinstance(error, rf.Error), result.describe()
+            assert f"rank {result.rank}" in str(error), result.describe()
+
+
+def test_rank_killed_while_others_negotiate(make_job):
+    """Ranks 0 and 1 wait for rank 2 to join an allreduce; rank 2 is killed instead."""
+    job = make_job(3, rank_timeout=TIMEOUT_S).start()
+    job.call(_collective, "allreduce", "warm-up")
+    job.submit(_timed, "allreduce", "never-joined", ranks=[0, 1])
+    job.kill(2)
+    for result in job.collect(ranks=[0, 1], deadline=TIMEOUT_S + 30):
+        error, elapsed = result.value
+        assert isinstance(error, rf.Error), result.describe()
+        assert elapsed < TIMEOUT_S + SLACK_S, result.describe()
+
+
+def test_stalled_rank_times_out(make_job):
+    """Rank 2 stays alive but never joins: the others raise at RINGFLOW_TIMEOUT, naming the
+    tensor and the rank that is missing (DESIGN.md, stall inspector)."""
+    timeout = 3.0
+    job = make_job(3, rank_timeout=timeout).start()
+    job.call(_collective, "allreduce", "warm-up")
+    results = job.run(_timed, "allreduce", "stalled.tensor", ranks=[0, 1], deadline=60)
+    for result in results:
+        error, elapsed = result.value
+        assert isinstance(error, rf.Error), result.describe()
+        assert "stalled.tensor" in str(error), result.describe()
+        assert f"rank {result.rank}" in str(error), result.describe()
+        assert "rank 2" in str(error), f"the message does not name the missing rank 2: {error}"
+        assert elapsed < timeout + SLACK_S, result.describe()
+
+
+def _hang_on(rank):
+    if rf.rank() == rank:
+        threading.Event().wait()  # never set: a stand-in for a hung collective
+    return rf.rank()
+
+
+def test_harness_kills_a_hung_job(make_job):
+    """The harness itself: past the deadline it names the silent rank and kills the job."""
+    job = make_job(2).start()
+    with pytest.raises(harness.HarnessTimeout, match=r"ranks \[1\] of 2 did not answer"):
+        job.run(_hang_on, 1, deadline=3)
+    assert job.broken
+    assert not job.alive(0) and not job.alive(1)
