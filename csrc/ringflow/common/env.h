@@ -20,11 +20,11 @@ struct EnvConfig {
   std::string allreduce_algorithm = "auto";  // RINGFLOW_ALLREDUCE_ALGORITHM=auto|ring|bruck
   size_t bruck_max_bytes = 64 << 10;         // RINGFLOW_BRUCK_MAX_BYTES
   std::string broadcast_algorithm = "auto";  // RINGFLOW_BROADCAST_ALGORITHM=auto|binomial|chain
-  size_t chain_min_bytes = 1 << 20;        // RINGFLOW_CHAIN_MIN_BYTES
+  size_t chain_min_bytes = 1 << 20;          // RINGFLOW_CHAIN_MIN_BYTES
   size_t segment_bytes = 512 << 10;          // RINGFLOW_SEGMENT_BYTES
-  // RINGFLOW_SPIN_US: microseconds a wait polls before sleeping; "auto" (-1) polls 50 us when
-  // every local rank has a core. Off by default: on a busy machine polling steals the peers' CPU.
-  long long spin_us = 0;
+  // RINGFLOW_SPIN_US: the most microseconds a wait polls before sleeping (adaptive, see
+  // transport/tcp/spin_policy.h); "auto" (-1): 50 when every local rank has a core, else 0.
+  long long spin_us = -1;
   std::string kernel_isa = "auto";  // RINGFLOW_KERNEL_ISA=auto|generic (generic: no AVX2/F16C)
 };
 

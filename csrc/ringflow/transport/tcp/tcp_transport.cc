@@ -15,7 +15,7 @@ namespace rf {
 
 TcpTransport::TcpTransport(int rank, std::vector<UniqueFd> sockets, int spin_us)
     : rank_(rank),
-      spin_us_(spin_us),
+      spin_(spin_us),
       pairs_(sockets.size()),
       epoll_fd_(::epoll_create1(EPOLL_CLOEXEC)) {
   RF_CHECK(epoll_fd_.valid(), kPeerFailure) << "epoll_create1: " << std::strerror(errno);
@@ -75,14 +75,16 @@ void TcpTransport::progress_until(Finished finished, const Deadline& deadline) {
   while (true) {
     progress_active();
     if (finished()) return;
-    // A reply often arrives within microseconds; polling for it is far cheaper than a sleep
-    // and wake-up in epoll, when there is a core to spare.
-    if (spin_us_ > 0) {
-      auto until = Clock::now() + std::chrono::microseconds(spin_us_);
+    if (spin_.budget_us() > 0) {
+      auto until = Clock::now() + std::chrono::microseconds(spin_.budget_us());
       while (Clock::now() < until) {
         progress_active();
-        if (finished()) return;
+        if (finished()) {
+          spin_.polled_in_time();
+          return;
+        }
       }
+      spin_.had_to_sleep();
     }
     RF_CHECK(!deadline.expired(), kTimeout) << "timed out waiting for " << pending_summary();
     int ready = ::epoll_wait(epoll_fd_.get(), events, 64, deadline.remaining_ms());

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "ringflow/common/unique_fd.h"
+#include "ringflow/transport/tcp/spin_policy.h"
 #include "ringflow/transport/tcp/tcp_pair.h"
 #include "ringflow/transport/transport.h"
 
@@ -15,8 +16,7 @@ namespace rf {
 class TcpTransport : public Transport {
  public:
   // `sockets[p]` is the connected, authenticated socket to rank p (invalid for p == rank).
-  // spin_us: how long a wait polls the sockets before sleeping in epoll (0 when processes
-  // outnumber cores: spinning would steal the peer's CPU).
+  // spin_us: the most a wait polls the sockets before sleeping in epoll (see SpinPolicy).
   TcpTransport(int rank, std::vector<UniqueFd> sockets, int spin_us);
   ~TcpTransport() override;
 
@@ -38,7 +38,7 @@ class TcpTransport : public Transport {
   std::string pending_summary() const;
 
   int rank_;
-  int spin_us_;
+  SpinPolicy spin_;
   std::vector<std::unique_ptr<TcpPair>> pairs_;  // null for this rank
   UniqueFd epoll_fd_;
   std::vector<int> active_;  // peers with pending operations
