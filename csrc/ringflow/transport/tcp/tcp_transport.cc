@@ -72,19 +72,22 @@ template <typename Finished>
 void TcpTransport::progress_until(Finished finished, const Deadline& deadline) {
   using Clock = std::chrono::steady_clock;
   epoll_event events[64];
+  const auto start = Clock::now();
+  auto done = [&] {
+    if (!finished()) return false;
+    spin_.waited(
+        std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start).count());
+    return true;
+  };
   while (true) {
     progress_active();
-    if (finished()) return;
+    if (done()) return;
     if (spin_.budget_us() > 0) {
       auto until = Clock::now() + std::chrono::microseconds(spin_.budget_us());
       while (Clock::now() < until) {
         progress_active();
-        if (finished()) {
-          spin_.polled_in_time();
-          return;
-        }
+        if (done()) return;
       }
-      spin_.had_to_sleep();
     }
     RF_CHECK(!deadline.expired(), kTimeout) << "timed out waiting for " << pending_summary();
     int ready = ::epoll_wait(epoll_fd_.get(), events, 64, deadline.remaining_ms());
