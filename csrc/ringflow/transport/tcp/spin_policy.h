@@ -1,8 +1,10 @@
 // How long a wait polls its sockets before sleeping in epoll. Polling catches a reply within a
-// few microseconds instead of paying a sleep and wake-up (~20-40 us), but only while the peer
-// is running on another core; on a busy machine it steals the peer's CPU. So the budget adapts
-// to how long waits really take: a wait that ended within the maximum (polled, or slept but
-// would have been caught by polling) restores the full budget; a longer one halves it.
+// few microseconds instead of paying a sleep and wake-up (~20-80 us here), but only while the
+// peer is running on another core; on a busy machine it steals the peer's CPU. So the budget
+// adapts to how long waits really take: a wait of up to a few wake-ups (kRestoreFactor x the
+// maximum) restores the full budget, a longer one — the peer was descheduled, or is busy
+// elsewhere — halves it. The margin matters: when both sides sleep, every wait costs a wake-up
+// on each side, and a threshold below that would keep them sleeping for good.
 #pragma once
 
 #include <algorithm>
@@ -16,7 +18,7 @@ class SpinPolicy {
   int budget_us() const { return budget_us_; }
   // Called when a wait completes, with how long it took in all.
   void waited(long long elapsed_us) {
-    if (elapsed_us <= max_us_) {
+    if (elapsed_us <= kRestoreFactor * max_us_) {
       budget_us_ = max_us_;
     } else {
       budget_us_ /= 2;
@@ -24,6 +26,7 @@ class SpinPolicy {
   }
 
  private:
+  static constexpr long long kRestoreFactor = 4;
   int max_us_;
   int budget_us_;
 };
