@@ -23,7 +23,7 @@ struct EnvConfig {
   size_t chain_min_bytes = 1 << 20;          // RINGFLOW_CHAIN_MIN_BYTES
   size_t segment_bytes = 512 << 10;          // RINGFLOW_SEGMENT_BYTES
   // RINGFLOW_SPIN_US: the most microseconds a wait polls before sleeping (adaptive, see
-  // transport/tcp/spin_policy.h); "auto" (-1): 50 when every local rank has a core, else 0.
+  // transport/tcp/spin_policy.h); 0 never polls; "auto" (-1) is 50.
   long long spin_us = -1;
   std::string kernel_isa = "auto";  // RINGFLOW_KERNEL_ISA=auto|generic (generic: no AVX2/F16C)
 };

@@ -38,14 +38,15 @@ Topology compute_topology(const std::vector<std::string>& hosts, int rank) {
   return topology;
 }
 
-// Polling before sleeping pays off only when every local rank has a core of its own.
-int spin_budget_us(const Topology& topology) {
-  long long configured = env_config().spin_us;
-  if (configured >= 0) return static_cast<int>(configured);
+// Polling before sleeping: 50 us by default. When local ranks outnumber cores, a polling rank
+// yields the core between polls, so the peer it waits for can run.
+SpinOptions spin_options(const Topology& topology) {
   cpu_set_t cpus;
   CPU_ZERO(&cpus);
   int available = ::sched_getaffinity(0, sizeof(cpus), &cpus) == 0 ? CPU_COUNT(&cpus) : 1;
-  return topology.local_size <= available ? 50 : 0;
+  long long configured = env_config().spin_us;
+  return SpinOptions{configured >= 0 ? static_cast<int>(configured) : 50,
+                     topology.local_size > available};
 }
 
 UniqueFd connect_to_lower(const net::Endpoint& address, int peer, const net::Identity& me,
@@ -144,14 +145,14 @@ Mesh connect_mesh(Store& store, const RendezvousOptions& options, const Deadline
   Mesh mesh;
   mesh.topology = compute_topology(hosts, rank);
   mesh.transport =
-      std::make_unique<TcpTransport>(rank, std::move(sockets), spin_budget_us(mesh.topology));
+      std::make_unique<TcpTransport>(rank, std::move(sockets), spin_options(mesh.topology));
   return mesh;
 }
 
 Mesh single_process_mesh() {
   Mesh mesh;
   std::vector<UniqueFd> none(1);
-  mesh.transport = std::make_unique<TcpTransport>(0, std::move(none), 0);
+  mesh.transport = std::make_unique<TcpTransport>(0, std::move(none), SpinOptions{0, false});
   return mesh;
 }
 

@@ -11,10 +11,19 @@
 
 namespace rf {
 
+struct SpinOptions {
+  int max_us = 50;             // RINGFLOW_SPIN_US
+  bool yield_between = false;  // sched_yield() between polls (more local ranks than cores)
+};
+
 class SpinPolicy {
  public:
-  explicit SpinPolicy(int max_us) : max_us_(std::max(0, max_us)), budget_us_(max_us_) {}
+  explicit SpinPolicy(SpinOptions options)
+      : max_us_(std::max(0, options.max_us)),
+        budget_us_(max_us_),
+        yield_between_(options.yield_between) {}
 
+  bool yield_between() const { return yield_between_; }
   int budget_us() const { return budget_us_; }
   // Called when a wait completes, with how long it took in all.
   void waited(long long elapsed_us) {
@@ -29,6 +38,7 @@ class SpinPolicy {
   static constexpr long long kRestoreFactor = 4;
   int max_us_;
   int budget_us_;
+  bool yield_between_;
 };
 
 }  // namespace rf

@@ -1,5 +1,6 @@
 #include "ringflow/transport/tcp/tcp_transport.h"
 
+#include <sched.h>
 #include <sys/epoll.h>
 
 #include <algorithm>
@@ -13,11 +14,8 @@
 
 namespace rf {
 
-TcpTransport::TcpTransport(int rank, std::vector<UniqueFd> sockets, int spin_us)
-    : rank_(rank),
-      spin_(spin_us),
-      pairs_(sockets.size()),
-      epoll_fd_(::epoll_create1(EPOLL_CLOEXEC)) {
+TcpTransport::TcpTransport(int rank, std::vector<UniqueFd> sockets, SpinOptions spin)
+    : rank_(rank), spin_(spin), pairs_(sockets.size()), epoll_fd_(::epoll_create1(EPOLL_CLOEXEC)) {
   RF_CHECK(epoll_fd_.valid(), kPeerFailure) << "epoll_create1: " << std::strerror(errno);
   for (size_t p = 0; p < sockets.size(); ++p) {
     if (!sockets[p].valid()) continue;
@@ -85,6 +83,7 @@ void TcpTransport::progress_until(Finished finished, const Deadline& deadline) {
     if (spin_.budget_us() > 0) {
       auto until = Clock::now() + std::chrono::microseconds(spin_.budget_us());
       while (Clock::now() < until) {
+        if (spin_.yield_between()) ::sched_yield();
         progress_active();
         if (done()) return;
       }

@@ -16,8 +16,8 @@ namespace rf {
 class TcpTransport : public Transport {
  public:
   // `sockets[p]` is the connected, authenticated socket to rank p (invalid for p == rank).
-  // spin_us: the most a wait polls the sockets before sleeping in epoll (see SpinPolicy).
-  TcpTransport(int rank, std::vector<UniqueFd> sockets, int spin_us);
+  // spin: how a wait polls the sockets before sleeping in epoll (see SpinPolicy).
+  TcpTransport(int rank, std::vector<UniqueFd> sockets, SpinOptions spin);
   ~TcpTransport() override;
 
   int rank() const override { return rank_; }
