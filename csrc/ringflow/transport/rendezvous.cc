@@ -1,7 +1,5 @@
 #include "ringflow/transport/rendezvous.h"
 
-#include <sched.h>
-
 #include <map>
 #include <sstream>
 #include <vector>
@@ -38,15 +36,11 @@ Topology compute_topology(const std::vector<std::string>& hosts, int rank) {
   return topology;
 }
 
-// Polling before sleeping: 50 us by default. When local ranks outnumber cores, a polling rank
-// yields the core between polls, so the peer it waits for can run.
-SpinOptions spin_options(const Topology& topology) {
-  cpu_set_t cpus;
-  CPU_ZERO(&cpus);
-  int available = ::sched_getaffinity(0, sizeof(cpus), &cpus) == 0 ? CPU_COUNT(&cpus) : 1;
+// Polling before sleeping: RINGFLOW_SPIN_US, 50 us unless set. Polls yield the core, so
+// polling is safe even with more local ranks than cores.
+SpinOptions spin_options() {
   long long configured = env_config().spin_us;
-  return SpinOptions{configured >= 0 ? static_cast<int>(configured) : 50,
-                     topology.local_size > available};
+  return SpinOptions{configured >= 0 ? static_cast<int>(configured) : 50};
 }
 
 UniqueFd connect_to_lower(const net::Endpoint& address, int peer, const net::Identity& me,
@@ -144,15 +138,14 @@ Mesh connect_mesh(Store& store, const RendezvousOptions& options, const Deadline
   }
   Mesh mesh;
   mesh.topology = compute_topology(hosts, rank);
-  mesh.transport =
-      std::make_unique<TcpTransport>(rank, std::move(sockets), spin_options(mesh.topology));
+  mesh.transport = std::make_unique<TcpTransport>(rank, std::move(sockets), spin_options());
   return mesh;
 }
 
 Mesh single_process_mesh() {
   Mesh mesh;
   std::vector<UniqueFd> none(1);
-  mesh.transport = std::make_unique<TcpTransport>(0, std::move(none), SpinOptions{0, false});
+  mesh.transport = std::make_unique<TcpTransport>(0, std::move(none), SpinOptions{0});
   return mesh;
 }
 

@@ -19,11 +19,8 @@ struct SpinOptions {
 class SpinPolicy {
  public:
   explicit SpinPolicy(SpinOptions options)
-      : max_us_(std::max(0, options.max_us)),
-        budget_us_(max_us_),
-        yield_between_(options.yield_between) {}
+      : max_us_(std::max(0, options.max_us)), budget_us_(max_us_) {}
 
-  bool yield_between() const { return yield_between_; }
   int budget_us() const { return budget_us_; }
   // Called when a wait completes, with how long it took in all.
   void waited(long long elapsed_us) {
@@ -38,7 +35,6 @@ class SpinPolicy {
   static constexpr long long kRestoreFactor = 4;
   int max_us_;
   int budget_us_;
-  bool yield_between_;
 };
 
 }  // namespace rf
