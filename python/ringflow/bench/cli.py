@@ -13,6 +13,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from ringflow._argtypes import int_at_least, positive_seconds
 from ringflow.bench import launch, peers, report
 from ringflow.bench.spec import (
     COLLECTIVES,
@@ -51,29 +52,6 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _int_at_least(minimum: int) -> Any:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{text!r} must be at least {minimum}")
-        return value
-
-    return parse
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0 seconds")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The bench options (nccl-tests' short names where they exist)."""
     add = parser.add_argument
@@ -82,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "-np",
         "--num-proc",
         dest="num_proc",
-        type=_int_at_least(1),
+        type=int_at_least(1),
         default=2,
         metavar="N",
         help="number of local ranks (default 2)",
@@ -106,7 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add(
         "-f",
         "--stepfactor",
-        type=_int_at_least(2),
+        type=int_at_least(2),
         default=2,
         metavar="F",
         help="multiply the size by F between steps (default 2)",
@@ -127,13 +105,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="sum",
         help="reduction op of allreduce and reducescatter (default sum)",
     )
-    add("-r", "--root", type=_int_at_least(0), default=0, help="broadcast root (default 0)")
+    add("-r", "--root", type=int_at_least(0), default=0, help="broadcast root (default 0)")
     add(
         "-w",
         "--warmup_iters",
         "--warmup",
         dest="warmup",
-        type=_int_at_least(0),
+        type=int_at_least(0),
         default=5,
         metavar="W",
         help="untimed calls per size (default 5)",
@@ -141,7 +119,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add(
         "-n",
         "--iters",
-        type=_int_at_least(1),
+        type=int_at_least(1),
         default=20,
         metavar="N",
         help="timed calls per size (default 20)",
@@ -171,7 +149,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--plot", metavar="FILE.png", help="plot busbw and time against size (matplotlib)")
     add(
         "--timeout",
-        type=_seconds,
+        type=positive_seconds,
         default=1800.0,
         metavar="SECONDS",
         help="stop a system's sweep after this long (default 1800)",

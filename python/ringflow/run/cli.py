@@ -6,29 +6,10 @@ import argparse
 from collections.abc import Sequence
 
 from .. import bench
+from .._argtypes import int_at_least, positive_seconds
 from .launcher import TIMEOUT_EXIT_CODE, launch
 
 __all__ = ["build_parser", "build_run_parser", "main", "run_main"]
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
-
-
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0 seconds")
-    return value
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,21 +17,21 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "-np",
         "--num-proc",
         dest="num_proc",
-        type=_positive_int,
+        type=int_at_least(1),
         required=True,
         metavar="N",
         help="number of ranks to start on this host",
     )
     parser.add_argument(
         "--timeout",
-        type=_positive_seconds,
+        type=positive_seconds,
         default=None,
         metavar="SECONDS",
         help=f"stop the whole job after this wall-clock time and exit {TIMEOUT_EXIT_CODE}",
     )
     parser.add_argument(
         "--grace-period",
-        type=_positive_seconds,
+        type=positive_seconds,
         default=5.0,
         metavar="SECONDS",
         help="after SIGTERM, wait this long before SIGKILL when stopping ranks (default 5)",
