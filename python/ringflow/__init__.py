@@ -116,7 +116,10 @@ def init() -> None:
 def shutdown() -> None:
     """Leave the job: close every connection. Safe to call when not initialised."""
     runtime, _state.runtime = _state.runtime, None
-    del runtime  # the core closes sockets and, on rank 0, the store it hosts
+    if runtime is not None:
+        # Closed now, not when the last reference goes: a saved exception's traceback may keep
+        # the object alive, and its ports open, past a following init().
+        runtime.close()
 
 
 def is_initialized() -> bool:

@@ -39,6 +39,30 @@ rf::TensorRef make_tensor(const py::array& array, DType dtype, std::string name,
 
 void* address_of(const py::array& array) { return const_cast<void*>(array.data()); }
 
+// The raw _core calls are public: an output buffer must be writable and exactly as large as the
+// operation will write (ringflow's Python layer always allocates it so). Not checked for an
+// invalid tensor, whose operation fails in negotiation before any output is touched.
+void* output_of(const rf::TensorRef& tensor, const py::array& out, size_t bytes) {
+  if (!tensor.invalid_reason.empty()) return address_of(out);
+  if (!out.writeable() || static_cast<size_t>(out.nbytes()) != bytes ||
+      !(out.flags() & py::array::c_style)) {
+    throw rf::Error(rf::ErrorKind::kInvalidArgument,
+                    "output array for tensor '" + tensor.name + "' must be a writable, " +
+                        "C-contiguous array of " + std::to_string(bytes) + " bytes (got " +
+                        std::to_string(out.nbytes()) + ")");
+  }
+  return address_of(out);
+}
+
+size_t rows_bytes(const rf::TensorRef& tensor, const std::vector<int64_t>& rows) {
+  size_t total = 0;
+  for (int64_t r : rows) {
+    if (r < 0) throw rf::Error(rf::ErrorKind::kInvalidArgument, "negative row count");
+    total += static_cast<size_t>(r);
+  }
+  return total * tensor.row_count() * rf::dtype_size(tensor.dtype);
+}
+
 // Exception classes, created once at import; subclasses also derive from the matching
 // built-in so `except TimeoutError` and `except ConnectionError` work as users expect.
 struct Exceptions {
@@ -194,6 +218,8 @@ PYBIND11_MODULE(_core, m) {
            py::arg("local_size"), py::arg("store_host"), py::arg("store_port"),
            py::arg("host_store"), py::arg("secret"), py::arg("job_id"), py::arg("generation"),
            py::arg("timeout_s"))
+      .def("close", &rf::Runtime::close, Release(),
+           "Close every connection (and the store this rank hosts); later calls raise.")
       .def_property_readonly("rank", &rf::Runtime::rank)
       .def_property_readonly("size", &rf::Runtime::size)
       .def_property_readonly("local_rank",
@@ -208,7 +234,7 @@ PYBIND11_MODULE(_core, m) {
           "allreduce",
           [](rf::Runtime& self, const rf::TensorRef& tensor, const py::array& out, ReduceOp op,
              double prescale, double postscale) {
-            void* target = address_of(out);
+            void* target = output_of(tensor, out, tensor.bytes());
             py::gil_scoped_release release;
             self.allreduce(tensor, target, op, prescale, postscale);
           },
@@ -220,7 +246,7 @@ PYBIND11_MODULE(_core, m) {
           "allgather",
           [](rf::Runtime& self, const rf::TensorRef& tensor, const std::vector<int64_t>& first_dims,
              const py::array& out) {
-            void* target = address_of(out);
+            void* target = output_of(tensor, out, rows_bytes(tensor, first_dims));
             py::gil_scoped_release release;
             self.allgather(tensor, first_dims, target);
           },
@@ -228,7 +254,11 @@ PYBIND11_MODULE(_core, m) {
       .def(
           "reducescatter",
           [](rf::Runtime& self, const rf::TensorRef& tensor, const py::array& out, ReduceOp op) {
-            void* target = address_of(out);
+            const size_t rows = tensor.shape.empty() ? 0 : static_cast<size_t>(tensor.shape[0]);
+            const size_t world = static_cast<size_t>(self.size());
+            const size_t rank = static_cast<size_t>(self.rank());
+            const int64_t mine = static_cast<int64_t>(rows / world + (rank < rows % world));
+            void* target = output_of(tensor, out, rows_bytes(tensor, {mine}));
             py::gil_scoped_release release;
             self.reducescatter(tensor, target, op);
           },
@@ -239,7 +269,11 @@ PYBIND11_MODULE(_core, m) {
           "alltoall",
           [](rf::Runtime& self, const rf::TensorRef& tensor, const std::vector<int64_t>& splits,
              const std::vector<int64_t>& recv_splits, const py::array& out) {
-            void* target = address_of(out);
+            if (rows_bytes(tensor, splits) != tensor.bytes()) {
+              throw rf::Error(rf::ErrorKind::kInvalidArgument,
+                              "alltoall: splits do not add up to the tensor's first dimension");
+            }
+            void* target = output_of(tensor, out, rows_bytes(tensor, recv_splits));
             py::gil_scoped_release release;
             self.alltoall(tensor, splits, recv_splits, target);
           },

@@ -92,7 +92,12 @@ Runtime::Runtime(const RuntimeOptions& options)
   dissemination_barrier(ctx);
 }
 
-Runtime::~Runtime() {
+Runtime::~Runtime() { close(); }
+
+void Runtime::close() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (closed_) return;
+  closed_ = true;
   transport_.reset();
   if (store_) store_->close();
   if (store_server_) store_server_->close();
@@ -107,6 +112,8 @@ CollectiveContext Runtime::next_context() {
 }
 
 void Runtime::check_usable() const {
+  RF_CHECK(!closed_, kInvalidArgument)
+      << "rank " << options_.rank << ": this ringflow runtime was shut down";
   if (broken_) {
     RF_THROW(kPeerFailure) << "rank " << options_.rank
                            << ": ringflow cannot run more operations after an earlier failure: "
@@ -119,11 +126,18 @@ void Runtime::io(const std::string& what, Fn&& fn) {
   try {
     fn();
   } catch (const Error& error) {
-    Error failure(error.kind(), what + ": " + error.what());
-    broken_ = failure;
-    transport_->abort(failure.what());
-    throw failure;
+    fail(Error(error.kind(), what + ": " + error.what()));
+  } catch (const std::exception& error) {
+    // Out of memory and the like, mid-collective: the transport may still hold operations
+    // into buffers that are gone, so it is aborted like after any I/O failure.
+    fail(Error(ErrorKind::kInternal, what + ": " + error.what()));
   }
+}
+
+void Runtime::fail(const Error& failure) {
+  broken_ = failure;
+  transport_->abort(failure.what());
+  throw failure;
 }
 
 Negotiated Runtime::negotiate(const Request& request) {
@@ -280,6 +294,11 @@ std::vector<int64_t> Runtime::alltoall_sizes(const TensorRef& in,
   if (request.invalid_reason.empty() && in.shape.empty()) {
     request.invalid_reason = "alltoall needs at least one dimension (got a scalar)";
   }
+  if (request.invalid_reason.empty() && splits.size() != static_cast<size_t>(options_.size)) {
+    request.invalid_reason = "splits has " + std::to_string(splits.size()) +
+                             " entries, expected one per rank (" + std::to_string(options_.size) +
+                             ")";
+  }
   negotiate(request);
   // Every rank tells every other how many rows it will send: an alltoall of one int64 each.
   std::vector<int64_t> recv_splits(options_.size, 0);
@@ -294,6 +313,10 @@ void Runtime::alltoall(const TensorRef& in, const std::vector<int64_t>& splits,
                        const std::vector<int64_t>& recv_splits, void* out) {
   std::lock_guard<std::mutex> lock(mutex_);
   check_usable();
+  RF_CHECK(splits.size() == static_cast<size_t>(options_.size) &&
+               recv_splits.size() == static_cast<size_t>(options_.size),
+           kInvalidArgument)
+      << context("alltoall", in.name) << ": splits must have one entry per rank";
   const size_t row_bytes = in.row_count() * dtype_size(in.dtype);
   CollectiveContext ctx = next_context();
   io(context("alltoall", in.name), [&] {

@@ -57,6 +57,10 @@ class Runtime {
   Runtime(const Runtime&) = delete;
   Runtime& operator=(const Runtime&) = delete;
 
+  // Closes every connection (and the store this rank hosts); later calls raise. Idempotent;
+  // shutdown() calls it so that lingering Python references cannot keep a job's ports open.
+  void close();
+
   int rank() const { return options_.rank; }
   int size() const { return options_.size; }
   const Topology& topology() const { return topology_; }
@@ -84,6 +88,7 @@ class Runtime {
   // Runs fn (which moves bytes); an error poisons the runtime and is rethrown with context.
   template <typename Fn>
   void io(const std::string& what, Fn&& fn);
+  [[noreturn]] void fail(const Error& failure);
   Negotiated negotiate(const Request& request);
   std::string context(const char* op, const std::string& name) const;
 
@@ -98,6 +103,7 @@ class Runtime {
   std::vector<uint64_t> sends_to_;  // point-to-point counters per peer
   std::vector<uint64_t> recvs_from_;
   std::optional<Error> broken_;
+  bool closed_ = false;
 };
 
 }  // namespace rf

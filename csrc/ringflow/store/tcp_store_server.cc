@@ -3,7 +3,9 @@
 #include <poll.h>
 #include <sys/socket.h>
 
+#include <cerrno>
 #include <chrono>
+#include <system_error>
 #include <vector>
 
 #include "ringflow/common/check.h"
@@ -20,6 +22,8 @@ namespace {
 // A client that connects must finish its handshake within this; it bounds how long a silent
 // or garbage connection holds one server thread.
 constexpr double kHandshakeSeconds = 10.0;
+// More clients than any job has ranks: beyond this, new connections are closed at once.
+constexpr size_t kMaxConnections = 4096;
 // Replies to an idle-but-alive client never block for long; requests may wait indefinitely.
 constexpr double kReplySeconds = 30.0;
 Deadline forever() { return Deadline::after_seconds(1e9); }
@@ -55,16 +59,35 @@ void TcpStoreServer::accept_loop() {
   while (true) {
     pollfd entry{listen_fd_.get(), POLLIN, 0};
     int rc = ::poll(&entry, 1, -1);
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::unique_lock<std::mutex> lock(mutex_);
     if (stopping_) return;
     if (rc <= 0) continue;
     int fd = ::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (fd < 0) continue;
-    net::set_nodelay(fd);
+    if (fd < 0) {
+      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+        // Out of descriptors: the connection stays queued and poll() would return at once.
+        // Back off (without the lock) instead of spinning.
+        lock.unlock();
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      }
+      continue;
+    }
+    UniqueFd accepted(fd);
     reap_finished();
+    if (connections_.size() >= kMaxConnections) {
+      RF_LOG(kWarning) << "store: refused a connection: " << kMaxConnections << " already open";
+      continue;  // closes it
+    }
+    net::set_nodelay(fd);
     Connection* connection = &connections_.emplace_back();
-    connection->fd.reset(fd);
-    connection->thread = std::thread([this, connection] { serve(connection); });
+    connection->fd = std::move(accepted);
+    try {
+      connection->thread = std::thread([this, connection] { serve(connection); });
+    } catch (const std::system_error& error) {
+      // No thread for it (resource limits): drop this client, keep serving the others.
+      RF_LOG(kWarning) << "store: dropped a connection: " << error.what();
+      connections_.pop_back();
+    }
   }
 }
 
@@ -131,13 +154,18 @@ void TcpStoreServer::serve_requests(int fd) {
           std::lock_guard<std::mutex> lock(mutex_);
           auto found = data_.find(key);
           if (found != data_.end()) {
+            const std::string& text = found->second;
+            size_t used = 0;
             try {
-              total = std::stoll(found->second);
+              total = std::stoll(text, &used);
             } catch (const std::exception&) {
-              RF_THROW(kPeerFailure) << "add on key '" << key << "' that holds a non-integer";
+              used = 0;
             }
+            RF_CHECK(used == text.size() && !text.empty(), kPeerFailure)
+                << "add on key '" << key << "' that holds a non-integer";
           }
-          total += delta;
+          RF_CHECK(!__builtin_add_overflow(total, delta, &total), kPeerFailure)
+              << "add on key '" << key << "' overflows a 64-bit integer";
           data_[key] = std::to_string(total);
         }
         changed_.notify_all();

@@ -17,7 +17,7 @@ namespace {
 
 // A legitimate peer sends its hello as soon as it connects; a connection that stays silent
 // longer than this is not a peer and must not hold up the rendezvous.
-constexpr double kAcceptedHandshakeSeconds = 5.0;
+constexpr double kAcceptedHandshakeSeconds = 2.0;
 
 Topology compute_topology(const std::vector<std::string>& hosts, int rank) {
   Topology topology;
