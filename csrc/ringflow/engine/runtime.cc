@@ -171,47 +171,61 @@ void Runtime::allreduce(const TensorRef& in, void* out, ReduceOp op, double pres
     request.invalid_reason = std::string(reduce_op_name(op)) + " is not supported for dtype " +
                              dtype_name(in.dtype) + " (bool supports Min and Max)";
   }
-  const size_t count = in.count();
-  const DType dtype = in.dtype;
-  const bool bruck = choose_allreduce(in.bytes(), options_.size) == AllreduceAlgorithm::kBruck;
-  // Bruck sends the data with the descriptor, so it is prescaled (on a copy) before that.
-  std::vector<char> prescaled;
-  const void* source = in.data;
-  if (bruck && prescale != 1.0 && request.invalid_reason.empty()) {
-    prescaled.assign(static_cast<const char*>(in.data),
-                     static_cast<const char*>(in.data) + in.bytes());
-    scale_by(prescaled.data(), count, dtype, prescale);
-    source = prescaled.data();
-  }
-  if (bruck) request.inline_payload = source ? source : "";
-  Negotiated negotiated = negotiate(request);
   const int world = options_.size;
-  auto finish = [&](void* data, size_t n) {
+  const DType dtype = in.dtype;
+  // Average's division and postscale, applied to each finished piece.
+  auto finish = [=](void* data, size_t n) {
     if (op == ReduceOp::kAverage) divide_by(data, n, dtype, world);
     scale_by(data, n, dtype, postscale);
   };
-  if (bruck) {
-    // Every rank folds every contribution in rank order: the same bits everywhere.
-    const auto& parts = negotiated.payloads;
-    if (count > 0) {
-      if (world == 1) {
-        std::memcpy(out, parts[0].data(), in.bytes());
-      } else {
-        reduce(parts[0].data(), parts[1].data(), out, count, dtype, op);
-        for (int r = 2; r < world; ++r) reduce(out, parts[r].data(), out, count, dtype, op);
-      }
-      finish(out, count);
-    }
-    return;
+  if (choose_allreduce(in.bytes(), world) == AllreduceAlgorithm::kBruck) {
+    allreduce_bruck(request, in, out, finish);
+  } else {
+    allreduce_ring(request, in, out, finish);
   }
-  if (prescale != 1.0 && count > 0) {
+}
+
+void Runtime::allreduce_bruck(Request& request, const TensorRef& in, void* out,
+                              const ChunkFinisher& finish) {
+  // The data travels with the descriptor, so it is prescaled (on a copy) before that.
+  const size_t count = in.count();
+  std::vector<char> prescaled;
+  const void* source = in.data;
+  if (request.prescale != 1.0 && request.invalid_reason.empty()) {
+    prescaled.assign(static_cast<const char*>(in.data),
+                     static_cast<const char*>(in.data) + in.bytes());
+    scale_by(prescaled.data(), count, in.dtype, request.prescale);
+    source = prescaled.data();
+  }
+  request.inline_payload = source ? source : "";
+  Negotiated negotiated = negotiate(request);
+  if (count == 0) return;
+  // Every rank folds every contribution in rank order: the same bits everywhere.
+  const auto& parts = negotiated.payloads;
+  if (parts.size() == 1) {
+    std::memcpy(out, parts[0].data(), in.bytes());
+  } else {
+    reduce(parts[0].data(), parts[1].data(), out, count, in.dtype, request.op);
+    for (size_t r = 2; r < parts.size(); ++r) {
+      reduce(out, parts[r].data(), out, count, in.dtype, request.op);
+    }
+  }
+  finish(out, count);
+}
+
+void Runtime::allreduce_ring(const Request& request, const TensorRef& in, void* out,
+                             const ChunkFinisher& finish) {
+  negotiate(request);
+  const size_t count = in.count();
+  const void* source = in.data;
+  if (request.prescale != 1.0 && count > 0) {
     if (out != in.data) std::memcpy(out, in.data, in.bytes());
-    scale_by(out, count, dtype, prescale);
+    scale_by(out, count, in.dtype, request.prescale);
     source = out;
   }
   CollectiveContext ctx = next_context();
   io(context("allreduce", in.name),
-     [&] { ring_allreduce(ctx, source, out, count, dtype, op, finish); });
+     [&] { ring_allreduce(ctx, source, out, count, in.dtype, request.op, finish); });
 }
 
 void Runtime::broadcast(const TensorRef& buffer, int root) {

@@ -90,6 +90,11 @@ class Runtime {
   void io(const std::string& what, Fn&& fn);
   [[noreturn]] void fail(const Error& failure);
   Negotiated negotiate(const Request& request);
+  // The two allreduce algorithms, after validation (see collectives/select.cc).
+  void allreduce_bruck(Request& request, const TensorRef& in, void* out,
+                       const ChunkFinisher& finish);
+  void allreduce_ring(const Request& request, const TensorRef& in, void* out,
+                      const ChunkFinisher& finish);
   std::string context(const char* op, const std::string& name) const;
 
   RuntimeOptions options_;
