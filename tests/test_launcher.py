@@ -489,3 +489,15 @@ def test_real_allreduce_job(tmp_path, n):
     expected = [sum(i + 10 * k for k in range(n)) for i in range(5)]
     lines = by_rank(result.stdout)
     assert lines == {r: [f"sum {expected} size {n} local {r} {n}"] for r in range(n)}
+
+
+def test_bind_to_core_pins_ranks_round_robin():
+    cpus = sorted(os.sched_getaffinity(0))
+    program = "import os; print(sorted(os.sched_getaffinity(0)))"
+    result = ringflow_run("-np", "3", "--bind-to", "core", sys.executable, "-c", program)
+    assert result.returncode == 0, result.stderr
+    seen = by_rank(result.stdout)
+    for rank in range(3):
+        assert seen[rank] == [str([cpus[rank % len(cpus)]])], seen
+    unbound = ringflow_run("-np", "1", sys.executable, "-c", program)
+    assert by_rank(unbound.stdout)[0] == [str(cpus)]

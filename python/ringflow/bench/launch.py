@@ -77,7 +77,10 @@ def command_for(
     """The command line and environment that start system's ranks."""
     worker = ["--spec", spec.to_json(), "--result", str(result)]
     py = sys.executable
+    # Every system's ranks are pinned to cores, as mpirun does by default for small jobs: the
+    # scheduler must not put two busy-polling ranks on one core in one system's run only.
     ringflow_run = [py, "-m", "ringflow.run", "-np", str(nranks), "--timeout", f"{timeout:g}"]
+    ringflow_run += ["--bind-to", "core"]
     if system == "ringflow":
         command = [*ringflow_run, "--", py, "-m", "ringflow.bench.sweep", *worker]
         return command, _environment({"RINGFLOW_TRANSPORT": transport})
@@ -89,7 +92,8 @@ def command_for(
             "GLOO_SOCKET_IFNAME": "lo",
         }
         return command, _environment(extra)
-    mpirun = ["mpirun", "-np", str(nranks), "--oversubscribe", "--bind-to", "none"]
+    mpirun = ["mpirun", "-np", str(nranks), "--oversubscribe"]
+    mpirun += ["--bind-to", "core:overload-allowed"]
     if os.geteuid() == 0:
         mpirun.append("--allow-run-as-root")
     # TCP only, as ringflow: the ob1 PML over the tcp BTL on loopback (no vader shared memory).

@@ -153,8 +153,15 @@ def measure(backend: Backend, spec: SweepSpec, nbytes: int, count: int) -> dict[
     }
 
 
+JOB_WARMUP_CALLS = 200
+
+
 def run_sweep(backend: Backend, spec: SweepSpec, result_path: str, system: str) -> None:
     """Measure every size of spec; rank 0 appends each row to result_path as a JSON line."""
+    # Freshly started ranks settle for a while (scheduler placement, caches, lazy setup); the
+    # same untimed burst for every system keeps that out of the first row.
+    for _ in range(JOB_WARMUP_CALLS):
+        backend.sum_over_ranks(1)
     for index, (nbytes, count) in enumerate(spec.points(backend.size)):
         row = measure(backend, spec, nbytes, count)
         if backend.rank == 0:

@@ -37,6 +37,12 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="after SIGTERM, wait this long before SIGKILL when stopping ranks (default 5)",
     )
     parser.add_argument(
+        "--bind-to",
+        choices=("none", "core"),
+        default="none",
+        help="core: pin rank r to the r-th available CPU, round robin (default none)",
+    )
+    parser.add_argument(
         "--verbose", action="store_true", help="report the store, each rank's pid and exit"
     )
     parser.add_argument(
@@ -111,4 +117,5 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         timeout=args.timeout,
         grace_period=args.grace_period,
         verbose=args.verbose,
+        bind_to=args.bind_to,
     )

@@ -87,11 +87,18 @@ def launch(
     timeout: float | None = None,
     grace_period: float = 5.0,
     verbose: bool = False,
+    bind_to: str = "none",
     stdout: BinaryIO | None = None,
     stderr: BinaryIO | None = None,
     store_factory: Callable[[bytes, str], Store] = start_store,
 ) -> int:
-    """Run ``command`` as ``num_proc`` ranks on this host; return the job's exit code."""
+    """Run ``command`` as ``num_proc`` ranks on this host; return the job's exit code.
+
+    ``bind_to="core"`` pins rank r to the r-th CPU this launcher may use (round robin), as
+    mpirun's ``--bind-to core`` does, so the scheduler cannot put two polling ranks on one core.
+    """
+    if bind_to not in ("none", "core"):
+        raise ValueError(f"bind_to must be 'none' or 'core', got {bind_to!r}")
     if num_proc < 1:
         raise ValueError(f"num_proc must be >= 1, got {num_proc}")
     if not command:
@@ -114,7 +121,8 @@ def launch(
         base_env.setdefault("PYTHONUNBUFFERED", "1")
         if verbose:
             out.note(f"job {job_id}: {num_proc} ranks, store on {STORE_HOST}:{store.port}")
-        job = _Job(command, num_proc, base_env, out, verbose)
+        cpus = sorted(os.sched_getaffinity(0)) if bind_to == "core" else []
+        job = _Job(command, num_proc, base_env, out, verbose, cpus)
         return job.run(timeout, grace_period)
     finally:
         store.close()
@@ -163,8 +171,10 @@ class _Job:
         base_env: Mapping[str, str],
         out: _Output,
         verbose: bool,
+        cpus: Sequence[int] = (),
     ) -> None:
         self._command = list(command)
+        self._cpus = list(cpus)  # rank r is pinned to cpus[r % len(cpus)]; empty: not pinned
         self._num_proc = num_proc
         self._base_env = base_env
         self._out = out
@@ -213,6 +223,9 @@ class _Job:
             name=f"ringflow-run-wait-{rank}",
             daemon=True,
         )
+        if self._cpus:
+            with contextlib.suppress(OSError):  # the rank may already have exited
+                os.sched_setaffinity(proc.pid, {self._cpus[rank % len(self._cpus)]})
         self._ranks.append(_Rank(rank, proc, readers))
         self._running.add(rank)
         for thread in (*readers, waiter):
