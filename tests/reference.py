@@ -63,6 +63,19 @@ def valid_reduction(dtype_name: str, op: str) -> bool:
     return dtype_name != "bool" or op in ("Min", "Max")
 
 
+def reduction_combos() -> list[tuple[str, str, str]]:
+    """(dtype, op, kind) for the reducing collectives: floats are checked exactly on
+    integer-valued inputs ("exact") and within float_rtol on random positive ones ("positive");
+    Min/Max are exact on either."""
+    return [
+        (dtype_name, op, kind)
+        for dtype_name in DTYPES
+        for op in OPS
+        if valid_reduction(dtype_name, op)
+        for kind in (("exact", "positive") if dtype_name in FLOAT_DTYPES else ("exact",))
+    ]
+
+
 def small_sizes(n: int) -> list[int]:
     """Element counts every collective is swept over at world size n (LARGE comes separately)."""
     return sorted({0, 1, 7, n - 1, n + 1})

@@ -11,15 +11,7 @@ from tests import reference as ref
 
 SMALL = [(n, size) for n in ref.WORLD_SIZES for size in ref.small_sizes(n)]
 
-# (dtype, op, kind): floats are checked exactly on integer-valued inputs ("exact") and within
-# ref.float_rtol on random positive inputs ("positive"); Min/Max are exact on either.
-COMBOS = [
-    (dtype_name, op, kind)
-    for dtype_name in ref.DTYPES
-    for op in ref.OPS
-    if ref.valid_reduction(dtype_name, op)
-    for kind in (("exact", "positive") if dtype_name in ref.FLOAT_DTYPES else ("exact",))
-]
+COMBOS = ref.reduction_combos()
 
 
 # -- rank functions -------------------------------------------------------------------------------

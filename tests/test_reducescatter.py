@@ -10,13 +10,7 @@ from tests import reference as ref
 
 SMALL = [(n, rows) for n in ref.WORLD_SIZES for rows in ref.small_sizes(n)]
 
-COMBOS = [
-    (dtype_name, op, kind)
-    for dtype_name in ref.DTYPES
-    for op in ref.OPS
-    if ref.valid_reduction(dtype_name, op)
-    for kind in (("exact", "positive") if dtype_name in ref.FLOAT_DTYPES else ("exact",))
-]
+COMBOS = ref.reduction_combos()
 
 
 def _reducescatter(seed, shape, dtype_name, op, kind, name=None):

@@ -17,6 +17,7 @@
 
 #include "ringflow/collectives/collective.h"
 #include "ringflow/collectives/segments.h"
+#include "ringflow/common/scratch_buffer.h"
 #include "ringflow/reduce/reduce.h"
 
 namespace rf {
@@ -48,7 +49,7 @@ void ring_allreduce(const CollectiveContext& ctx, const void* in, void* out, siz
   };
   const int right = (rank + 1) % size;
   const int left = (rank + size - 1) % size;
-  std::vector<char> scratch(kScratchSlots * per_segment * elem);
+  ScratchBuffer scratch(kScratchSlots * per_segment * elem);
   auto slot = [&](size_t j) { return scratch.data() + (j % kScratchSlots) * per_segment * elem; };
   // The last send out of each chunk of `out`: the allgather must not overwrite it before then.
   std::vector<uint64_t> last_send(size, kNoTicket);

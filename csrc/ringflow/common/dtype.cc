@@ -47,11 +47,6 @@ const char* dtype_name(DType dtype) {
 
 bool dtype_is_valid(int value) { return value >= 0 && value < kNumDTypes; }
 
-bool dtype_is_integer(DType dtype) {
-  return dtype == DType::kUInt8 || dtype == DType::kInt8 || dtype == DType::kInt32 ||
-         dtype == DType::kInt64;
-}
-
 const char* reduce_op_name(ReduceOp op) {
   switch (op) {
     case ReduceOp::kSum:
@@ -67,7 +62,5 @@ const char* reduce_op_name(ReduceOp op) {
   }
   return "unknown";
 }
-
-bool reduce_op_is_valid(int value) { return value >= 0 && value < kNumReduceOps; }
 
 }  // namespace rf

@@ -32,8 +32,6 @@ constexpr int kNumReduceOps = 5;
 size_t dtype_size(DType dtype);
 const char* dtype_name(DType dtype);
 bool dtype_is_valid(int value);
-bool dtype_is_integer(DType dtype);
 const char* reduce_op_name(ReduceOp op);
-bool reduce_op_is_valid(int value);
 
 }  // namespace rf

@@ -16,8 +16,6 @@ enum class ErrorKind {
   kPeerFailure,      // a peer died, closed its connection or sent something malformed
 };
 
-const char* error_kind_name(ErrorKind kind);
-
 class Error : public std::runtime_error {
  public:
   Error(ErrorKind kind, const std::string& message) : std::runtime_error(message), kind_(kind) {}

@@ -55,6 +55,20 @@ Runtime::Runtime(const RuntimeOptions& options)
     transport_ = single_process_mesh().transport;
     return;
   }
+  try {
+    join();
+  } catch (const Error& error) {
+    // Store and socket helpers do not know the rank; every init error should say it.
+    const std::string text = error.what();
+    if (text.rfind("rank ", 0) == 0) throw;
+    throw Error(error.kind(), "rank " + std::to_string(options.rank) +
+                                  ": init() with the store at " + options.store_host + ":" +
+                                  std::to_string(options.store_port) + ": " + text);
+  }
+}
+
+void Runtime::join() {
+  const RuntimeOptions& options = options_;
   Deadline deadline = Deadline::after_seconds(options.timeout_s);
   if (options.host_store && options.rank == 0) {
     StoreServerOptions server;

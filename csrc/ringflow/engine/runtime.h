@@ -83,6 +83,7 @@ class Runtime {
   void recv(const TensorRef& tensor, int src);
 
  private:
+  void join();  // rendezvous: store, mesh of connections, topology, a first barrier
   CollectiveContext next_context();
   void check_usable() const;
   // Runs fn (which moves bytes); an error poisons the runtime and is rethrown with context.

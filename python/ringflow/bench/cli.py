@@ -157,27 +157,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
+_PARSER_OPTIONS: dict[str, Any] = {
+    "description": DESCRIPTION,
+    "allow_abbrev": False,
+    "formatter_class": argparse.RawDescriptionHelpFormatter,
+}
+
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``bench`` on an argparse subparsers object (``ringflow bench``)."""
-    parser = subparsers.add_parser(
-        "bench",
-        help="measure a collective against torch gloo and MPI (nccl-tests style)",
-        description=DESCRIPTION,
-        allow_abbrev=False,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    help_text = "measure a collective against torch gloo and MPI (nccl-tests style)"
+    parser = subparsers.add_parser("bench", help=help_text, **_PARSER_OPTIONS)
     add_arguments(parser)
     return parser
 
 
 def build_parser(prog: str = "python -m ringflow.bench") -> argparse.ArgumentParser:
     """A stand-alone parser: ``python -m ringflow.bench`` is ``ringflow bench``."""
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description=DESCRIPTION,
-        allow_abbrev=False,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = argparse.ArgumentParser(prog=prog, **_PARSER_OPTIONS)
     add_arguments(parser)
     return parser
 
