@@ -9,12 +9,13 @@ import ringflow as rf
 from ringflow import _core
 
 
-def _reinit_while_old_runtime_is_referenced() -> tuple[list[float], str]:
-    old = rf._state.runtime  # what a saved exception's traceback would keep alive
+def _reinit_while_old_engine_is_referenced() -> tuple[list[float], str]:
+    old = rf._state.engine  # what a saved exception's traceback would keep alive
     rf.shutdown()
     try:
-        old.barrier()
-        closed = "old runtime still usable"
+        tensor = _core.Tensor(np.empty(0, np.uint8), _core.DType.uint8, "b")
+        old.submit(_core.OpKind.barrier, [tensor], [None])
+        closed = "old engine still usable"
     except rf.Error as error:
         closed = str(error)
     rf.init()
@@ -24,35 +25,41 @@ def _reinit_while_old_runtime_is_referenced() -> tuple[list[float], str]:
 def test_shutdown_closes_even_while_referenced(make_job):
     """shutdown() closes connections (and a hosted store) at once, not when the object dies."""
     job = make_job(2).start()
-    for total, closed in job.call(_reinit_while_old_runtime_is_referenced):
+    for total, closed in job.call(_reinit_while_old_engine_is_referenced):
         assert total == [2.0, 2.0]
         assert "shut down" in closed
 
 
 @pytest.fixture
 def single():
-    runtime = _core.Runtime(0, 1, -1, -1, "127.0.0.1", 0, False, b"s", "job", 0, 10.0)
-    yield runtime
-    runtime.close()
+    engine = _core.Engine(0, 1, -1, -1, "127.0.0.1", 0, False, b"s", "job", 0, 10.0)
+    yield engine
+    engine.close()
+
+
+def _allreduce(engine, tensor, out):
+    (handle,) = engine.submit(_core.OpKind.allreduce, [tensor], [out], rf.Sum)
+    engine.wait(handle)
+    handle.rethrow()
 
 
 def test_raw_calls_check_output_buffers(single):
     x = np.ones(8, np.float32)
     tensor = _core.Tensor(x, _core.DType.float32, "x")
     with pytest.raises(rf.InvalidArgumentError, match="32 bytes"):
-        single.allreduce(tensor, np.empty(4, np.float32), rf.Sum, 1.0, 1.0)
+        _allreduce(single, tensor, np.empty(4, np.float32))
     read_only = np.empty(8, np.float32)
     read_only.flags.writeable = False
     with pytest.raises(rf.InvalidArgumentError, match="writable"):
-        single.allreduce(tensor, read_only, rf.Sum, 1.0, 1.0)
-    with pytest.raises(rf.InvalidArgumentError, match="one per rank"):
-        single.alltoall_sizes(tensor, [4, 4])
+        _allreduce(single, tensor, read_only)
+    (handle,) = single.submit(_core.OpKind.alltoall, [tensor], [None], splits=[9])
+    single.wait(handle)
     with pytest.raises(rf.InvalidArgumentError, match="add up"):
-        single.alltoall(tensor, [9], [9], np.empty(9, np.float32))
+        handle.rethrow()
 
 
 def test_calls_after_close_raise(single):
     single.close()
     x = np.ones(2)
     with pytest.raises(rf.Error, match="shut down"):
-        single.allreduce(_core.Tensor(x, _core.DType.float64, "x"), x, rf.Sum, 1.0, 1.0)
+        _allreduce(single, _core.Tensor(x, _core.DType.float64, "x"), x)

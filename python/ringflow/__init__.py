@@ -12,13 +12,36 @@ anything numpy can view without copying (buffer protocol, CPU DLPack).
 
 from __future__ import annotations
 
-import itertools
-from collections import defaultdict
-from typing import Any
-
-import numpy as np
-
-from ringflow import _arrays, _core, _environment
+from ringflow import _core, _environment
+from ringflow._allreduce import (
+    allreduce,
+    allreduce_,
+    allreduce_async,
+    allreduce_async_,
+    grouped_allreduce,
+    grouped_allreduce_,
+    grouped_allreduce_async,
+    grouped_allreduce_async_,
+)
+from ringflow._collectives import (
+    allgather,
+    allgather_async,
+    alltoall,
+    alltoall_async,
+    barrier,
+    broadcast,
+    broadcast_,
+    broadcast_async,
+    broadcast_async_,
+    grouped_allgather,
+    grouped_allgather_async,
+    grouped_reducescatter,
+    grouped_reducescatter_async,
+    recv,
+    reducescatter,
+    reducescatter_async,
+    send,
+)
 from ringflow._core import (
     Error,
     InvalidArgumentError,
@@ -27,39 +50,73 @@ from ringflow._core import (
     ReduceOp,
     TimeoutError,  # also a subclass of the built-in TimeoutError
 )
+from ringflow._handles import Handle, poll, synchronize
+from ringflow._process_sets import (
+    ProcessSet,
+    add_process_set,
+    global_process_set,
+    remove_process_set,
+)
+from ringflow._state import engine as _engine
+from ringflow._state import state as _state
 
 __all__ = [
     "Average",
     "Error",
+    "Handle",
     "InvalidArgumentError",
     "Max",
     "Min",
     "MismatchError",
     "PeerFailureError",
+    "ProcessSet",
     "Product",
     "ReduceOp",
     "Sum",
     "TimeoutError",
+    "add_process_set",
     "allgather",
+    "allgather_async",
     "allreduce",
     "allreduce_",
+    "allreduce_async",
+    "allreduce_async_",
     "alltoall",
+    "alltoall_async",
     "barrier",
     "broadcast",
     "broadcast_",
+    "broadcast_async",
+    "broadcast_async_",
     "cross_rank",
     "cross_size",
     "cuda_built",
+    "engine_stats",
+    "global_process_set",
+    "grouped_allgather",
+    "grouped_allgather_async",
+    "grouped_allreduce",
+    "grouped_allreduce_",
+    "grouped_allreduce_async",
+    "grouped_allreduce_async_",
+    "grouped_reducescatter",
+    "grouped_reducescatter_async",
     "init",
     "is_initialized",
     "local_rank",
     "local_size",
+    "poll",
     "rank",
     "recv",
     "reducescatter",
+    "reducescatter_async",
+    "remove_process_set",
     "send",
     "shutdown",
     "size",
+    "start_timeline",
+    "stop_timeline",
+    "synchronize",
 ]
 
 __version__ = "0.1.0"
@@ -71,25 +128,13 @@ Max = ReduceOp.Max
 Product = ReduceOp.Product
 
 
-class _State:
-    """This process' ringflow: the core runtime and the counters that name unnamed tensors."""
-
-    def __init__(self) -> None:
-        self.runtime: _core.Runtime | None = None
-        self.generation = 0  # how many times init() ran; namespaces the store keys
-        self.unnamed: defaultdict[str, itertools.count] = defaultdict(lambda: itertools.count())
-
-
-_state = _State()
-
-
 def init() -> None:
     """Join the job described by the environment (``ringflow run``, torchrun, Open MPI, Slurm).
 
     Without any launcher variables this process is a job of one. Calling it again while
     initialised does nothing; after `shutdown` it joins a new job.
     """
-    if _state.runtime is not None:
+    if _state.engine is not None:
         return
     try:
         config = _environment.detect()
@@ -98,7 +143,7 @@ def init() -> None:
     generation = _state.generation
     _state.generation += 1
     _state.unnamed.clear()
-    _state.runtime = _core.Runtime(
+    _state.engine = _core.Engine(
         rank=config.rank,
         size=config.size,
         local_rank=-1 if config.local_rank is None else config.local_rank,
@@ -114,53 +159,48 @@ def init() -> None:
 
 
 def shutdown() -> None:
-    """Leave the job: close every connection. Safe to call when not initialised."""
-    runtime, _state.runtime = _state.runtime, None
-    if runtime is not None:
+    """Leave the job: stop the engine and close every connection. Safe when not initialised."""
+    engine, _state.engine = _state.engine, None
+    if engine is not None:
         # Closed now, not when the last reference goes: a saved exception's traceback may keep
         # the object alive, and its ports open, past a following init().
-        runtime.close()
+        engine.close()
+    _state.inflight.clear()
 
 
 def is_initialized() -> bool:
     """Whether `init` has run (and `shutdown` has not since)."""
-    return _state.runtime is not None
-
-
-def _runtime() -> _core.Runtime:
-    if _state.runtime is None:
-        raise Error("ringflow has not been initialized; call ringflow.init() first")
-    return _state.runtime
+    return _state.engine is not None
 
 
 def rank() -> int:
     """This process' rank in the job, 0 … size() - 1."""
-    return _runtime().rank
+    return _engine().rank
 
 
 def size() -> int:
     """Number of processes in the job."""
-    return _runtime().size
+    return _engine().size
 
 
 def local_rank() -> int:
     """Rank among the processes on this host."""
-    return _runtime().local_rank
+    return _engine().local_rank
 
 
 def local_size() -> int:
     """Number of processes on this host."""
-    return _runtime().local_size
+    return _engine().local_size
 
 
 def cross_rank() -> int:
     """Rank among the processes with the same local rank (one per host)."""
-    return _runtime().cross_rank
+    return _engine().cross_rank
 
 
 def cross_size() -> int:
     """Number of processes with this local rank: the number of hosts, when all are alike."""
-    return _runtime().cross_size
+    return _engine().cross_size
 
 
 def cuda_built() -> bool:
@@ -168,139 +208,17 @@ def cuda_built() -> bool:
     return bool(_core.cuda_built())
 
 
-def _name(kind: str, name: str | None) -> str:
-    # Deterministic across ranks as long as every rank calls collectives in the same order.
-    return name if name is not None else f"{kind}.noname.{next(_state.unnamed[kind])}"
+def start_timeline(path: str) -> None:
+    """Write a Chrome trace (chrome://tracing, Perfetto) of this rank's operations to path."""
+    _engine().start_timeline(str(path))
 
 
-def allreduce_(
-    x: Any,
-    op: ReduceOp = Average,
-    name: str | None = None,
-    prescale_factor: float = 1.0,
-    postscale_factor: float = 1.0,
-) -> Any:
-    """Reduce x over all ranks in place and return x itself.
-
-    Average divides the sum by size(): floats in their type (float32 for 16-bit floats),
-    integers rounding to nearest, ties to even. prescale_factor multiplies the input first,
-    postscale_factor the result.
-    """
-    runtime = _runtime()
-    array, tensor = _arrays.describe(x, _name("allreduce", name), writable=True)
-    runtime.allreduce(tensor, array, op, float(prescale_factor), float(postscale_factor))
-    return x
+def stop_timeline() -> None:
+    """Finish the trace file started by `start_timeline` or RINGFLOW_TIMELINE."""
+    _engine().stop_timeline()
 
 
-def allreduce(
-    x: Any,
-    op: ReduceOp = Average,
-    name: str | None = None,
-    prescale_factor: float = 1.0,
-    postscale_factor: float = 1.0,
-) -> np.ndarray:
-    """Reduce x over all ranks into a new array (see `allreduce_` for the semantics)."""
-    runtime = _runtime()
-    array, tensor = _arrays.describe(x, _name("allreduce", name))
-    out = np.empty(array.shape, array.dtype)
-    runtime.allreduce(tensor, out, op, float(prescale_factor), float(postscale_factor))
-    return out
-
-
-def broadcast_(x: Any, root_rank: int, name: str | None = None) -> Any:
-    """Overwrite x on every rank with root_rank's x; returns x itself."""
-    runtime = _runtime()
-    _, tensor = _arrays.describe(x, _name("broadcast", name), writable=True)
-    runtime.broadcast(tensor, root_rank)
-    return x
-
-
-def broadcast(x: Any, root_rank: int, name: str | None = None) -> np.ndarray:
-    """A new array holding root_rank's x, on every rank."""
-    runtime = _runtime()
-    name = _name("broadcast", name)
-    array, tensor = _arrays.describe(x, name)
-    if array is not _arrays.EMPTY:  # usable: broadcast into a copy, x stays as it was
-        array = array.copy()
-        tensor = _core.Tensor(array, tensor.dtype, name)
-    runtime.broadcast(tensor, root_rank)
-    return array
-
-
-def allgather(x: Any, name: str | None = None) -> np.ndarray:
-    """Concatenate every rank's x along the first dimension, in rank order.
-
-    The first dimension may differ between ranks; the others and the dtype must match.
-    """
-    runtime = _runtime()
-    array, tensor = _arrays.describe(x, _name("allgather", name))
-    first_dims = runtime.allgather_sizes(tensor)
-    out = np.empty((sum(first_dims), *array.shape[1:]), dtype=array.dtype)
-    runtime.allgather(tensor, first_dims, out)
-    return out
-
-
-def reducescatter(x: Any, op: ReduceOp = Average, name: str | None = None) -> np.ndarray:
-    """Reduce x over all ranks and return this rank's block of the first dimension.
-
-    Blocks are as `np.array_split` makes them: the first (rows % size) ranks get one more row.
-    """
-    runtime = _runtime()
-    array, tensor = _arrays.describe(x, _name("reducescatter", name))
-    rows = array.shape[0] if array.ndim else 0
-    mine = rows // runtime.size + (1 if runtime.rank < rows % runtime.size else 0)
-    out = np.empty((mine, *array.shape[1:]), dtype=array.dtype)
-    runtime.reducescatter(tensor, out, op)
-    return out
-
-
-def _check_splits(splits: Any, rows: int, world: int) -> tuple[list[int], str]:
-    if splits is None:
-        if rows % world:
-            return [0] * world, (
-                f"first dimension {rows} is not divisible by {world} ranks; pass splits"
-            )
-        return [rows // world] * world, ""
-    values = [int(s) for s in np.asarray(splits).reshape(-1)]
-    if len(values) != world:
-        return [0] * world, f"splits has {len(values)} entries, expected one per rank ({world})"
-    if any(v < 0 for v in values) or sum(values) != rows:
-        return [0] * world, (
-            f"splits {values} must be non-negative and sum to the first dimension {rows}"
-        )
-    return values, ""
-
-
-def alltoall(x: Any, splits: Any = None, name: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Send splits[i] rows of x to rank i; returns (rows received in rank order, received splits).
-
-    Without splits, x's first dimension is divided evenly and must be divisible by size().
-    """
-    runtime = _runtime()
-    name = _name("alltoall", name)
-    array, tensor = _arrays.describe(x, name)
-    rows = array.shape[0] if array.ndim else 0
-    send_splits, reason = _check_splits(splits, rows, runtime.size)
-    if reason:  # tell every rank, like any other invalid input
-        array = _arrays.EMPTY
-        tensor = _core.Tensor(array, _core.DType.uint8, name, reason)
-    recv_splits = runtime.alltoall_sizes(tensor, send_splits)
-    out = np.empty((sum(recv_splits), *array.shape[1:]), dtype=array.dtype)
-    runtime.alltoall(tensor, send_splits, recv_splits, out)
-    return out, np.asarray(recv_splits, dtype=np.int64)
-
-
-def barrier() -> None:
-    """Return once every rank has called barrier()."""
-    _runtime().barrier()
-
-
-def send(x: Any, dst: int, name: str | None = None) -> None:
-    """Send x to rank dst, which must call recv with a buffer of the same size."""
-    _runtime().send(_arrays.describe(x, name or "send")[1], dst)
-
-
-def recv(x: Any, src: int, name: str | None = None) -> Any:
-    """Receive a message from rank src into x (same byte size as sent); returns x."""
-    _runtime().recv(_arrays.describe(x, name or "recv", writable=True)[1], src)
-    return x
+def engine_stats() -> dict[str, int]:
+    """Counters since init: negotiation rounds and bytes, response-cache hits, operations run,
+    fused operations and the tensors they carried."""
+    return dict(_engine().stats())

@@ -14,7 +14,7 @@ import numpy as np
 
 from ringflow import _core
 
-__all__ = ["EMPTY", "as_ndarray", "describe", "dtype_of"]
+__all__ = ["EMPTY", "as_ndarray", "describe", "dtype_of", "problem"]
 
 _DTYPES = {
     np.dtype(np.uint8): _core.DType.uint8,
@@ -56,7 +56,7 @@ def as_ndarray(x: Any) -> np.ndarray | None:
     return None
 
 
-def _problem(x: Any, array: np.ndarray | None, writable: bool) -> str:
+def problem(x: Any, array: np.ndarray | None, writable: bool) -> str:
     """Why x cannot be used as is (the slow path, only taken when something is off)."""
     if array is None:
         return f"{type(x).__name__} is not an array (no buffer protocol or DLPack)"
@@ -86,7 +86,7 @@ def describe(x: Any, name: str, *, writable: bool = False) -> tuple[np.ndarray, 
         flags = array.flags
         if dtype is not None and flags.c_contiguous and (flags.writeable or not writable):
             return array, _core.Tensor(array, dtype, name)
-    reason = _problem(x, array, writable)
+    reason = problem(x, array, writable)
     if not reason:  # bfloat16 (not in the fast table) or another dtype alias that is fine
         assert array is not None
         return array, _core.Tensor(array, dtype_of(array.dtype), name)

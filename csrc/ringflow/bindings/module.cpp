@@ -5,12 +5,14 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "ringflow/common/dtype.h"
 #include "ringflow/common/error.h"
-#include "ringflow/engine/runtime.h"
+#include "ringflow/engine/engine.h"
 #include "ringflow/net/handshake.h"
 #include "ringflow/net/socket.h"
 #include "ringflow/reduce/reduce.h"
@@ -24,11 +26,28 @@ namespace {
 using rf::DType;
 using rf::ReduceOp;
 
+// A tensor as ringflow._arrays describes it: a C-contiguous host buffer, or the reason it
+// cannot be used (the other ranks are then told instead of left waiting).
+struct TensorRef {
+  void* data = nullptr;
+  DType dtype = DType::kUInt8;
+  std::vector<int64_t> shape;
+  std::string name;
+  std::string invalid_reason;
+
+  size_t count() const {
+    size_t total = 1;
+    for (int64_t dim : shape) total *= static_cast<size_t>(dim);
+    return total;
+  }
+  size_t bytes() const { return count() * rf::dtype_size(dtype); }
+};
+
 // The numpy array is only read here, with the GIL held: its address and shape. ringflow._arrays
 // has already checked dtype, contiguity and writability (or set invalid_reason).
-rf::TensorRef make_tensor(const py::array& array, DType dtype, std::string name,
+TensorRef make_tensor(const py::array& array, DType dtype, std::string name,
                           std::string invalid_reason) {
-  rf::TensorRef tensor;
+  TensorRef tensor;
   tensor.data = const_cast<void*>(array.data());
   tensor.dtype = dtype;
   tensor.shape.assign(array.shape(), array.shape() + array.ndim());
@@ -42,7 +61,7 @@ void* address_of(const py::array& array) { return const_cast<void*>(array.data()
 // The raw _core calls are public: an output buffer must be writable and exactly as large as the
 // operation will write (ringflow's Python layer always allocates it so). Not checked for an
 // invalid tensor, whose operation fails in negotiation before any output is touched.
-void* output_of(const rf::TensorRef& tensor, const py::array& out, size_t bytes) {
+void* output_of(const TensorRef& tensor, const py::array& out, size_t bytes) {
   if (!tensor.invalid_reason.empty()) return address_of(out);
   if (!out.writeable() || static_cast<size_t>(out.nbytes()) != bytes ||
       !(out.flags() & py::array::c_style)) {
@@ -52,15 +71,6 @@ void* output_of(const rf::TensorRef& tensor, const py::array& out, size_t bytes)
                         std::to_string(out.nbytes()) + ")");
   }
   return address_of(out);
-}
-
-size_t rows_bytes(const rf::TensorRef& tensor, const std::vector<int64_t>& rows) {
-  size_t total = 0;
-  for (int64_t r : rows) {
-    if (r < 0) throw rf::Error(rf::ErrorKind::kInvalidArgument, "negative row count");
-    total += static_cast<size_t>(r);
-  }
-  return total * tensor.row_count() * rf::dtype_size(tensor.dtype);
 }
 
 // Exception classes, created once at import; subclasses also derive from the matching
@@ -123,11 +133,11 @@ void register_exceptions(py::module_& m) {
   });
 }
 
-std::unique_ptr<rf::Runtime> make_runtime(int rank, int size, int local_rank, int local_size,
-                                          const std::string& store_host, int store_port,
-                                          bool host_store, const py::bytes& secret,
-                                          const std::string& job_id, uint32_t generation,
-                                          double timeout_s) {
+std::unique_ptr<rf::Engine> make_engine(int rank, int size, int local_rank, int local_size,
+                                        const std::string& store_host, int store_port,
+                                        bool host_store, const py::bytes& secret,
+                                        const std::string& job_id, uint32_t generation,
+                                        double timeout_s) {
   rf::RuntimeOptions options;
   options.rank = rank;
   options.size = size;
@@ -141,7 +151,88 @@ std::unique_ptr<rf::Runtime> make_runtime(int rank, int size, int local_rank, in
   options.generation = generation;
   options.timeout_s = timeout_s;
   py::gil_scoped_release release;  // the rendezvous waits for every other rank
-  return std::make_unique<rf::Runtime>(options);
+  return std::make_unique<rf::Engine>(options);
+}
+
+// One submission per tensor; `outs[i]` is the output array for allreduce / reducescatter
+// (checked here: the raw calls are public) and None otherwise.
+std::vector<rf::HandlePtr> submit(rf::Engine& engine, rf::OpKind kind,
+                                  const std::vector<TensorRef>& tensors, const py::list& outs,
+                                  ReduceOp op, int root, int peer, double prescale,
+                                  double postscale, int process_set,
+                                  const std::vector<int64_t>& splits,
+                                  const std::vector<int>& set_ranks, const std::string& group,
+                                  bool synchronous) {
+  std::vector<rf::Submission> batch;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const TensorRef& tensor = tensors[i];
+    rf::Submission s;
+    rf::Request& r = s.request;
+    r.kind = kind;
+    r.name = tensor.name;
+    r.dtype = tensor.dtype;
+    r.op = op;
+    r.root = root;
+    r.peer = peer;
+    r.process_set = process_set;
+    r.shape = tensor.shape;
+    r.prescale = prescale;
+    r.postscale = postscale;
+    r.invalid_reason = tensor.invalid_reason;
+    if (!group.empty()) {
+      r.group_hash = rf::name_hash(group);
+      r.group_size = static_cast<uint32_t>(tensors.size());
+    }
+    if (r.invalid_reason.empty() && (kind == rf::OpKind::kAllreduce ||
+                                     kind == rf::OpKind::kReducescatter) &&
+        !rf::reduction_supported(tensor.dtype, op)) {
+      r.invalid_reason = std::string(rf::reduce_op_name(op)) + " is not supported for dtype " +
+                         rf::dtype_name(tensor.dtype) + " (bool supports Min and Max)";
+    }
+    if (r.invalid_reason.empty() && tensor.shape.empty() &&
+        (kind == rf::OpKind::kAllgather || kind == rf::OpKind::kReducescatter ||
+         kind == rf::OpKind::kAlltoall)) {
+      r.invalid_reason = std::string(rf::op_kind_name(kind)) +
+                         " needs at least one dimension (got a scalar)";
+    }
+    s.in = tensor.data;
+    s.out = tensor.data;
+    if (!outs[i].is_none() && tensor.invalid_reason.empty()) {
+      py::array out = outs[i].cast<py::array>();
+      const size_t rows = tensor.shape.empty() ? 0 : static_cast<size_t>(tensor.shape[0]);
+      size_t bytes = tensor.bytes();
+      if (kind == rf::OpKind::kReducescatter && rows > 0) {
+        const auto members = engine.process_set_ranks(process_set);
+        const size_t world = members.size();
+        const size_t me = static_cast<size_t>(
+            std::find(members.begin(), members.end(), engine.rank()) - members.begin());
+        bytes = bytes / rows * (rows / world + (me < rows % world ? 1 : 0));
+      }
+      s.out = output_of(tensor, out, bytes);
+    }
+    if (kind == rf::OpKind::kAlltoall) {
+      s.splits = splits;
+      int64_t total = 0;
+      for (int64_t v : splits) total += v;
+      const int64_t rows = tensor.shape.empty() ? 0 : tensor.shape[0];
+      bool negative = false;
+      for (int64_t v : splits) negative = negative || v < 0;
+      if (r.invalid_reason.empty() && (negative || total != rows)) {
+        r.invalid_reason = "splits must be non-negative and add up to the first dimension " +
+                           std::to_string(rows);
+      }
+    }
+    s.set_ranks = set_ranks;
+    batch.push_back(std::move(s));
+  }
+  return engine.submit(std::move(batch), synchronous);
+}
+
+// The engine-allocated output of an allgather / alltoall, as a numpy array that owns it.
+py::array take_output(rf::Handle& handle, const py::dtype& dtype) {
+  auto* owned = new std::unique_ptr<char[]>(std::move(handle.output.data));
+  py::capsule owner(owned, [](void* p) { delete static_cast<std::unique_ptr<char[]>*>(p); });
+  return py::array(dtype, handle.output_shape, owned->get(), owner);
 }
 
 void probe_handshake(const std::string& host, int port, const std::string& secret,
@@ -205,82 +296,75 @@ PYBIND11_MODULE(_core, m) {
       "cuda_built", [] { return RINGFLOW_WITH_CUDA != 0; },
       "Whether this build contains the CUDA parts.");
 
-  py::class_<rf::TensorRef>(m, "Tensor")
+  py::class_<TensorRef>(m, "Tensor")
       .def(py::init(&make_tensor), py::arg("array"), py::arg("dtype"), py::arg("name"),
            py::arg("invalid") = "")
-      .def_readonly("name", &rf::TensorRef::name)
-      .def_readonly("dtype", &rf::TensorRef::dtype)
-      .def_readonly("shape", &rf::TensorRef::shape);
+      .def_readonly("name", &TensorRef::name)
+      .def_readonly("dtype", &TensorRef::dtype)
+      .def_readonly("shape", &TensorRef::shape);
+
+  py::enum_<rf::OpKind>(m, "OpKind")
+      .value("allreduce", rf::OpKind::kAllreduce)
+      .value("broadcast", rf::OpKind::kBroadcast)
+      .value("allgather", rf::OpKind::kAllgather)
+      .value("reducescatter", rf::OpKind::kReducescatter)
+      .value("alltoall", rf::OpKind::kAlltoall)
+      .value("barrier", rf::OpKind::kBarrier)
+      .value("point_to_point", rf::OpKind::kPointToPoint)
+      .value("add_process_set", rf::OpKind::kAddProcessSet)
+      .value("remove_process_set", rf::OpKind::kRemoveProcessSet);
+
+  py::class_<rf::Handle, rf::HandlePtr>(m, "Handle")
+      .def("done", &rf::Handle::done)
+      .def("rethrow", &rf::Handle::rethrow)
+      .def("take_output", &take_output, py::arg("dtype"))
+      .def_readonly("received_splits", &rf::Handle::received_splits)
+      .def_readonly("value", &rf::Handle::value);
 
   using Release = py::call_guard<py::gil_scoped_release>;
-  py::class_<rf::Runtime>(m, "Runtime")
-      .def(py::init(&make_runtime), py::arg("rank"), py::arg("size"), py::arg("local_rank"),
+  py::class_<rf::Engine>(m, "Engine")
+      .def(py::init(&make_engine), py::arg("rank"), py::arg("size"), py::arg("local_rank"),
            py::arg("local_size"), py::arg("store_host"), py::arg("store_port"),
            py::arg("host_store"), py::arg("secret"), py::arg("job_id"), py::arg("generation"),
            py::arg("timeout_s"))
-      .def("close", &rf::Runtime::close, Release(),
-           "Close every connection (and the store this rank hosts); later calls raise.")
-      .def_property_readonly("rank", &rf::Runtime::rank)
-      .def_property_readonly("size", &rf::Runtime::size)
+      .def("close", &rf::Engine::close, Release(),
+           "Stop the engine and close every connection; pending and later calls raise.")
+      .def_property_readonly("rank", &rf::Engine::rank)
+      .def_property_readonly("size", &rf::Engine::size)
       .def_property_readonly("local_rank",
-                             [](const rf::Runtime& r) { return r.topology().local_rank; })
+                             [](const rf::Engine& e) { return e.topology().local_rank; })
       .def_property_readonly("local_size",
-                             [](const rf::Runtime& r) { return r.topology().local_size; })
+                             [](const rf::Engine& e) { return e.topology().local_size; })
       .def_property_readonly("cross_rank",
-                             [](const rf::Runtime& r) { return r.topology().cross_rank; })
+                             [](const rf::Engine& e) { return e.topology().cross_rank; })
       .def_property_readonly("cross_size",
-                             [](const rf::Runtime& r) { return r.topology().cross_size; })
-      .def(
-          "allreduce",
-          [](rf::Runtime& self, const rf::TensorRef& tensor, const py::array& out, ReduceOp op,
-             double prescale, double postscale) {
-            void* target = output_of(tensor, out, tensor.bytes());
-            py::gil_scoped_release release;
-            self.allreduce(tensor, target, op, prescale, postscale);
-          },
-          py::arg("tensor"), py::arg("out"), py::arg("op"), py::arg("prescale"),
-          py::arg("postscale"))
-      .def("broadcast", &rf::Runtime::broadcast, py::arg("tensor"), py::arg("root"), Release())
-      .def("allgather_sizes", &rf::Runtime::allgather_sizes, py::arg("tensor"), Release())
-      .def(
-          "allgather",
-          [](rf::Runtime& self, const rf::TensorRef& tensor, const std::vector<int64_t>& first_dims,
-             const py::array& out) {
-            void* target = output_of(tensor, out, rows_bytes(tensor, first_dims));
-            py::gil_scoped_release release;
-            self.allgather(tensor, first_dims, target);
-          },
-          py::arg("tensor"), py::arg("first_dims"), py::arg("out"))
-      .def(
-          "reducescatter",
-          [](rf::Runtime& self, const rf::TensorRef& tensor, const py::array& out, ReduceOp op) {
-            const size_t rows = tensor.shape.empty() ? 0 : static_cast<size_t>(tensor.shape[0]);
-            const size_t world = static_cast<size_t>(self.size());
-            const size_t rank = static_cast<size_t>(self.rank());
-            const int64_t mine = static_cast<int64_t>(rows / world + (rank < rows % world));
-            void* target = output_of(tensor, out, rows_bytes(tensor, {mine}));
-            py::gil_scoped_release release;
-            self.reducescatter(tensor, target, op);
-          },
-          py::arg("tensor"), py::arg("out"), py::arg("op"))
-      .def("alltoall_sizes", &rf::Runtime::alltoall_sizes, py::arg("tensor"), py::arg("splits"),
-           Release())
-      .def(
-          "alltoall",
-          [](rf::Runtime& self, const rf::TensorRef& tensor, const std::vector<int64_t>& splits,
-             const std::vector<int64_t>& recv_splits, const py::array& out) {
-            if (rows_bytes(tensor, splits) != tensor.bytes()) {
-              throw rf::Error(rf::ErrorKind::kInvalidArgument,
-                              "alltoall: splits do not add up to the tensor's first dimension");
-            }
-            void* target = output_of(tensor, out, rows_bytes(tensor, recv_splits));
-            py::gil_scoped_release release;
-            self.alltoall(tensor, splits, recv_splits, target);
-          },
-          py::arg("tensor"), py::arg("splits"), py::arg("recv_splits"), py::arg("out"))
-      .def("barrier", &rf::Runtime::barrier, Release())
-      .def("send", &rf::Runtime::send, py::arg("tensor"), py::arg("dst"), Release())
-      .def("recv", &rf::Runtime::recv, py::arg("tensor"), py::arg("src"), Release());
+                             [](const rf::Engine& e) { return e.topology().cross_size; })
+      .def("submit", &submit, py::arg("kind"), py::arg("tensors"), py::arg("outs"),
+           py::arg("op") = ReduceOp::kSum, py::arg("root") = 0, py::arg("peer") = 0,
+           py::arg("prescale") = 1.0, py::arg("postscale") = 1.0, py::arg("process_set") = 0,
+           py::arg("splits") = std::vector<int64_t>{}, py::arg("set_ranks") = std::vector<int>{},
+           py::arg("group") = "", py::arg("synchronous") = false,
+           "Queue one request per tensor (a group when `group` is named); returns handles.")
+      .def("wait", &rf::Engine::wait, py::arg("handle"), Release(),
+           "Block until the handle is done (driving the engine meanwhile).")
+      .def("process_set_ranks", &rf::Engine::process_set_ranks, py::arg("process_set"))
+      .def("next_send_name", &rf::Engine::next_send_name, py::arg("dst"))
+      .def("next_recv_name", &rf::Engine::next_recv_name, py::arg("src"))
+      .def("start_timeline",
+           [](rf::Engine& e, const std::string& path) { e.timeline().start(path); },
+           py::arg("path"))
+      .def("stop_timeline", [](rf::Engine& e) { e.timeline().stop(); })
+      .def("stats", [](rf::Engine& e) {
+        rf::EngineStats s = e.stats();
+        py::dict d;
+        d["rounds"] = s.rounds;
+        d["negotiation_bytes"] = s.negotiation_bytes;
+        d["cache_hits"] = s.cache_hits;
+        d["responses"] = s.responses;
+        d["fused_ops"] = s.fused_ops;
+        d["fused_tensors"] = s.fused_tensors;
+        return d;
+      });
 
   py::class_<rf::TcpStoreServer>(m, "StoreServer")
       .def(py::init([](const std::string& host, int port, const py::bytes& secret,

@@ -29,9 +29,17 @@ struct CollectiveContext {
 using ChunkFinisher = std::function<void(void* data, size_t count)>;
 
 // out = reduction of every rank's in (count elements); in == out is allowed. Reduce-scatter
-// then allgather around the ring, pipelined by segments.
+// then allgather around the ring, pipelined by segments. chunk_counts (one per rank, summing to
+// count) sets which elements form each rank's chunk; empty means even_blocks(count, N).
+// Element i of chunk c is reduced as x_{c+N-1} op (… op (x_{c+1} op x_c)) whatever the algorithm.
 void ring_allreduce(const CollectiveContext& ctx, const void* in, void* out, size_t count,
-                    DType dtype, ReduceOp op, const ChunkFinisher& finish);
+                    DType dtype, ReduceOp op, const ChunkFinisher& finish,
+                    const std::vector<size_t>& chunk_counts = {});
+// The same result for small counts in ceil(log2 N) steps: every rank gathers every input
+// (Bruck) and folds each chunk in the ring's order.
+void bruck_allreduce(const CollectiveContext& ctx, const void* in, void* out, size_t count,
+                     DType dtype, ReduceOp op, const ChunkFinisher& finish,
+                     const std::vector<size_t>& chunk_counts = {});
 
 // data (bytes) is copied from root to every rank: binomial tree (log2 N rounds, for small
 // buffers) or pipelined chain (every link carries the data once, for large ones).

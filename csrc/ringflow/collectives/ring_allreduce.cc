@@ -11,7 +11,11 @@
 // Received segments land in a few scratch slots and are reduced straight from `in` into
 // `out`: out of place costs no extra copy of the tensor.
 //
-// Float order: chunk c is accumulated as x_c + x_{c+1} + … + x_{c+N-1} (ranks mod N).
+// Float order: chunk c is accumulated as x_{c+N-1} + (… + (x_{c+1} + x_c)) (ranks mod N), the
+// same order bruck_allreduce folds in, so the algorithm choice never changes a result's bits.
+// Callers may pick the chunk boundaries (fusion keeps each tensor's elements in the chunk they
+// would have alone, so fused and unfused results are identical too).
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -28,7 +32,8 @@ constexpr uint64_t kNoTicket = ~uint64_t{0};
 }  // namespace
 
 void ring_allreduce(const CollectiveContext& ctx, const void* in, void* out, size_t count,
-                    DType dtype, ReduceOp op, const ChunkFinisher& finish) {
+                    DType dtype, ReduceOp op, const ChunkFinisher& finish,
+                    const std::vector<size_t>& chunk_counts) {
   const int size = ctx.size();
   const int rank = ctx.rank();
   const size_t elem = dtype_size(dtype);
@@ -39,9 +44,10 @@ void ring_allreduce(const CollectiveContext& ctx, const void* in, void* out, siz
     return;
   }
   Transport& transport = ctx.transport;
-  const std::vector<size_t> chunks = even_blocks(count, size);
+  const std::vector<size_t> chunks = chunk_counts.empty() ? even_blocks(count, size) : chunk_counts;
   const std::vector<size_t> offsets = block_offsets(chunks);
-  const size_t per_segment = std::min(segment_elements(elem), chunks[0]);
+  const size_t largest = *std::max_element(chunks.begin(), chunks.end());
+  const size_t per_segment = std::min(segment_elements(elem), largest);
   auto segments = [&](int chunk) { return Segments{offsets[chunk], chunks[chunk], per_segment}; };
   auto wrap = [size](int index) { return ((index % size) + size) % size; };
   auto at = [elem](const void* base, size_t element) {

@@ -22,6 +22,16 @@ long long env_int(const char* name, long long fallback) {
   return parsed;
 }
 
+double env_seconds(const char* name, double fallback) {
+  const char* value = std::getenv(name);
+  if (!value || !*value) return fallback;
+  char* end = nullptr;
+  double parsed = std::strtod(value, &end);
+  RF_CHECK(end && *end == '\0' && parsed >= 0, kInvalidArgument)
+      << name << "=" << value << " is not a non-negative number";
+  return parsed;
+}
+
 namespace {
 
 LogLevel parse_log_level(const std::string& text) {
@@ -78,6 +88,14 @@ EnvConfig read_env() {
   config.segment_bytes = positive_bytes("RINGFLOW_SEGMENT_BYTES", config.segment_bytes);
   config.kernel_isa = parse_choice("RINGFLOW_KERNEL_ISA", env_string("RINGFLOW_KERNEL_ISA", "auto"),
                                    {"auto", "generic"});
+  config.fusion_threshold = static_cast<size_t>(
+      env_int("RINGFLOW_FUSION_THRESHOLD", static_cast<long long>(config.fusion_threshold)));
+  config.cycle_time_ms = env_seconds("RINGFLOW_CYCLE_TIME", config.cycle_time_ms);
+  config.stall_check_s = env_seconds("RINGFLOW_STALL_CHECK_TIME", config.stall_check_s);
+  config.stall_shutdown_s = env_seconds("RINGFLOW_STALL_SHUTDOWN_TIME", config.stall_shutdown_s);
+  config.cache_capacity = static_cast<size_t>(
+      env_int("RINGFLOW_CACHE_CAPACITY", static_cast<long long>(config.cache_capacity)));
+  config.timeline = env_string("RINGFLOW_TIMELINE", "");
   const char* spin = std::getenv("RINGFLOW_SPIN_US");
   if (spin && *spin)
     config.spin_us = std::string(spin) == "auto" ? -1 : env_int("RINGFLOW_SPIN_US", 0);

@@ -26,6 +26,13 @@ struct EnvConfig {
   // transport/tcp/spin_policy.h); 0 never polls; "auto" (-1) is 50.
   long long spin_us = -1;
   std::string kernel_isa = "auto";  // RINGFLOW_KERNEL_ISA=auto|generic (generic: no AVX2/F16C)
+  // The engine (engine/engine.cc).
+  size_t fusion_threshold = 64 << 20;  // RINGFLOW_FUSION_THRESHOLD (bytes; 0: no fusion)
+  double cycle_time_ms = 1.0;          // RINGFLOW_CYCLE_TIME: how long async submissions gather
+  double stall_check_s = 60.0;         // RINGFLOW_STALL_CHECK_TIME (0: no warnings)
+  double stall_shutdown_s = -1.0;      // RINGFLOW_STALL_SHUTDOWN_TIME (-1: RINGFLOW_TIMEOUT)
+  size_t cache_capacity = 1024;        // RINGFLOW_CACHE_CAPACITY (entries; 0: no response cache)
+  std::string timeline;                // RINGFLOW_TIMELINE: Chrome trace written from init
 };
 
 // Parsed on first use; a malformed value throws rf::Error naming the variable.
@@ -34,5 +41,6 @@ const EnvConfig& env_config();
 // Helpers for parsing one variable; exposed for the few values read elsewhere.
 std::string env_string(const char* name, const std::string& fallback);
 long long env_int(const char* name, long long fallback);
+double env_seconds(const char* name, double fallback);  // a non-negative number
 
 }  // namespace rf

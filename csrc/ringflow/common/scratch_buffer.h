@@ -9,11 +9,18 @@ namespace rf {
 
 class ScratchBuffer {
  public:
-  explicit ScratchBuffer(size_t bytes) : data_(bytes ? new char[bytes] : nullptr) {}
+  explicit ScratchBuffer(size_t bytes) : data_(bytes ? new char[bytes] : nullptr), size_(bytes) {}
   char* data() { return data_.get(); }
+  // Grows to at least `bytes` (contents are not kept); a reused buffer keeps its size.
+  void reserve(size_t bytes) {
+    if (bytes <= size_) return;
+    data_.reset(new char[bytes]);
+    size_ = bytes;
+  }
 
  private:
   std::unique_ptr<char[]> data_;
+  size_t size_;
 };
 
 }  // namespace rf

@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "ringflow/common/deadline.h"
 
@@ -34,6 +35,10 @@ class Transport {
   // Drives all queued operations to completion. Both waits throw rf::Error (kTimeout,
   // kPeerFailure) naming the peer; after a throw the transport is unusable and should be aborted.
   virtual void wait_all(const Deadline& deadline) = 0;
+  // For a thread that waits for peers to start talking (the engine between operations): the
+  // sockets to poll for readability, and whether bytes already read sit in a staging buffer.
+  virtual std::vector<int> peer_fds() const = 0;
+  virtual bool has_buffered_input() const = 0;
   // Tells every peer (best effort) why this rank gives up, and closes all connections.
   virtual void abort(const std::string& reason) noexcept = 0;
 };

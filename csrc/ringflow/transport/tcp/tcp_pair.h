@@ -27,6 +27,10 @@ class TcpPair {
 
   bool sending() const { return !sends_.empty(); }
   bool receiving() const { return !recvs_.empty(); }
+  // Bytes read from the socket but not yet delivered to a receive.
+  bool has_buffered_input() const {
+    return staged_end_ > staged_begin_ || incoming_.header_got > 0;
+  }
   uint64_t sends_done() const { return sends_done_; }
   uint64_t recvs_done() const { return recvs_done_; }
   std::string pending_summary() const;

@@ -120,6 +120,21 @@ std::string TcpTransport::pending_summary() const {
   return text.str();
 }
 
+std::vector<int> TcpTransport::peer_fds() const {
+  std::vector<int> fds;
+  for (const auto& p : pairs_) {
+    if (p && p->fd() >= 0) fds.push_back(p->fd());
+  }
+  return fds;
+}
+
+bool TcpTransport::has_buffered_input() const {
+  for (const auto& p : pairs_) {
+    if (p && p->has_buffered_input()) return true;
+  }
+  return false;
+}
+
 void TcpTransport::abort(const std::string& reason) noexcept {
   std::string message = reason.substr(0, kMaxAbortMessageBytes);
   for (auto& p : pairs_) {

@@ -27,6 +27,8 @@ class TcpTransport : public Transport {
   void wait_send(int peer, uint64_t ticket, const Deadline& deadline) override;
   void wait_recv(int peer, uint64_t ticket, const Deadline& deadline) override;
   void wait_all(const Deadline& deadline) override;
+  std::vector<int> peer_fds() const override;
+  bool has_buffered_input() const override;
   void abort(const std::string& reason) noexcept override;
 
  private:

@@ -1,0 +1,28 @@
+// One negotiation round: every rank tells every other what it submitted since the last round —
+// full descriptors for new tensors, or the ids of response-cache entries for tensors whose
+// descriptors the ranks already agreed on — in one Bruck allgather (ceil(log2 N) steps).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "ringflow/collectives/collective.h"
+#include "ringflow/engine/negotiation.h"
+
+namespace rf {
+
+struct Announcement {
+  std::vector<Descriptor> descriptors;  // new (uncached) requests, in submission order
+  std::vector<uint32_t> cache_ids;      // requests the response cache knows
+  bool empty() const { return descriptors.empty() && cache_ids.empty(); }
+};
+
+struct RoundResult {
+  std::vector<Announcement> by_rank;
+  size_t bytes = 0;  // what this rank sent, for the negotiation-cost statistics
+};
+
+// Exchanges `mine` with every rank of ctx. Malformed announcements raise kPeerFailure.
+RoundResult exchange_announcements(const CollectiveContext& ctx, const Announcement& mine);
+
+}  // namespace rf

@@ -1,0 +1,390 @@
+#include "ringflow/engine/engine.h"
+
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <sstream>
+
+#include "ringflow/common/check.h"
+#include "ringflow/common/env.h"
+#include "ringflow/engine/fusion.h"
+
+namespace rf {
+
+namespace {
+
+// How long async submissions may pause and still count as "still arriving" (one Python call
+// takes a few microseconds; a pause longer than this means the batch is complete).
+constexpr int kArrivalGapUs = 50;
+
+// Each rank writes its own trace: rank 0 at the path given, rank r at "<stem>.rank<r><ext>".
+std::string timeline_path(const std::string& path, int rank) {
+  if (rank == 0) return path;
+  const size_t slash = path.find_last_of('/');
+  const size_t dot = path.find_last_of('.');
+  const bool has_ext = dot != std::string::npos && (slash == std::string::npos || dot > slash);
+  const std::string suffix = ".rank" + std::to_string(rank);
+  return has_ext ? path.substr(0, dot) + suffix + path.substr(dot) : path + suffix;
+}
+
+std::string rank_prefix(int rank) { return "rank " + std::to_string(rank) + ": "; }
+
+}  // namespace
+
+Engine::Engine(const RuntimeOptions& options)
+    : rank_(options.rank),
+      size_(options.size),
+      runtime_(std::make_unique<Runtime>(options)),
+      timeout_s_(options.timeout_s),
+      stall_{env_config().stall_check_s, env_config().stall_shutdown_s < 0
+                                             ? options.timeout_s
+                                             : env_config().stall_shutdown_s},
+      fusion_threshold_(env_config().fusion_threshold),
+      cycle_time_ms_(env_config().cycle_time_ms),
+      timeline_(options.rank),
+      sends_to_(options.size, 0),
+      recvs_from_(options.size, 0),
+      cache_(env_config().cache_capacity),
+      fusion_buffer_(0),
+      sets_(options.size),
+      wake_fd_(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {
+  RF_CHECK(wake_fd_.valid(), kInternal) << "eventfd: " << std::strerror(errno);
+  peer_fds_ = runtime_->transport().peer_fds();
+  if (!env_config().timeline.empty()) {
+    timeline_.start(timeline_path(env_config().timeline, rank_));
+  }
+  thread_ = std::thread([this] { background(); });
+}
+
+Engine::~Engine() { close(); }
+
+void Engine::close() {
+  {
+    std::lock_guard<std::mutex> lock(queue_mutex_);
+    if (closed_) return;
+    closed_ = true;
+  }
+  stopping_ = true;
+  wake();
+  if (thread_.joinable()) thread_.join();
+  std::lock_guard<std::mutex> lock(comm_mutex_);
+  fail_all(Error(ErrorKind::kInvalidArgument,
+                 rank_prefix(rank_) + "ringflow was shut down before this operation finished"));
+  runtime_->close();
+  timeline_.stop();
+}
+
+void Engine::wake() {
+  const uint64_t one = 1;
+  ssize_t ignored = ::write(wake_fd_.get(), &one, sizeof(one));
+  (void)ignored;  // the counter saturating still leaves it readable
+}
+
+std::vector<HandlePtr> Engine::submit(std::vector<Submission> batch, bool synchronous) {
+  std::vector<Local> locals;
+  for (Submission& submission : batch) {
+    Request& request = submission.request;
+    const std::string what =
+        rank_prefix(rank_) + op_kind_name(request.kind) + " of tensor '" + request.name + "'";
+    if (request.process_set != kPointToPointSet) {
+      std::lock_guard<std::mutex> lock(sets_mutex_);
+      RF_CHECK(sets_.contains(request.process_set), kInvalidArgument)
+          << what << ": process set " << request.process_set
+          << " does not exist (never added, or removed)";
+      const std::vector<int>& members = sets_.ranks(request.process_set);
+      RF_CHECK(sets_.index_of(request.process_set, rank_) >= 0, kInvalidArgument)
+          << what << ": this rank is not in process set " << request.process_set << " (ranks "
+          << [&] {
+               std::ostringstream text;
+               for (size_t i = 0; i < members.size(); ++i) text << (i ? ", " : "") << members[i];
+               return text.str();
+             }()
+          << ")";
+      const int set_size = static_cast<int>(members.size());
+      if (request.invalid_reason.empty() && request.kind == OpKind::kBroadcast &&
+          (request.root < 0 || request.root >= set_size)) {
+        request.invalid_reason = "root_rank " + std::to_string(request.root) +
+                                 " is out of range for " + std::to_string(set_size) + " ranks";
+      }
+      if (request.invalid_reason.empty() && request.kind == OpKind::kAlltoall &&
+          submission.splits.size() != static_cast<size_t>(set_size)) {
+        request.invalid_reason = "splits has " + std::to_string(submission.splits.size()) +
+                                 " entries, expected one per rank (" + std::to_string(set_size) +
+                                 ")";
+      }
+    }
+    Local local;
+    local.own = describe(request);  // throws for too many dimensions
+    local.submission = std::move(submission);
+    local.handle = std::make_shared<Handle>();
+    local.submitted_us = Timeline::now_us();
+    locals.push_back(std::move(local));
+  }
+  std::vector<HandlePtr> handles;
+  {
+    std::lock_guard<std::mutex> lock(queue_mutex_);
+    RF_CHECK(!closed_, kInvalidArgument) << rank_prefix(rank_) << "this ringflow runtime was shut down";
+    if (broken_) {
+      RF_THROW(kPeerFailure) << rank_prefix(rank_)
+                             << "ringflow cannot run more operations after an earlier failure: "
+                             << broken_->what();
+    }
+    for (size_t i = 0; i < locals.size(); ++i) {
+      const TensorKey key = key_of(locals[i].own);
+      bool duplicate = pending_names_.count(key) > 0;
+      for (size_t j = 0; j < i; ++j) duplicate = duplicate || key_of(locals[j].own) == key;
+      RF_CHECK(!duplicate, kInvalidArgument)
+          << rank_prefix(rank_) << op_kind_name(locals[i].submission.request.kind)
+          << " of tensor '" << locals[i].submission.request.name
+          << "': a request with this name is already pending on this rank (names must be unique "
+             "until their operation finishes)";
+    }
+    for (Local& local : locals) {
+      pending_names_.insert(key_of(local.own));
+      handles.push_back(local.handle);
+      queue_.push_back(std::move(local));
+    }
+  }
+  if (!synchronous && sleeping_.load()) wake();
+  return handles;
+}
+
+void Engine::wait(const HandlePtr& handle) {
+  if (handle->done()) return;
+  drivers_.fetch_add(1);
+  while (!handle->done()) {
+    if (comm_mutex_.try_lock()) {
+      progress_locked();
+      comm_mutex_.unlock();
+      if (handle->done()) break;
+      peers_readable(1);  // the other ranks have not submitted it yet: wait for them to talk
+    } else {
+      handle->wait_for(std::chrono::milliseconds(1));
+    }
+  }
+  // The background thread skips the sockets while callers drive; hand them back.
+  if (drivers_.fetch_sub(1) == 1 && sleeping_.load()) wake();
+}
+
+bool Engine::peers_readable(int timeout_ms) {
+  if (peer_fds_.empty() || broken()) return false;
+  std::vector<pollfd> fds;
+  for (int fd : peer_fds_) fds.push_back(pollfd{fd, POLLIN, 0});
+  return ::poll(fds.data(), fds.size(), timeout_ms) > 0;
+}
+
+bool Engine::broken() {
+  std::lock_guard<std::mutex> lock(queue_mutex_);
+  return broken_.has_value() || closed_;
+}
+
+std::vector<int> Engine::process_set_ranks(int id) {
+  std::lock_guard<std::mutex> lock(sets_mutex_);
+  return sets_.ranks(id);
+}
+
+std::string Engine::next_send_name(int dst) {
+  std::lock_guard<std::mutex> lock(queue_mutex_);
+  RF_CHECK(dst >= 0 && dst < size_, kInvalidArgument)
+      << rank_prefix(rank_) << "send to rank " << dst << ": not a rank of this job";
+  return "p2p." + std::to_string(rank_) + ">" + std::to_string(dst) + "#" +
+         std::to_string(sends_to_[dst]++);
+}
+
+std::string Engine::next_recv_name(int src) {
+  std::lock_guard<std::mutex> lock(queue_mutex_);
+  RF_CHECK(src >= 0 && src < size_, kInvalidArgument)
+      << rank_prefix(rank_) << "recv from rank " << src << ": not a rank of this job";
+  return "p2p." + std::to_string(src) + ">" + std::to_string(rank_) + "#" +
+         std::to_string(recvs_from_[src]++);
+}
+
+EngineStats Engine::stats() {
+  std::lock_guard<std::mutex> lock(stats_mutex_);
+  return stats_;
+}
+
+void Engine::background() {
+  while (!stopping_) {
+    wait_for_activity();
+    if (stopping_) break;
+    std::lock_guard<std::mutex> lock(comm_mutex_);
+    progress_locked();
+    if (!table_.empty() && !broken()) {
+      auto failure = inspect_stalls(table_, stall_, rank_, SteadyClock::now());
+      if (failure) poison(Error(ErrorKind::kTimeout, *failure));
+    }
+  }
+}
+
+void Engine::wait_for_activity() {
+  std::vector<pollfd> fds{pollfd{wake_fd_.get(), POLLIN, 0}};
+  // Callers in wait() watch the sockets themselves; after a failure nothing is worth watching.
+  if (drivers_.load() == 0 && !broken()) {
+    for (int fd : peer_fds_) fds.push_back(pollfd{fd, POLLIN, 0});
+  }
+  // Waiting tensors need the stall inspector now and then.
+  const int timeout_ms = waiting_.load() ? 100 : 1000;
+  sleeping_ = true;
+  bool queued;
+  {
+    std::lock_guard<std::mutex> lock(queue_mutex_);
+    queued = !queue_.empty();
+  }
+  if (!queued && !stopping_) ::poll(fds.data(), fds.size(), timeout_ms);
+  sleeping_ = false;
+  uint64_t drained;
+  ssize_t ignored = ::read(wake_fd_.get(), &drained, sizeof(drained));
+  (void)ignored;
+  // Async submissions that are still arriving (a backward pass, a loop of calls) go into the
+  // same round, for at most the cycle time; a peer starting a round ends the gathering.
+  size_t seen;
+  {
+    std::lock_guard<std::mutex> lock(queue_mutex_);
+    seen = queue_.size();
+  }
+  if (seen == 0 || cycle_time_ms_ <= 0) return;
+  const auto until = SteadyClock::now() + std::chrono::microseconds(
+                                              static_cast<int64_t>(cycle_time_ms_ * 1000));
+  std::vector<pollfd> peers(fds.begin() + 1, fds.end());
+  while (SteadyClock::now() < until && !stopping_) {
+    timespec gap{0, kArrivalGapUs * 1000};
+    if (::ppoll(peers.data(), peers.size(), &gap, nullptr) > 0) return;
+    std::lock_guard<std::mutex> lock(queue_mutex_);
+    if (queue_.size() == seen) return;
+    seen = queue_.size();
+  }
+}
+
+void Engine::progress_locked() {
+  while (!broken()) {
+    bool news;
+    {
+      std::lock_guard<std::mutex> lock(queue_mutex_);
+      news = !queue_.empty();
+    }
+    news = news || runtime_->transport().has_buffered_input() || peers_readable(0);
+    if (!news) break;
+    try {
+      run_round();
+    } catch (const Error& error) {
+      poison(error);
+    } catch (const std::exception& error) {
+      // Out of memory and the like: the transport may hold operations into buffers that are
+      // gone, so it is aborted like after any I/O failure.
+      poison(Error(ErrorKind::kInternal, rank_prefix(rank_) + error.what()));
+    }
+  }
+  waiting_ = !table_.empty();
+}
+
+std::vector<int> Engine::members_of(const Descriptor& d) {
+  if (d.process_set == kPointToPointSet) {
+    RF_CHECK(d.root >= 0 && d.root < size_ && d.peer >= 0 && d.peer < size_ && d.root != d.peer,
+             kPeerFailure)
+        << "received a malformed point-to-point descriptor";
+    return {std::min(d.root, d.peer), std::max(d.root, d.peer)};
+  }
+  std::lock_guard<std::mutex> lock(sets_mutex_);
+  RF_CHECK(sets_.contains(d.process_set), kPeerFailure)
+      << "a peer announced tensor '" << descriptor_name(d) << "' on process set "
+      << d.process_set << ", which this rank does not have (process sets must be added and "
+      << "removed on every rank, in the same order)";
+  return sets_.ranks(d.process_set);
+}
+
+void Engine::run_round() {
+  std::vector<Local> fresh;
+  {
+    std::lock_guard<std::mutex> lock(queue_mutex_);
+    fresh.swap(queue_);
+  }
+  Announcement mine;
+  for (Local& local : fresh) {
+    const TensorKey key = key_of(local.own);
+    const std::vector<int> members = members_of(local.own);
+    const int index = static_cast<int>(
+        std::lower_bound(members.begin(), members.end(), rank_) - members.begin());
+    auto id = cache_.lookup(key, index, local.own);
+    if (id) {
+      mine.cache_ids.push_back(*id);
+    } else {
+      mine.descriptors.push_back(local.own);
+    }
+    announced_[key] = std::make_unique<Local>(std::move(local));
+  }
+  CollectiveContext ctx{runtime_->transport(), next_tag_++, Deadline::after_seconds(timeout_s_)};
+  RoundResult round;
+  try {
+    round = exchange_announcements(ctx, mine);
+  } catch (const Error& error) {
+    std::ostringstream waiting;
+    size_t listed = 0;
+    for (const auto& [key, local] : announced_) {
+      if (listed++ < 4) waiting << (listed > 1 ? ", '" : "'") << local->submission.request.name << "'";
+    }
+    if (announced_.size() > 4) waiting << " and " << announced_.size() - 4 << " more";
+    throw Error(error.kind(), rank_prefix(rank_) + "negotiation round" +
+                                  (listed ? " (this rank waits on " + waiting.str() + ")" : "") +
+                                  ": " + error.what());
+  }
+  {
+    std::lock_guard<std::mutex> lock(stats_mutex_);
+    ++stats_.rounds;
+    stats_.negotiation_bytes += round.bytes;
+    stats_.cache_hits += mine.cache_ids.size();
+  }
+  apply_announcements(round);
+  execute_ready(table_.take_ready());
+  timeline_.flush();
+}
+
+void Engine::apply_announcements(const RoundResult& round) {
+  const auto now = SteadyClock::now();
+  // Cache ids refer to the cache as it was when the round began: resolve them all before any
+  // full descriptor evicts an entry.
+  for (int r = 0; r < size_; ++r) {
+    for (uint32_t id : round.by_rank[r].cache_ids) {
+      const std::vector<Descriptor>& agreed = cache_.entry(id);
+      const std::vector<int> members = members_of(agreed[0]);
+      auto it = std::lower_bound(members.begin(), members.end(), r);
+      RF_CHECK(it != members.end() && *it == r, kPeerFailure)
+          << "rank " << r << " announced a cached tensor of a set it is not in";
+      table_.announce(agreed[it - members.begin()], r, members, now);
+    }
+  }
+  for (int r = 0; r < size_; ++r) {
+    for (const Descriptor& d : round.by_rank[r].descriptors) {
+      cache_.erase(key_of(d));  // the request changed (or was never cached)
+      table_.announce(d, r, members_of(d), now);
+    }
+  }
+}
+
+void Engine::poison(const Error& error) {
+  {
+    std::lock_guard<std::mutex> lock(queue_mutex_);
+    if (!broken_) broken_ = error;
+  }
+  runtime_->transport().abort(error.what());
+  fail_all(error);
+}
+
+void Engine::fail_all(const Error& error) {
+  std::vector<Local> queued;
+  {
+    std::lock_guard<std::mutex> lock(queue_mutex_);
+    queued.swap(queue_);
+    pending_names_.clear();
+  }
+  for (Local& local : queued) local.handle->fail(error);
+  for (auto& [key, local] : announced_) local->handle->fail(error);
+  announced_.clear();
+  waiting_ = false;
+}
+
+}  // namespace rf

@@ -1,0 +1,167 @@
+// The engine: owns every byte this process sends. Callers submit requests (any thread, any
+// order) and get handles; requests are matched across ranks by name in negotiation rounds,
+// ready tensors are fused and run by the collectives, and handles complete.
+//
+// Who drives: a background thread, woken by async submissions (after gathering those still
+// arriving for RINGFLOW_CYCLE_TIME) or by a peer starting a round; or the caller itself, when it
+// waits on a handle and nobody else is driving — a synchronous small allreduce then costs two
+// exchanges and no thread hand-off. Whoever holds comm_mutex_ drives; rounds are started by
+// whichever rank has news, and idle ranks join when their sockets turn readable.
+//
+// Failure: an I/O error or timeout poisons the engine — peers are told why, every pending
+// handle and every later call raises the first error.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include "ringflow/common/error.h"
+#include "ringflow/common/scratch_buffer.h"
+#include "ringflow/common/unique_fd.h"
+#include "ringflow/engine/announcement.h"
+#include "ringflow/engine/handle.h"
+#include "ringflow/engine/process_sets.h"
+#include "ringflow/engine/response_cache.h"
+#include "ringflow/engine/runtime.h"
+#include "ringflow/engine/stall_inspector.h"
+#include "ringflow/engine/tensor_table.h"
+#include "ringflow/engine/timeline.h"
+
+namespace rf {
+
+// One request as the caller hands it over. Buffers must stay valid until the handle is done.
+struct Submission {
+  Request request;
+  void* in = nullptr;   // the tensor's data (C-contiguous, request.shape and dtype)
+  void* out = nullptr;  // allreduce / reducescatter output (== in for in place); else unused
+  std::vector<int64_t> splits;  // alltoall: rows to each member of the set
+  std::vector<int> set_ranks;   // add_process_set: the new set's ranks (sorted)
+};
+
+struct EngineStats {
+  uint64_t rounds = 0;
+  uint64_t negotiation_bytes = 0;  // announcement bytes this rank sent
+  uint64_t cache_hits = 0;         // tensors announced by cache id
+  uint64_t responses = 0;          // operations run (a fused bucket counts once)
+  uint64_t fused_ops = 0;          // operations that carried more than one tensor
+  uint64_t fused_tensors = 0;      // tensors that travelled in them
+};
+
+class Engine {
+ public:
+  explicit Engine(const RuntimeOptions& options);
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // Stops the thread, fails pending handles, closes the connections. Idempotent.
+  void close();
+
+  int rank() const { return rank_; }
+  int size() const { return size_; }
+  const Topology& topology() const { return runtime_->topology(); }
+
+  // Queues the submissions (one group: announced in the same round). Throws at once for what
+  // this rank alone can tell is wrong: a duplicate pending name, a set this rank is not in, a
+  // closed or failed engine. `synchronous`: the caller waits right away (no wake-up needed).
+  std::vector<HandlePtr> submit(std::vector<Submission> batch, bool synchronous);
+  // Returns when the handle is done (driving the engine meanwhile when nobody else is).
+  void wait(const HandlePtr& handle);
+
+  std::vector<int> process_set_ranks(int id);
+  // Names for point-to-point messages: the n-th message from src to dst, alike on both ends.
+  std::string next_send_name(int dst);
+  std::string next_recv_name(int src);
+  Timeline& timeline() { return timeline_; }
+  EngineStats stats();
+
+ private:
+  struct Local {
+    Submission submission;
+    Descriptor own;
+    HandlePtr handle;
+    int64_t submitted_us = 0;
+  };
+  struct Ready {
+    PendingTensor tensor;
+    Local* local = nullptr;  // null on ranks outside the tensor's set
+    int64_t ready_us = 0;
+  };
+
+  void background();
+  void wake();
+  bool broken();  // failed or closed
+  // Sleeps until a submission, a peer's round or a stall tick; gathers async submissions
+  // still arriving for the cycle time.
+  void wait_for_activity();
+  bool peers_readable(int timeout_ms);
+  // With comm_mutex_ held: rounds until no rank has news for this one.
+  void progress_locked();
+  void run_round();
+  std::vector<int> members_of(const Descriptor& d);
+  void apply_announcements(const RoundResult& round);
+  void execute_ready(std::vector<PendingTensor> ready);
+  // No data to move: barrier, add/remove_process_set.
+  void complete_control(Ready& tensor);
+  // execute.cc: one operation (a fused bucket or a single tensor) over its set.
+  void execute(std::vector<Ready>& bucket, uint64_t tag);
+  void execute_allreduce(std::vector<Ready>& bucket, const CollectiveContext& ctx);
+  void execute_allgather(std::vector<Ready>& bucket, const CollectiveContext& ctx);
+  void execute_reducescatter(std::vector<Ready>& bucket, const CollectiveContext& ctx);
+  void execute_broadcast(Ready& tensor, const CollectiveContext& ctx);
+  void execute_alltoall(Ready& tensor, const CollectiveContext& ctx);
+  void execute_point_to_point(Ready& tensor, const CollectiveContext& ctx);
+  // Frees the tensor's name, then completes (error null) or fails its handle.
+  void settle(Local& local, const Error* error);
+  void poison(const Error& error);
+  void fail_all(const Error& error);
+  void trace(const Ready& tensor, const char* phase, int64_t start_us, int64_t end_us);
+
+  const int rank_;
+  const int size_;
+  std::unique_ptr<Runtime> runtime_;
+  const double timeout_s_;
+  const StallOptions stall_;
+  const size_t fusion_threshold_;
+  const double cycle_time_ms_;
+  Timeline timeline_;
+
+  // Submissions not yet announced, and this rank's pending names (duplicates are an error).
+  std::mutex queue_mutex_;
+  std::vector<Local> queue_;
+  std::unordered_set<TensorKey, TensorKeyHash> pending_names_;
+  std::optional<Error> broken_;
+  bool closed_ = false;
+  std::vector<uint64_t> sends_to_;  // point-to-point message counters per peer
+  std::vector<uint64_t> recvs_from_;
+
+  // Everything below belongs to whoever holds comm_mutex_.
+  std::mutex comm_mutex_;
+  std::unordered_map<TensorKey, std::unique_ptr<Local>, TensorKeyHash> announced_;
+  TensorTable table_;
+  ResponseCache cache_;
+  ScratchBuffer fusion_buffer_;
+  uint64_t next_tag_ = 1;
+  std::mutex sets_mutex_;  // also read by submitting threads
+  ProcessSetTable sets_;
+
+  std::mutex stats_mutex_;
+  EngineStats stats_;
+
+  std::vector<int> peer_fds_;  // taken once: the transport itself is not shared between threads
+  std::atomic<bool> waiting_{false};  // tensors wait for other ranks: the stall inspector ticks
+  UniqueFd wake_fd_;  // eventfd: async submissions wake the background thread
+  std::atomic<bool> sleeping_{false};
+  std::atomic<int> drivers_{0};  // callers inside wait(); the thread leaves peers to them
+  std::atomic<bool> stopping_{false};
+  std::thread thread_;
+};
+
+}  // namespace rf

@@ -1,0 +1,429 @@
+// Running what negotiation made ready: agreement checks, fusion into buckets, and one
+// collective per bucket over the bucket's process set. Every rank plans the same buckets from
+// the same descriptors and numbers them alike, so members meet on the same tags; ranks outside
+// a bucket's set only count its tag.
+#include <algorithm>
+#include <cstring>
+#include <iterator>
+
+#include "ringflow/collectives/select.h"
+#include "ringflow/common/check.h"
+#include "ringflow/engine/engine.h"
+#include "ringflow/engine/fusion.h"
+#include "ringflow/reduce/reduce.h"
+
+namespace rf {
+
+namespace {
+
+size_t row_elements(const Descriptor& d) {
+  size_t count = 1;
+  for (int i = 1; i < d.ndim; ++i) count *= static_cast<size_t>(d.dims[i]);
+  return count;
+}
+
+// The bytes a tensor's operation moves, as every rank computes it from the descriptors.
+size_t planned_bytes(const PendingTensor& tensor) {
+  const Descriptor& d = tensor.by_member[0];
+  if (static_cast<OpKind>(d.kind) == OpKind::kAllgather) {
+    size_t rows = 0;
+    for (const Descriptor& m : tensor.by_member) rows += static_cast<size_t>(m.dims[0]);
+    return rows * row_elements(d) * dtype_size(static_cast<DType>(d.dtype));
+  }
+  return descriptor_elements(d) * dtype_size(static_cast<DType>(d.dtype));
+}
+
+bool fusible(OpKind kind) {
+  return kind == OpKind::kAllreduce || kind == OpKind::kAllgather ||
+         kind == OpKind::kReducescatter;
+}
+
+// Tensors that may share a bucket: same set, operation, dtype, op, scaling and group.
+bool same_bucket(const Descriptor& a, const Descriptor& b) {
+  return a.process_set == b.process_set && a.kind == b.kind && a.dtype == b.dtype &&
+         a.op == b.op && a.prescale == b.prescale && a.postscale == b.postscale &&
+         a.group_hash == b.group_hash;
+}
+
+const char* allreduce_phase(AllreduceAlgorithm algorithm) {
+  return algorithm == AllreduceAlgorithm::kBruck ? "BRUCK_ALLREDUCE" : "RING_ALLREDUCE";
+}
+
+}  // namespace
+
+void Engine::execute_ready(std::vector<PendingTensor> ready) {
+  const int64_t now = Timeline::now_us();
+  std::vector<Ready> items;
+  for (PendingTensor& tensor : ready) {
+    Ready item;
+    auto found = announced_.find(tensor.key);
+    item.local = found == announced_.end() ? nullptr : found->second.get();
+    item.tensor = std::move(tensor);
+    item.ready_us = now;
+    items.push_back(std::move(item));
+  }
+  // Plan: disagreeing tensors fail (on their members) and move nothing; control operations
+  // complete at once; fusible tensors join the first open bucket they fit.
+  std::vector<std::vector<size_t>> buckets;
+  std::vector<size_t> open;  // buckets that may still grow
+  std::vector<size_t> bucket_bytes;
+  for (size_t i = 0; i < items.size(); ++i) {
+    Ready& item = items[i];
+    const Descriptor& d = item.tensor.by_member[0];
+    const OpKind kind = static_cast<OpKind>(d.kind);
+    if (!descriptors_agree(item.tensor.by_member)) {
+      if (item.local) {
+        try {
+          check_agreement(item.tensor.by_member, item.tensor.members, rank_,
+                          item.local->submission.request);
+          RF_THROW(kInternal) << "descriptors disagree but no field differs";
+        } catch (const Error& error) {
+          settle(*item.local, &error);
+        }
+      }
+      continue;
+    }
+    if (kind == OpKind::kBarrier || kind == OpKind::kAddProcessSet ||
+        kind == OpKind::kRemoveProcessSet) {
+      complete_control(item);
+      continue;
+    }
+    const size_t bytes = planned_bytes(item.tensor);
+    const bool grouped = d.group_size > 1;
+    bool placed = false;
+    if (fusible(kind) && fusion_threshold_ > 0 && (grouped || bytes < kFusionMaxTensorBytes)) {
+      for (size_t b : open) {
+        const Descriptor& first = items[buckets[b][0]].tensor.by_member[0];
+        if (same_bucket(first, d) && (grouped || bucket_bytes[b] + bytes <= fusion_threshold_)) {
+          buckets[b].push_back(i);
+          bucket_bytes[b] += bytes;
+          placed = true;
+          break;
+        }
+      }
+    }
+    if (!placed) {
+      if (fusible(kind) && fusion_threshold_ > 0 && (grouped || bytes < kFusionMaxTensorBytes)) {
+        open.push_back(buckets.size());
+      }
+      buckets.push_back({i});
+      bucket_bytes.push_back(bytes);
+    }
+  }
+  for (const std::vector<size_t>& indices : buckets) {
+    std::vector<Ready> bucket;
+    for (size_t i : indices) bucket.push_back(std::move(items[i]));
+    execute(bucket, next_tag_++);
+  }
+  // Everything ready this round has finished (or failed): forget it.
+  for (auto it = announced_.begin(); it != announced_.end();) {
+    it = it->second->handle->done() ? announced_.erase(it) : std::next(it);
+  }
+}
+
+void Engine::settle(Local& local, const Error* error) {
+  {
+    // The name is free again before the caller can see the handle done and reuse it.
+    std::lock_guard<std::mutex> lock(queue_mutex_);
+    pending_names_.erase(key_of(local.own));
+  }
+  if (error) {
+    local.handle->fail(*error);
+  } else {
+    local.handle->complete();
+  }
+}
+
+void Engine::complete_control(Ready& item) {
+  if (!item.local) return;
+  const Submission& submission = item.local->submission;
+  if (submission.request.kind == OpKind::kAddProcessSet) {
+    std::lock_guard<std::mutex> lock(sets_mutex_);
+    item.local->handle->value = sets_.add(submission.set_ranks);
+  } else if (submission.request.kind == OpKind::kRemoveProcessSet) {
+    std::lock_guard<std::mutex> lock(sets_mutex_);
+    sets_.remove(static_cast<int>(submission.request.root));
+  }
+  trace(item, "NEGOTIATE", item.local->submitted_us, item.ready_us);
+  settle(*item.local, nullptr);
+}
+
+void Engine::execute(std::vector<Ready>& bucket, uint64_t tag) {
+  const std::vector<int>& members = bucket[0].tensor.members;
+  auto it = std::lower_bound(members.begin(), members.end(), rank_);
+  if (it == members.end() || *it != rank_) return;  // another set's operation
+  const int index = static_cast<int>(it - members.begin());
+  const int64_t start = Timeline::now_us();
+  for (const Ready& item : bucket) {
+    trace(item, "NEGOTIATE", item.local->submitted_us, item.ready_us);
+    trace(item, "QUEUE", item.ready_us, start);
+  }
+  SubsetTransport subset(runtime_->transport(), members, index);
+  Transport& transport = members.size() == static_cast<size_t>(size_)
+                             ? runtime_->transport()
+                             : static_cast<Transport&>(subset);
+  CollectiveContext ctx{transport, tag, Deadline::after_seconds(timeout_s_)};
+  const Request& first = bucket[0].local->submission.request;
+  try {
+    switch (first.kind) {
+      case OpKind::kAllreduce:
+        execute_allreduce(bucket, ctx);
+        break;
+      case OpKind::kAllgather:
+        execute_allgather(bucket, ctx);
+        break;
+      case OpKind::kReducescatter:
+        execute_reducescatter(bucket, ctx);
+        break;
+      case OpKind::kBroadcast:
+        execute_broadcast(bucket[0], ctx);
+        break;
+      case OpKind::kAlltoall:
+        execute_alltoall(bucket[0], ctx);
+        break;
+      case OpKind::kPointToPoint:
+        execute_point_to_point(bucket[0], ctx);
+        break;
+      default:
+        RF_THROW(kInternal) << "no executor for " << op_kind_name(first.kind);
+    }
+  } catch (const Error& error) {
+    std::string what = "rank " + std::to_string(rank_) + ": " + op_kind_name(first.kind) +
+                       " of tensor '" + first.name + "'";
+    if (bucket.size() > 1) what += " (fused with " + std::to_string(bucket.size() - 1) + " more)";
+    throw Error(error.kind(), what + ": " + error.what());
+  }
+  {
+    std::lock_guard<std::mutex> lock(stats_mutex_);
+    ++stats_.responses;
+    if (bucket.size() > 1) {
+      ++stats_.fused_ops;
+      stats_.fused_tensors += bucket.size();
+    }
+  }
+  for (Ready& item : bucket) settle(*item.local, nullptr);
+}
+
+void Engine::trace(const Ready& item, const char* phase, int64_t start_us, int64_t end_us) {
+  if (!timeline_.active() || !item.local) return;
+  timeline_.record(item.local->submission.request.name, phase, start_us, end_us);
+}
+
+void Engine::execute_allreduce(std::vector<Ready>& bucket, const CollectiveContext& ctx) {
+  const Request& request = bucket[0].local->submission.request;
+  const DType dtype = request.dtype;
+  const ReduceOp op = request.op;
+  const size_t elem = dtype_size(dtype);
+  const int set_size = ctx.size();
+  const double postscale = request.postscale;
+  auto finish = [=](void* data, size_t n) {
+    if (op == ReduceOp::kAverage) divide_by(data, n, dtype, set_size);
+    scale_by(data, n, dtype, postscale);
+  };
+  auto run = [&](const void* in, void* out, size_t count, const std::vector<size_t>& chunks) {
+    const int64_t start = Timeline::now_us();
+    const AllreduceAlgorithm algorithm = choose_allreduce(count * elem, set_size);
+    if (algorithm == AllreduceAlgorithm::kBruck) {
+      bruck_allreduce(ctx, in, out, count, dtype, op, finish, chunks);
+    } else {
+      ring_allreduce(ctx, in, out, count, dtype, op, finish, chunks);
+    }
+    const int64_t end = Timeline::now_us();
+    for (const Ready& item : bucket) trace(item, allreduce_phase(algorithm), start, end);
+  };
+  if (bucket.size() == 1) {
+    Submission& s = bucket[0].local->submission;
+    const size_t count = descriptor_elements(bucket[0].local->own);
+    const void* source = s.in;
+    if (request.prescale != 1.0 && count > 0) {
+      if (s.out != s.in) std::memcpy(s.out, s.in, count * elem);
+      scale_by(s.out, count, dtype, request.prescale);
+      source = s.out;
+    }
+    run(source, s.out, count, {});
+    return;
+  }
+  std::vector<std::vector<size_t>> bytes;
+  std::vector<const void*> sources;
+  std::vector<void*> targets;
+  for (const Ready& item : bucket) {
+    std::vector<size_t> chunks = even_blocks(descriptor_elements(item.local->own), set_size);
+    for (size_t& c : chunks) c *= elem;
+    bytes.push_back(std::move(chunks));
+    sources.push_back(item.local->submission.in);
+    targets.push_back(item.local->submission.out);
+  }
+  FusedLayout layout(std::move(bytes));
+  fusion_buffer_.reserve(layout.total_bytes());
+  char* fused = fusion_buffer_.data();
+  const int64_t pack_start = Timeline::now_us();
+  pack_all(layout, sources, fused);
+  const size_t count = layout.total_bytes() / elem;
+  if (request.prescale != 1.0) scale_by(fused, count, dtype, request.prescale);
+  const int64_t pack_end = Timeline::now_us();
+  for (const Ready& item : bucket) trace(item, "MEMCPY_IN_FUSION_BUFFER", pack_start, pack_end);
+  std::vector<size_t> chunks = layout.slot_bytes();
+  for (size_t& c : chunks) c /= elem;
+  run(fused, fused, count, chunks);
+  const int64_t unpack_start = Timeline::now_us();
+  unpack_all(layout, fused, targets);
+  const int64_t unpack_end = Timeline::now_us();
+  for (const Ready& item : bucket) {
+    trace(item, "MEMCPY_OUT_FUSION_BUFFER", unpack_start, unpack_end);
+  }
+}
+
+void Engine::execute_allgather(std::vector<Ready>& bucket, const CollectiveContext& ctx) {
+  const int set_size = ctx.size();
+  const int me = ctx.rank();
+  std::vector<std::vector<size_t>> bytes;
+  std::vector<const void*> sources;
+  std::vector<void*> targets;
+  for (Ready& item : bucket) {
+    const Descriptor& own = item.local->own;
+    const size_t row_bytes = row_elements(own) * dtype_size(static_cast<DType>(own.dtype));
+    std::vector<size_t> blocks(set_size);
+    int64_t rows = 0;
+    for (int m = 0; m < set_size; ++m) {
+      blocks[m] = static_cast<size_t>(item.tensor.by_member[m].dims[0]) * row_bytes;
+      rows += item.tensor.by_member[m].dims[0];
+    }
+    Handle& handle = *item.local->handle;
+    size_t total = 0;
+    for (size_t b : blocks) total += b;
+    handle.output.allocate(total);
+    handle.output_shape.assign(own.dims, own.dims + own.ndim);
+    handle.output_shape[0] = rows;
+    bytes.push_back(std::move(blocks));
+    sources.push_back(item.local->submission.in);
+    targets.push_back(handle.output.data.get());
+  }
+  FusedLayout layout(std::move(bytes));
+  const int64_t start = Timeline::now_us();
+  if (bucket.size() == 1) {
+    char* out = static_cast<char*>(targets[0]);
+    if (layout.block_bytes(0, me)) {
+      std::memcpy(out + layout.tensor_offset(0, me), sources[0], layout.block_bytes(0, me));
+    }
+    std::vector<size_t> blocks(set_size);
+    for (int m = 0; m < set_size; ++m) blocks[m] = layout.block_bytes(0, m);
+    ring_allgatherv(ctx, out, blocks);
+    trace(bucket[0], "RING_ALLGATHER", start, Timeline::now_us());
+    return;
+  }
+  fusion_buffer_.reserve(layout.total_bytes());
+  char* fused = fusion_buffer_.data();
+  pack_slot(layout, me, sources, fused);
+  const int64_t packed = Timeline::now_us();
+  ring_allgatherv(ctx, fused, layout.slot_bytes());
+  const int64_t gathered = Timeline::now_us();
+  unpack_all(layout, fused, targets);
+  const int64_t end = Timeline::now_us();
+  for (const Ready& item : bucket) {
+    trace(item, "MEMCPY_IN_FUSION_BUFFER", start, packed);
+    trace(item, "RING_ALLGATHER", packed, gathered);
+    trace(item, "MEMCPY_OUT_FUSION_BUFFER", gathered, end);
+  }
+}
+
+void Engine::execute_reducescatter(std::vector<Ready>& bucket, const CollectiveContext& ctx) {
+  const Request& request = bucket[0].local->submission.request;
+  const DType dtype = request.dtype;
+  const ReduceOp op = request.op;
+  const size_t elem = dtype_size(dtype);
+  const int set_size = ctx.size();
+  const int me = ctx.rank();
+  std::vector<std::vector<size_t>> bytes;
+  std::vector<const void*> sources;
+  std::vector<void*> targets;
+  for (const Ready& item : bucket) {
+    const Descriptor& own = item.local->own;
+    std::vector<size_t> blocks = even_blocks(static_cast<size_t>(own.dims[0]), set_size);
+    for (size_t& b : blocks) b *= row_elements(own) * elem;
+    bytes.push_back(std::move(blocks));
+    sources.push_back(item.local->submission.in);
+    targets.push_back(item.local->submission.out);
+  }
+  FusedLayout layout(std::move(bytes));
+  std::vector<size_t> counts = layout.slot_bytes();
+  for (size_t& c : counts) c /= elem;
+  const int64_t start = Timeline::now_us();
+  if (bucket.size() == 1) {
+    ring_reduce_scatter(ctx, sources[0], targets[0], counts, dtype, op);
+    if (op == ReduceOp::kAverage) divide_by(targets[0], counts[me], dtype, set_size);
+    trace(bucket[0], "RING_REDUCESCATTER", start, Timeline::now_us());
+    return;
+  }
+  const size_t mine = layout.slot_bytes()[me];
+  fusion_buffer_.reserve(layout.total_bytes() + mine);
+  char* fused = fusion_buffer_.data();
+  char* reduced = fused + layout.total_bytes();
+  pack_all(layout, sources, fused);
+  const int64_t packed = Timeline::now_us();
+  ring_reduce_scatter(ctx, fused, reduced, counts, dtype, op);
+  if (op == ReduceOp::kAverage) divide_by(reduced, counts[me], dtype, set_size);
+  const int64_t scattered = Timeline::now_us();
+  unpack_slot(layout, me, reduced, targets);
+  const int64_t end = Timeline::now_us();
+  for (const Ready& item : bucket) {
+    trace(item, "MEMCPY_IN_FUSION_BUFFER", start, packed);
+    trace(item, "RING_REDUCESCATTER", packed, scattered);
+    trace(item, "MEMCPY_OUT_FUSION_BUFFER", scattered, end);
+  }
+}
+
+void Engine::execute_broadcast(Ready& item, const CollectiveContext& ctx) {
+  const Submission& s = item.local->submission;
+  const size_t bytes = descriptor_elements(item.local->own) * dtype_size(s.request.dtype);
+  const int64_t start = Timeline::now_us();
+  if (choose_broadcast(bytes, ctx.size()) == BroadcastAlgorithm::kChain) {
+    chain_broadcast(ctx, s.in, bytes, s.request.root);
+    trace(item, "CHAIN_BROADCAST", start, Timeline::now_us());
+  } else {
+    binomial_broadcast(ctx, s.in, bytes, s.request.root);
+    trace(item, "BINOMIAL_BROADCAST", start, Timeline::now_us());
+  }
+}
+
+void Engine::execute_alltoall(Ready& item, const CollectiveContext& ctx) {
+  const Submission& s = item.local->submission;
+  const int set_size = ctx.size();
+  const size_t row_bytes = row_elements(item.local->own) * dtype_size(s.request.dtype);
+  const int64_t start = Timeline::now_us();
+  // Every member tells every other how many rows it sends: an alltoall of one int64 each.
+  Handle& handle = *item.local->handle;
+  handle.received_splits.assign(set_size, 0);
+  std::vector<size_t> eight(set_size, sizeof(int64_t));
+  pairwise_alltoall(ctx, s.splits.data(), eight, handle.received_splits.data(), eight);
+  std::vector<size_t> send_bytes(set_size), recv_bytes(set_size);
+  int64_t rows = 0;
+  for (int m = 0; m < set_size; ++m) {
+    RF_CHECK(handle.received_splits[m] >= 0 && handle.received_splits[m] <= (int64_t{1} << 40),
+             kPeerFailure)
+        << "rank " << m << " of the set announced an impossible alltoall split";
+    send_bytes[m] = static_cast<size_t>(s.splits[m]) * row_bytes;
+    recv_bytes[m] = static_cast<size_t>(handle.received_splits[m]) * row_bytes;
+    rows += handle.received_splits[m];
+  }
+  size_t total = 0;
+  for (size_t b : recv_bytes) total += b;
+  handle.output.allocate(total);
+  handle.output_shape.assign(item.local->own.dims, item.local->own.dims + item.local->own.ndim);
+  handle.output_shape[0] = rows;
+  pairwise_alltoall(ctx, s.in, send_bytes, handle.output.data.get(), recv_bytes);
+  trace(item, "PAIRWISE_ALLTOALL", start, Timeline::now_us());
+}
+
+void Engine::execute_point_to_point(Ready& item, const CollectiveContext& ctx) {
+  const Submission& s = item.local->submission;
+  const size_t bytes = descriptor_elements(item.local->own);
+  const int other = 1 - ctx.rank();  // a set of two: the source and the destination
+  if (s.request.root == rank_) {
+    ctx.transport.post_send(other, s.in, bytes, ctx.tag);
+  } else {
+    ctx.transport.post_recv(other, s.in, bytes, ctx.tag);
+  }
+  ctx.transport.wait_all(ctx.deadline);
+}
+
+}  // namespace rf

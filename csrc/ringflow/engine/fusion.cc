@@ -1,0 +1,65 @@
+#include "ringflow/engine/fusion.h"
+
+#include <cstring>
+
+namespace rf {
+
+FusedLayout::FusedLayout(std::vector<std::vector<size_t>> bytes) : bytes_(std::move(bytes)) {
+  const size_t slots = bytes_.empty() ? 0 : bytes_[0].size();
+  slot_bytes_.assign(slots, 0);
+  fused_offset_.assign(bytes_.size(), std::vector<size_t>(slots));
+  tensor_offset_.assign(bytes_.size(), std::vector<size_t>(slots));
+  for (size_t t = 0; t < bytes_.size(); ++t) {
+    size_t within = 0;
+    for (size_t c = 0; c < slots; ++c) {
+      tensor_offset_[t][c] = within;
+      within += bytes_[t][c];
+    }
+  }
+  for (size_t c = 0; c < slots; ++c) {
+    for (size_t t = 0; t < bytes_.size(); ++t) {
+      fused_offset_[t][c] = total_;
+      total_ += bytes_[t][c];
+      slot_bytes_[c] += bytes_[t][c];
+    }
+  }
+}
+
+void pack_all(const FusedLayout& layout, const std::vector<const void*>& sources, char* fused) {
+  for (size_t t = 0; t < layout.tensors(); ++t) {
+    const char* source = static_cast<const char*>(sources[t]);
+    for (size_t c = 0; c < layout.slots(); ++c) {
+      const size_t n = layout.block_bytes(t, c);
+      if (n) std::memcpy(fused + layout.fused_offset(t, c), source + layout.tensor_offset(t, c), n);
+    }
+  }
+}
+
+void pack_slot(const FusedLayout& layout, size_t c, const std::vector<const void*>& sources,
+               char* fused) {
+  for (size_t t = 0; t < layout.tensors(); ++t) {
+    const size_t n = layout.block_bytes(t, c);
+    if (n) std::memcpy(fused + layout.fused_offset(t, c), sources[t], n);
+  }
+}
+
+void unpack_all(const FusedLayout& layout, const char* fused, const std::vector<void*>& targets) {
+  for (size_t t = 0; t < layout.tensors(); ++t) {
+    char* target = static_cast<char*>(targets[t]);
+    for (size_t c = 0; c < layout.slots(); ++c) {
+      const size_t n = layout.block_bytes(t, c);
+      if (n) std::memcpy(target + layout.tensor_offset(t, c), fused + layout.fused_offset(t, c), n);
+    }
+  }
+}
+
+void unpack_slot(const FusedLayout& layout, size_t c, const char* slot,
+                 const std::vector<void*>& targets) {
+  const size_t base = layout.tensors() ? layout.fused_offset(0, c) : 0;
+  for (size_t t = 0; t < layout.tensors(); ++t) {
+    const size_t n = layout.block_bytes(t, c);
+    if (n) std::memcpy(targets[t], slot + layout.fused_offset(t, c) - base, n);
+  }
+}
+
+}  // namespace rf

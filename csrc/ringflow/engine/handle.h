@@ -1,0 +1,55 @@
+// The caller's side of one submitted request: done or not, the error it ended with, and the
+// output the engine allocated when only negotiation could tell its size (allgather, alltoall).
+// Finished handles answer without taking a lock, so synchronize() on one costs a load.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <vector>
+
+#include "ringflow/common/error.h"
+
+namespace rf {
+
+// A buffer the engine allocates for a result; not zero-filled (it is overwritten whole).
+struct OwnedBuffer {
+  std::unique_ptr<char[]> data;
+  size_t bytes = 0;
+  void allocate(size_t n) {
+    data.reset(new char[n > 0 ? n : 1]);
+    bytes = n;
+  }
+};
+
+class Handle {
+ public:
+  bool done() const { return done_.load(std::memory_order_acquire); }
+  // Blocks until done or `timeout` passes; returns done().
+  bool wait_for(std::chrono::microseconds timeout);
+  // Throws the stored error, if any (only after done()).
+  void rethrow() const;
+
+  // Set by the engine, before complete().
+  OwnedBuffer output;
+  std::vector<int64_t> output_shape;
+  std::vector<int64_t> received_splits;  // alltoall
+  int64_t value = 0;                     // add_process_set: the new set's id
+
+  void complete();
+  void fail(const Error& error);
+
+ private:
+  std::atomic<bool> done_{false};
+  std::optional<Error> error_;
+  std::mutex mutex_;
+  std::condition_variable finished_;
+};
+
+using HandlePtr = std::shared_ptr<Handle>;
+
+}  // namespace rf

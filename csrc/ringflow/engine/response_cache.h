@@ -1,0 +1,58 @@
+// Horovod's response cache: once the ranks have agreed on a tensor's descriptors, a later
+// submission of the same tensor with the same descriptor is announced by a 4-byte id instead
+// of its 192-byte descriptor, so a steady training step renegotiates almost nothing. Every rank
+// holds an identical cache: entries are added, used and evicted only while processing rounds,
+// which every rank processes alike.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <unordered_map>
+#include <vector>
+
+#include "ringflow/engine/negotiation.h"
+
+namespace rf {
+
+// A tensor is identified by its process set and the hash of its name.
+struct TensorKey {
+  int32_t process_set;
+  uint64_t name_hash;
+  bool operator==(const TensorKey& o) const {
+    return process_set == o.process_set && name_hash == o.name_hash;
+  }
+};
+struct TensorKeyHash {
+  size_t operator()(const TensorKey& k) const {
+    return k.name_hash ^ (static_cast<uint64_t>(k.process_set) * 0x9e3779b97f4a7c15ull);
+  }
+};
+TensorKey key_of(const Descriptor& d);
+
+class ResponseCache {
+ public:
+  explicit ResponseCache(size_t capacity) : capacity_(capacity) {}
+
+  // The id under which `own` (this rank's descriptor, member index `index`) can be announced.
+  std::optional<uint32_t> lookup(const TensorKey& key, int index, const Descriptor& own) const;
+  // The agreed descriptors (by member index) behind `id`. Throws kPeerFailure for an unknown id.
+  const std::vector<Descriptor>& entry(uint32_t id) const;
+  // Records an agreed tensor (descriptors by member index); evicts the least recently used.
+  void put(const TensorKey& key, const std::vector<Descriptor>& by_member);
+  // A rank sent a full descriptor for a cached tensor: its request changed. Forget the entry.
+  void erase(const TensorKey& key);
+
+ private:
+  struct Entry {
+    TensorKey key;
+    std::vector<Descriptor> by_member;
+    uint64_t last_used = 0;
+    bool live = false;
+  };
+  size_t capacity_;
+  std::vector<Entry> entries_;  // indexed by id; ids of erased entries are reused
+  std::unordered_map<TensorKey, uint32_t, TensorKeyHash> ids_;
+  uint64_t clock_ = 0;
+};
+
+}  // namespace rf

@@ -1,0 +1,82 @@
+#include "ringflow/engine/tensor_table.h"
+
+#include <algorithm>
+
+#include "ringflow/common/check.h"
+
+namespace rf {
+
+std::vector<int> PendingTensor::missing_ranks() const {
+  std::vector<int> ranks;
+  for (size_t i = 0; i < members.size(); ++i) {
+    if (!announced[i]) ranks.push_back(members[i]);
+  }
+  return ranks;
+}
+
+std::vector<int> PendingTensor::announced_ranks() const {
+  std::vector<int> ranks;
+  for (size_t i = 0; i < members.size(); ++i) {
+    if (announced[i]) ranks.push_back(members[i]);
+  }
+  return ranks;
+}
+
+void TensorTable::announce(const Descriptor& d, int rank, const std::vector<int>& members,
+                           SteadyClock::time_point now) {
+  const TensorKey key = key_of(d);
+  auto found = order_of_.find(key);
+  if (found == order_of_.end()) {
+    PendingTensor tensor;
+    tensor.key = key;
+    tensor.name = descriptor_name(d);
+    tensor.kind = static_cast<OpKind>(d.kind);
+    tensor.members = members;
+    tensor.by_member.resize(members.size());
+    tensor.announced.assign(members.size(), false);
+    tensor.missing = static_cast<int>(members.size());
+    tensor.first_seen = now;
+    found = order_of_.emplace(key, next_order_).first;
+    by_order_.emplace(next_order_++, std::move(tensor));
+  }
+  PendingTensor& tensor = by_order_.at(found->second);
+  auto it = std::lower_bound(tensor.members.begin(), tensor.members.end(), rank);
+  RF_CHECK(it != tensor.members.end() && *it == rank, kPeerFailure)
+      << "rank " << rank << " announced tensor '" << tensor.name
+      << "' of a process set it is not in (process sets must be added on every rank in the "
+         "same order)";
+  const size_t index = static_cast<size_t>(it - tensor.members.begin());
+  RF_CHECK(!tensor.announced[index], kPeerFailure)
+      << "rank " << rank << " announced tensor '" << tensor.name << "' twice";
+  tensor.by_member[index] = d;
+  tensor.announced[index] = true;
+  --tensor.missing;
+}
+
+std::vector<PendingTensor> TensorTable::take_ready() {
+  // Members of a group leave together: count each group's ready members first.
+  std::unordered_map<uint64_t, uint32_t> group_ready;
+  for (const auto& [order, tensor] : by_order_) {
+    if (tensor.missing == 0 && tensor.by_member[0].group_size > 1) {
+      ++group_ready[tensor.by_member[0].group_hash];
+    }
+  }
+  std::vector<PendingTensor> ready;
+  for (auto it = by_order_.begin(); it != by_order_.end();) {
+    const PendingTensor& tensor = it->second;
+    bool take = tensor.missing == 0;
+    if (take && tensor.by_member[0].group_size > 1) {
+      take = group_ready[tensor.by_member[0].group_hash] >= tensor.by_member[0].group_size;
+    }
+    if (!take) {
+      ++it;
+      continue;
+    }
+    order_of_.erase(tensor.key);
+    ready.push_back(std::move(it->second));
+    it = by_order_.erase(it);
+  }
+  return ready;
+}
+
+}  // namespace rf

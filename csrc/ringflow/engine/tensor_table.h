@@ -1,0 +1,53 @@
+// The negotiation state every rank keeps alike: for each tensor some rank has announced, which
+// members of its process set have announced it and with what descriptor. A tensor is ready when
+// every member has; a grouped tensor when its whole group is. Ready tensors leave the table in
+// the order they were first announced, so every rank executes them in the same order.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "ringflow/engine/negotiation.h"
+#include "ringflow/engine/response_cache.h"
+
+namespace rf {
+
+using SteadyClock = std::chrono::steady_clock;
+
+struct PendingTensor {
+  TensorKey key;
+  std::string name;  // as announced (at most kDescriptorNameBytes - 1 characters)
+  OpKind kind = OpKind::kBarrier;
+  std::vector<int> members;             // global ranks, sorted
+  std::vector<Descriptor> by_member;    // valid where announced[i]
+  std::vector<bool> announced;
+  int missing = 0;
+  SteadyClock::time_point first_seen;
+  bool warned = false;
+
+  std::vector<int> missing_ranks() const;
+  std::vector<int> announced_ranks() const;
+};
+
+class TensorTable {
+ public:
+  // `rank` announced d; `members` are the ranks that must. Throws kPeerFailure for a rank
+  // announcing a tensor twice or one whose set it is not in (no ringflow rank does that).
+  void announce(const Descriptor& d, int rank, const std::vector<int>& members,
+                SteadyClock::time_point now);
+  // Removes and returns the ready tensors, in first-announcement order.
+  std::vector<PendingTensor> take_ready();
+  std::map<uint64_t, PendingTensor>& pending() { return by_order_; }
+  bool empty() const { return by_order_.empty(); }
+
+ private:
+  std::map<uint64_t, PendingTensor> by_order_;
+  std::unordered_map<TensorKey, uint64_t, TensorKeyHash> order_of_;
+  uint64_t next_order_ = 0;
+};
+
+}  // namespace rf

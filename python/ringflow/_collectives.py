@@ -1,0 +1,243 @@
+"""broadcast, allgather, reducescatter, alltoall, barrier and send/recv, blocking and
+asynchronous (and grouped for allgather and reducescatter). See `_allreduce` for the pattern."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from ringflow import _arrays, _core
+from ringflow._allreduce import Average, wait
+from ringflow._handles import Handle
+from ringflow._process_sets import ProcessSet, set_id
+from ringflow._state import auto_name, engine
+
+_K = _core.OpKind
+_NONE: list[int] = []
+
+
+def _submit(kind, tensors, outs, op=Average, root=0, peer=0, ps=0, splits=_NONE, group="",
+            sync=False):
+    return engine().submit(kind, tensors, outs, op, root, peer, 1.0, 1.0, ps, splits, [], group,
+                           sync)
+
+
+def _finish(handles: list[_core.Handle], sync: bool, keep: tuple, make_result) -> Any:
+    if sync:
+        wait(handles)
+        return make_result(handles)
+    return Handle(handles, keep, make_result)
+
+
+# -- broadcast ---------------------------------------------------------------------------------
+
+
+def _broadcast(x, root_rank, name, process_set, in_place, sync):
+    ps = set_id(process_set)
+    name = auto_name("broadcast", name, ps)
+    array, tensor = _arrays.describe(x, name, writable=in_place)
+    if not in_place and array is not _arrays.EMPTY:  # broadcast into a copy: x stays as it was
+        array = array.copy()
+        tensor = _core.Tensor(array, tensor.dtype, name)
+    handles = _submit(_K.broadcast, [tensor], [None], root=int(root_rank), ps=ps, sync=sync)
+    result = x if in_place else array
+    return _finish(handles, sync, (x, array), lambda _: result)
+
+
+def broadcast_(x: Any, root_rank: int, name=None, process_set: ProcessSet | None = None) -> Any:
+    """Overwrite x on every rank with root_rank's x (root_rank counts within the process set);
+    returns x itself."""
+    return _broadcast(x, root_rank, name, process_set, True, True)
+
+
+def broadcast(x: Any, root_rank: int, name=None, process_set: ProcessSet | None = None):
+    """A new array holding root_rank's x, on every rank."""
+    return _broadcast(x, root_rank, name, process_set, False, True)
+
+
+def broadcast_async_(x, root_rank, name=None, process_set=None) -> Handle:
+    return _broadcast(x, root_rank, name, process_set, True, False)
+
+
+def broadcast_async(x, root_rank, name=None, process_set=None) -> Handle:
+    return _broadcast(x, root_rank, name, process_set, False, False)
+
+
+# -- allgather ---------------------------------------------------------------------------------
+
+
+def _allgather(xs, name, process_set, grouped, sync):
+    ps = set_id(process_set)
+    base = auto_name("allgather", name, ps)
+    described = [
+        _arrays.describe(x, f"{base}.{i}" if grouped else base) for i, x in enumerate(xs)
+    ]
+    tensors = [t for _, t in described]
+    handles = _submit(_K.allgather, tensors, [None] * len(xs), ps=ps,
+                      group=base if grouped else "", sync=sync)
+
+    def result(hs):
+        outs = [h.take_output(a.dtype) for h, (a, _) in zip(hs, described)]
+        return outs if grouped else outs[0]
+
+    return _finish(handles, sync, (xs, described), result)
+
+
+def allgather(x: Any, name=None, process_set: ProcessSet | None = None) -> np.ndarray:
+    """Concatenate every rank's x along the first dimension, in rank order.
+
+    The first dimension may differ between ranks; the others and the dtype must match.
+    """
+    return _allgather([x], name, process_set, False, True)
+
+
+def allgather_async(x, name=None, process_set=None) -> Handle:
+    return _allgather([x], name, process_set, False, False)
+
+
+def grouped_allgather(tensors: Sequence[Any], name=None, process_set=None) -> list[np.ndarray]:
+    return _allgather(list(tensors), name, process_set, True, True)
+
+
+def grouped_allgather_async(tensors: Sequence[Any], name=None, process_set=None) -> Handle:
+    return _allgather(list(tensors), name, process_set, True, False)
+
+
+# -- reducescatter -----------------------------------------------------------------------------
+
+
+def _reducescatter(xs, op, name, process_set, grouped, sync):
+    ps = set_id(process_set)
+    eng = engine()
+    ranks = eng.process_set_ranks(ps)
+    world = len(ranks)
+    me = ranks.index(eng.rank) if eng.rank in ranks else 0
+    base = auto_name("reducescatter", name, ps)
+    tensors, outs = [], []
+    for i, x in enumerate(xs):
+        array, tensor = _arrays.describe(x, f"{base}.{i}" if grouped else base)
+        rows = array.shape[0] if array.ndim else 0
+        mine = rows // world + (1 if me < rows % world else 0)
+        tensors.append(tensor)
+        outs.append(np.empty((mine, *array.shape[1:]), dtype=array.dtype))
+    handles = _submit(_K.reducescatter, tensors, outs, op=op, ps=ps,
+                      group=base if grouped else "", sync=sync)
+    return _finish(handles, sync, (xs, outs), lambda _: outs if grouped else outs[0])
+
+
+def reducescatter(x: Any, op=Average, name=None, process_set=None) -> np.ndarray:
+    """Reduce x over the ranks and return this rank's block of the first dimension.
+
+    Blocks are as `np.array_split` makes them: the first (rows % size) ranks get one more row.
+    """
+    return _reducescatter([x], op, name, process_set, False, True)
+
+
+def reducescatter_async(x, op=Average, name=None, process_set=None) -> Handle:
+    return _reducescatter([x], op, name, process_set, False, False)
+
+
+def grouped_reducescatter(tensors, op=Average, name=None, process_set=None) -> list:
+    return _reducescatter(list(tensors), op, name, process_set, True, True)
+
+
+def grouped_reducescatter_async(tensors, op=Average, name=None, process_set=None) -> Handle:
+    return _reducescatter(list(tensors), op, name, process_set, True, False)
+
+
+# -- alltoall ----------------------------------------------------------------------------------
+
+
+def _check_splits(splits: Any, rows: int, world: int) -> tuple[list[int], str]:
+    if splits is None:
+        if rows % world:
+            return [0] * world, (
+                f"first dimension {rows} is not divisible by {world} ranks; pass splits"
+            )
+        return [rows // world] * world, ""
+    values = [int(s) for s in np.asarray(splits).reshape(-1)]
+    if len(values) != world:
+        return [0] * world, f"splits has {len(values)} entries, expected one per rank ({world})"
+    if any(v < 0 for v in values) or sum(values) != rows:
+        return [0] * world, (
+            f"splits {values} must be non-negative and sum to the first dimension {rows}"
+        )
+    return values, ""
+
+
+def _alltoall(x, splits, name, process_set, sync):
+    ps = set_id(process_set)
+    world = len(engine().process_set_ranks(ps))
+    name = auto_name("alltoall", name, ps)
+    array, tensor = _arrays.describe(x, name)
+    rows = array.shape[0] if array.ndim else 0
+    send_splits, reason = _check_splits(splits, rows, world)
+    if reason and array is not _arrays.EMPTY:  # tell every rank, like any other invalid input
+        array = _arrays.EMPTY
+        tensor = _core.Tensor(array, _core.DType.uint8, name, reason)
+        send_splits = [0] * world
+    handles = _submit(_K.alltoall, [tensor], [None], ps=ps, splits=send_splits, sync=sync)
+
+    def result(hs):
+        return hs[0].take_output(array.dtype), np.asarray(hs[0].received_splits, dtype=np.int64)
+
+    return _finish(handles, sync, (x, array), result)
+
+
+def alltoall(x: Any, splits: Any = None, name=None, process_set=None):
+    """Send splits[i] rows of x to rank i; returns (rows received in rank order, received splits).
+
+    Without splits, x's first dimension is divided evenly and must be divisible by the set size.
+    """
+    return _alltoall(x, splits, name, process_set, True)
+
+
+def alltoall_async(x, splits=None, name=None, process_set=None) -> Handle:
+    return _alltoall(x, splits, name, process_set, False)
+
+
+# -- barrier and point to point ----------------------------------------------------------------
+
+
+def barrier(process_set: ProcessSet | None = None) -> None:
+    """Return once every rank (of process_set) has called barrier()."""
+    ps = set_id(process_set)
+    tensor = _core.Tensor(_arrays.EMPTY, _core.DType.uint8, auto_name("barrier", None, ps))
+    wait(_submit(_K.barrier, [tensor], [None], ps=ps, sync=True))
+
+
+def _as_bytes(x: Any, what: str, writable: bool) -> np.ndarray:
+    """x's bytes, or an error now: only this rank is at fault, its peer is not involved yet."""
+    array, tensor = _arrays.describe(x, what, writable=writable)
+    if array is _arrays.EMPTY and x is not _arrays.EMPTY:
+        reason = _arrays.problem(x, _arrays.as_ndarray(x), writable)
+        raise _core.InvalidArgumentError(f"rank {engine().rank}: {what}: {reason}")
+    return array.reshape(-1).view(np.uint8)
+
+
+def _check_peer(peer: int, what: str) -> None:
+    eng = engine()
+    if not (0 <= peer < eng.size) or peer == eng.rank:
+        raise _core.InvalidArgumentError(
+            f"rank {eng.rank}: {what} must be another rank in [0, {eng.size})"
+        )
+
+
+def send(x: Any, dst: int, name: str | None = None) -> None:
+    """Send x to rank dst, which must call recv with a buffer of the same byte size."""
+    _check_peer(dst, f"send to rank {dst}: destination")
+    eng = engine()
+    data = _as_bytes(x, f"send of tensor '{name or 'send'}' to rank {dst}", False)
+    tensor = _core.Tensor(data, _core.DType.uint8, eng.next_send_name(dst))
+    wait(_submit(_K.point_to_point, [tensor], [None], root=eng.rank, peer=dst, ps=-1, sync=True))
+
+
+def recv(x: Any, src: int, name: str | None = None) -> Any:
+    """Receive a message from rank src into x (same byte size as sent); returns x."""
+    _check_peer(src, f"recv from rank {src}: source")
+    eng = engine()
+    data = _as_bytes(x, f"recv of tensor '{name or 'recv'}' from rank {src}", True)
+    tensor = _core.Tensor(data, _core.DType.uint8, eng.next_recv_name(src))
+    wait(_submit(_K.point_to_point, [tensor], [None], root=src, peer=eng.rank, ps=-1, sync=True))
+    return x

@@ -1,0 +1,96 @@
+"""Process sets: sub-groups of ranks with their own collectives (Horovod's `ProcessSet`).
+
+Adding and removing a set are collective operations: every rank of the job calls them, with
+the same ranks, in the same order. Every collective takes ``process_set=``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from ringflow import _core
+from ringflow._state import engine
+
+__all__ = ["ProcessSet", "add_process_set", "global_process_set", "remove_process_set"]
+
+
+class ProcessSet:
+    """The ranks of a sub-group; usable once `add_process_set` registered it."""
+
+    def __init__(self, ranks: Iterable[int]) -> None:
+        self.ranks: list[int] = sorted({int(r) for r in ranks})
+        self.process_set_id: int | None = None
+
+    def size(self) -> int:
+        return len(self.ranks) if self.ranks else engine().size
+
+    def rank(self) -> int:
+        """This process' rank within the set, or -1 when it is not a member."""
+        me = engine().rank
+        if not self.ranks:
+            return me
+        return self.ranks.index(me) if me in self.ranks else -1
+
+    def included(self) -> bool:
+        return self.rank() >= 0
+
+    def __repr__(self) -> str:
+        return f"ProcessSet(process_set_id={self.process_set_id}, ranks={self.ranks})"
+
+
+_EMPTY = np.empty(0, np.uint8)
+
+global_process_set = ProcessSet([])
+"""Every rank of the job (id 0)."""
+global_process_set.process_set_id = 0
+
+
+def set_id(process_set: ProcessSet | None) -> int:
+    """The id a collective runs on; raises for a set that was never added or was removed."""
+    if process_set is None:
+        return 0
+    if process_set.process_set_id is None:
+        raise _core.InvalidArgumentError(
+            f"{process_set!r} is not registered: call ringflow.add_process_set() on every rank"
+        )
+    return process_set.process_set_id
+
+
+def add_process_set(process_set: ProcessSet | Iterable[int]) -> ProcessSet:
+    """Register a process set on every rank (all ranks call it, alike); returns it."""
+    if not isinstance(process_set, ProcessSet):
+        process_set = ProcessSet(process_set)
+    if process_set.process_set_id is not None:
+        raise _core.InvalidArgumentError(f"{process_set!r} is already registered")
+    world = engine().size
+    ranks = process_set.ranks
+    if not ranks or ranks[0] < 0 or ranks[-1] >= world:
+        raise _core.InvalidArgumentError(
+            f"process set ranks {ranks} must be a non-empty subset of 0 … {world - 1}"
+        )
+    name = "process_set.add:" + ",".join(map(str, ranks))
+    tensor = _core.Tensor(_EMPTY, _core.DType.uint8, name)
+    (handle,) = engine().submit(
+        _core.OpKind.add_process_set, [tensor], [None], set_ranks=ranks, synchronous=True
+    )
+    engine().wait(handle)
+    handle.rethrow()
+    process_set.process_set_id = handle.value
+    return process_set
+
+
+def remove_process_set(process_set: ProcessSet) -> None:
+    """Unregister a set on every rank (all ranks call it, alike)."""
+    ident = set_id(process_set)
+    if ident == 0:
+        raise _core.InvalidArgumentError("the global process set cannot be removed")
+    tensor = _core.Tensor(_EMPTY, _core.DType.uint8, f"process_set.remove:{ident}")
+    (handle,) = engine().submit(
+        _core.OpKind.remove_process_set, [tensor], [None], root=ident, synchronous=True
+    )
+    engine().wait(handle)
+    handle.rethrow()
+    process_set.process_set_id = None
+

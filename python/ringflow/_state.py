@@ -1,0 +1,35 @@
+"""This process' ringflow: the engine, and the counters that name unnamed tensors."""
+
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict
+
+from ringflow import _core
+
+
+class State:
+    def __init__(self) -> None:
+        self.engine: _core.Engine | None = None
+        self.generation = 0  # how many times init() ran; namespaces the store keys
+        # Per (kind, process set): ranks outside a set do not count its collectives.
+        self.unnamed: defaultdict[tuple[str, int], itertools.count] = defaultdict(itertools.count)
+        # Handles not yet synchronized keep their arrays alive while the engine uses them.
+        self.inflight: dict[int, object] = {}
+
+
+state = State()
+
+
+def engine() -> _core.Engine:
+    if state.engine is None:
+        raise _core.Error("ringflow has not been initialized; call ringflow.init() first")
+    return state.engine
+
+
+def auto_name(kind: str, name: str | None, process_set: int = 0) -> str:
+    """name, or the next automatic one: alike on every rank that calls in the same order."""
+    if name is not None:
+        return name
+    suffix = f"@{process_set}" if process_set else ""
+    return f"{kind}.noname.{next(state.unnamed[(kind, process_set)])}{suffix}"
