@@ -3,7 +3,8 @@ asynchronous (and grouped for allgather and reducescatter). See `_allreduce` for
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -17,10 +18,12 @@ _K = _core.OpKind
 _NONE: list[int] = []
 
 
-def _submit(kind, tensors, outs, op=Average, root=0, peer=0, ps=0, splits=_NONE, group="",
-            sync=False):
-    return engine().submit(kind, tensors, outs, op, root, peer, 1.0, 1.0, ps, splits, [], group,
-                           sync)
+def _submit(
+    kind, tensors, outs, op=Average, root=0, peer=0, ps=0, splits=_NONE, group="", sync=False
+):
+    return engine().submit(
+        kind, tensors, outs, op, root, peer, 1.0, 1.0, ps, splits, [], group, sync
+    )
 
 
 def _finish(handles: list[_core.Handle], sync: bool, keep: tuple, make_result) -> Any:
@@ -70,12 +73,11 @@ def broadcast_async(x, root_rank, name=None, process_set=None) -> Handle:
 def _allgather(xs, name, process_set, grouped, sync):
     ps = set_id(process_set)
     base = auto_name("allgather", name, ps)
-    described = [
-        _arrays.describe(x, f"{base}.{i}" if grouped else base) for i, x in enumerate(xs)
-    ]
+    described = [_arrays.describe(x, f"{base}.{i}" if grouped else base) for i, x in enumerate(xs)]
     tensors = [t for _, t in described]
-    handles = _submit(_K.allgather, tensors, [None] * len(xs), ps=ps,
-                      group=base if grouped else "", sync=sync)
+    handles = _submit(
+        _K.allgather, tensors, [None] * len(xs), ps=ps, group=base if grouped else "", sync=sync
+    )
 
     def result(hs):
         outs = [h.take_output(a.dtype) for h, (a, _) in zip(hs, described)]
@@ -121,8 +123,9 @@ def _reducescatter(xs, op, name, process_set, grouped, sync):
         mine = rows // world + (1 if me < rows % world else 0)
         tensors.append(tensor)
         outs.append(np.empty((mine, *array.shape[1:]), dtype=array.dtype))
-    handles = _submit(_K.reducescatter, tensors, outs, op=op, ps=ps,
-                      group=base if grouped else "", sync=sync)
+    handles = _submit(
+        _K.reducescatter, tensors, outs, op=op, ps=ps, group=base if grouped else "", sync=sync
+    )
     return _finish(handles, sync, (xs, outs), lambda _: outs if grouped else outs[0])
 
 
@@ -209,7 +212,7 @@ def barrier(process_set: ProcessSet | None = None) -> None:
 
 def _as_bytes(x: Any, what: str, writable: bool) -> np.ndarray:
     """x's bytes, or an error now: only this rank is at fault, its peer is not involved yet."""
-    array, tensor = _arrays.describe(x, what, writable=writable)
+    array, _ = _arrays.describe(x, what, writable=writable)
     if array is _arrays.EMPTY and x is not _arrays.EMPTY:
         reason = _arrays.problem(x, _arrays.as_ndarray(x), writable)
         raise _core.InvalidArgumentError(f"rank {engine().rank}: {what}: {reason}")

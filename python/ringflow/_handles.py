@@ -16,7 +16,7 @@ class Handle:
     """One submitted operation (or a group): its core handles, the arrays the engine reads and
     writes (kept alive until it finishes) and how to build the result from them."""
 
-    __slots__ = ("_core", "_keep", "_result", "_make_result", "__weakref__")
+    __slots__ = ("__weakref__", "_core", "_keep", "_make_result", "_result")
 
     def __init__(
         self,

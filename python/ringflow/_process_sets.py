@@ -93,4 +93,3 @@ def remove_process_set(process_set: ProcessSet) -> None:
     engine().wait(handle)
     handle.rethrow()
     process_set.process_set_id = None
-

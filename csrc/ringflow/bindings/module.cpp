@@ -46,7 +46,7 @@ struct TensorRef {
 // The numpy array is only read here, with the GIL held: its address and shape. ringflow._arrays
 // has already checked dtype, contiguity and writability (or set invalid_reason).
 TensorRef make_tensor(const py::array& array, DType dtype, std::string name,
-                          std::string invalid_reason) {
+                      std::string invalid_reason) {
   TensorRef tensor;
   tensor.data = const_cast<void*>(array.data());
   tensor.dtype = dtype;
@@ -183,8 +183,8 @@ std::vector<rf::HandlePtr> submit(rf::Engine& engine, rf::OpKind kind,
       r.group_hash = rf::name_hash(group);
       r.group_size = static_cast<uint32_t>(tensors.size());
     }
-    if (r.invalid_reason.empty() && (kind == rf::OpKind::kAllreduce ||
-                                     kind == rf::OpKind::kReducescatter) &&
+    if (r.invalid_reason.empty() &&
+        (kind == rf::OpKind::kAllreduce || kind == rf::OpKind::kReducescatter) &&
         !rf::reduction_supported(tensor.dtype, op)) {
       r.invalid_reason = std::string(rf::reduce_op_name(op)) + " is not supported for dtype " +
                          rf::dtype_name(tensor.dtype) + " (bool supports Min and Max)";
@@ -192,8 +192,8 @@ std::vector<rf::HandlePtr> submit(rf::Engine& engine, rf::OpKind kind,
     if (r.invalid_reason.empty() && tensor.shape.empty() &&
         (kind == rf::OpKind::kAllgather || kind == rf::OpKind::kReducescatter ||
          kind == rf::OpKind::kAlltoall)) {
-      r.invalid_reason = std::string(rf::op_kind_name(kind)) +
-                         " needs at least one dimension (got a scalar)";
+      r.invalid_reason =
+          std::string(rf::op_kind_name(kind)) + " needs at least one dimension (got a scalar)";
     }
     s.in = tensor.data;
     s.out = tensor.data;
@@ -218,8 +218,8 @@ std::vector<rf::HandlePtr> submit(rf::Engine& engine, rf::OpKind kind,
       bool negative = false;
       for (int64_t v : splits) negative = negative || v < 0;
       if (r.invalid_reason.empty() && (negative || total != rows)) {
-        r.invalid_reason = "splits must be non-negative and add up to the first dimension " +
-                           std::to_string(rows);
+        r.invalid_reason =
+            "splits must be non-negative and add up to the first dimension " + std::to_string(rows);
       }
     }
     s.set_ranks = set_ranks;
@@ -350,9 +350,9 @@ PYBIND11_MODULE(_core, m) {
       .def("process_set_ranks", &rf::Engine::process_set_ranks, py::arg("process_set"))
       .def("next_send_name", &rf::Engine::next_send_name, py::arg("dst"))
       .def("next_recv_name", &rf::Engine::next_recv_name, py::arg("src"))
-      .def("start_timeline",
-           [](rf::Engine& e, const std::string& path) { e.timeline().start(path); },
-           py::arg("path"))
+      .def(
+          "start_timeline",
+          [](rf::Engine& e, const std::string& path) { e.timeline().start(path); }, py::arg("path"))
       .def("stop_timeline", [](rf::Engine& e) { e.timeline().stop(); })
       .def("stats", [](rf::Engine& e) {
         rf::EngineStats s = e.stats();

@@ -40,9 +40,8 @@ Engine::Engine(const RuntimeOptions& options)
       size_(options.size),
       runtime_(std::make_unique<Runtime>(options)),
       timeout_s_(options.timeout_s),
-      stall_{env_config().stall_check_s, env_config().stall_shutdown_s < 0
-                                             ? options.timeout_s
-                                             : env_config().stall_shutdown_s},
+      stall_{env_config().stall_check_s,
+             env_config().stall_shutdown_s < 0 ? options.timeout_s : env_config().stall_shutdown_s},
       fusion_threshold_(env_config().fusion_threshold),
       cycle_time_ms_(env_config().cycle_time_ms),
       timeline_(options.rank),
@@ -97,12 +96,12 @@ std::vector<HandlePtr> Engine::submit(std::vector<Submission> batch, bool synchr
           << " does not exist (never added, or removed)";
       const std::vector<int>& members = sets_.ranks(request.process_set);
       RF_CHECK(sets_.index_of(request.process_set, rank_) >= 0, kInvalidArgument)
-          << what << ": this rank is not in process set " << request.process_set << " (ranks "
-          << [&] {
-               std::ostringstream text;
-               for (size_t i = 0; i < members.size(); ++i) text << (i ? ", " : "") << members[i];
-               return text.str();
-             }()
+          << what << ": this rank is not in process set " << request.process_set << " (ranks " <<
+          [&] {
+            std::ostringstream text;
+            for (size_t i = 0; i < members.size(); ++i) text << (i ? ", " : "") << members[i];
+            return text.str();
+          }()
           << ")";
       const int set_size = static_cast<int>(members.size());
       if (request.invalid_reason.empty() && request.kind == OpKind::kBroadcast &&
@@ -127,7 +126,8 @@ std::vector<HandlePtr> Engine::submit(std::vector<Submission> batch, bool synchr
   std::vector<HandlePtr> handles;
   {
     std::lock_guard<std::mutex> lock(queue_mutex_);
-    RF_CHECK(!closed_, kInvalidArgument) << rank_prefix(rank_) << "this ringflow runtime was shut down";
+    RF_CHECK(!closed_, kInvalidArgument)
+        << rank_prefix(rank_) << "this ringflow runtime was shut down";
     if (broken_) {
       RF_THROW(kPeerFailure) << rank_prefix(rank_)
                              << "ringflow cannot run more operations after an earlier failure: "
@@ -138,8 +138,8 @@ std::vector<HandlePtr> Engine::submit(std::vector<Submission> batch, bool synchr
       bool duplicate = pending_names_.count(key) > 0;
       for (size_t j = 0; j < i; ++j) duplicate = duplicate || key_of(locals[j].own) == key;
       RF_CHECK(!duplicate, kInvalidArgument)
-          << rank_prefix(rank_) << op_kind_name(locals[i].submission.request.kind)
-          << " of tensor '" << locals[i].submission.request.name
+          << rank_prefix(rank_) << op_kind_name(locals[i].submission.request.kind) << " of tensor '"
+          << locals[i].submission.request.name
           << "': a request with this name is already pending on this rank (names must be unique "
              "until their operation finishes)";
     }
@@ -248,8 +248,8 @@ void Engine::wait_for_activity() {
     seen = queue_.size();
   }
   if (seen == 0 || cycle_time_ms_ <= 0) return;
-  const auto until = SteadyClock::now() + std::chrono::microseconds(
-                                              static_cast<int64_t>(cycle_time_ms_ * 1000));
+  const auto until =
+      SteadyClock::now() + std::chrono::microseconds(static_cast<int64_t>(cycle_time_ms_ * 1000));
   std::vector<pollfd> peers(fds.begin() + 1, fds.end());
   while (SteadyClock::now() < until && !stopping_) {
     timespec gap{0, kArrivalGapUs * 1000};
@@ -291,8 +291,8 @@ std::vector<int> Engine::members_of(const Descriptor& d) {
   }
   std::lock_guard<std::mutex> lock(sets_mutex_);
   RF_CHECK(sets_.contains(d.process_set), kPeerFailure)
-      << "a peer announced tensor '" << descriptor_name(d) << "' on process set "
-      << d.process_set << ", which this rank does not have (process sets must be added and "
+      << "a peer announced tensor '" << descriptor_name(d) << "' on process set " << d.process_set
+      << ", which this rank does not have (process sets must be added and "
       << "removed on every rank, in the same order)";
   return sets_.ranks(d.process_set);
 }
@@ -307,8 +307,8 @@ void Engine::run_round() {
   for (Local& local : fresh) {
     const TensorKey key = key_of(local.own);
     const std::vector<int> members = members_of(local.own);
-    const int index = static_cast<int>(
-        std::lower_bound(members.begin(), members.end(), rank_) - members.begin());
+    const int index =
+        static_cast<int>(std::lower_bound(members.begin(), members.end(), rank_) - members.begin());
     auto id = cache_.lookup(key, index, local.own);
     if (id) {
       mine.cache_ids.push_back(*id);
@@ -325,7 +325,8 @@ void Engine::run_round() {
     std::ostringstream waiting;
     size_t listed = 0;
     for (const auto& [key, local] : announced_) {
-      if (listed++ < 4) waiting << (listed > 1 ? ", '" : "'") << local->submission.request.name << "'";
+      if (listed++ < 4)
+        waiting << (listed > 1 ? ", '" : "'") << local->submission.request.name << "'";
     }
     if (announced_.size() > 4) waiting << " and " << announced_.size() - 4 << " more";
     throw Error(error.kind(), rank_prefix(rank_) + "negotiation round" +

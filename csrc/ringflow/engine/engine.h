@@ -157,7 +157,7 @@ class Engine {
 
   std::vector<int> peer_fds_;  // taken once: the transport itself is not shared between threads
   std::atomic<bool> waiting_{false};  // tensors wait for other ranks: the stall inspector ticks
-  UniqueFd wake_fd_;  // eventfd: async submissions wake the background thread
+  UniqueFd wake_fd_;                  // eventfd: async submissions wake the background thread
   std::atomic<bool> sleeping_{false};
   std::atomic<int> drivers_{0};  // callers inside wait(); the thread leaves peers to them
   std::atomic<bool> stopping_{false};

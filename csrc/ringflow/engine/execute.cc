@@ -34,15 +34,13 @@ size_t planned_bytes(const PendingTensor& tensor) {
 }
 
 bool fusible(OpKind kind) {
-  return kind == OpKind::kAllreduce || kind == OpKind::kAllgather ||
-         kind == OpKind::kReducescatter;
+  return kind == OpKind::kAllreduce || kind == OpKind::kAllgather || kind == OpKind::kReducescatter;
 }
 
 // Tensors that may share a bucket: same set, operation, dtype, op, scaling and group.
 bool same_bucket(const Descriptor& a, const Descriptor& b) {
-  return a.process_set == b.process_set && a.kind == b.kind && a.dtype == b.dtype &&
-         a.op == b.op && a.prescale == b.prescale && a.postscale == b.postscale &&
-         a.group_hash == b.group_hash;
+  return a.process_set == b.process_set && a.kind == b.kind && a.dtype == b.dtype && a.op == b.op &&
+         a.prescale == b.prescale && a.postscale == b.postscale && a.group_hash == b.group_hash;
 }
 
 const char* allreduce_phase(AllreduceAlgorithm algorithm) {

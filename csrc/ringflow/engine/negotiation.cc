@@ -189,14 +189,13 @@ void check_agreement(const std::vector<Descriptor>& all, const std::vector<int>&
   const bool first_dim_free = kind == OpKind::kAllgather || kind == OpKind::kAlltoall;
   if (kind != OpKind::kBarrier && kind != OpKind::kAddProcessSet &&
       kind != OpKind::kRemoveProcessSet) {
-    const char* field = first_dim_free ? "shape after the first dimension"
+    const char* field = first_dim_free                  ? "shape after the first dimension"
                         : kind == OpKind::kPointToPoint ? "message size in bytes (send vs recv)"
                                                         : "shape";
-    require_same(all, ranks, rank, request, field,
-                 [&](const Descriptor& d) {
-                   if (first_dim_free && d.ndim == 0) return std::string("() (a scalar)");
-                   return shape_text(d, first_dim_free ? 1 : 0);
-                 });
+    require_same(all, ranks, rank, request, field, [&](const Descriptor& d) {
+      if (first_dim_free && d.ndim == 0) return std::string("() (a scalar)");
+      return shape_text(d, first_dim_free ? 1 : 0);
+    });
   }
   // Whatever else differs: the grouping (grouped_* on some ranks only) or the process set.
   require_same(all, ranks, rank, request, "group (grouped_* call) or process set",

@@ -20,8 +20,8 @@ enum class OpKind : uint8_t {
   kReducescatter = 4,
   kAlltoall = 5,
   kBarrier = 6,
-  kPointToPoint = 7,     // send/recv: root = source, peer = destination
-  kAddProcessSet = 8,    // registering a process set is itself negotiated, by every rank
+  kPointToPoint = 7,   // send/recv: root = source, peer = destination
+  kAddProcessSet = 8,  // registering a process set is itself negotiated, by every rank
   kRemoveProcessSet = 9,
 };
 const char* op_kind_name(OpKind kind);

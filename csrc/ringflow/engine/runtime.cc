@@ -21,8 +21,7 @@ std::string host_identity(const std::string& advertise_ip) {
 
 }  // namespace
 
-Runtime::Runtime(const RuntimeOptions& options)
-    : options_(options) {
+Runtime::Runtime(const RuntimeOptions& options) : options_(options) {
   RF_CHECK(options.size >= 1 && options.rank >= 0 && options.rank < options.size, kInvalidArgument)
       << "rank " << options.rank << " is not in a world of size " << options.size;
   RF_CHECK(options.timeout_s > 0, kInvalidArgument) << "timeout must be positive";

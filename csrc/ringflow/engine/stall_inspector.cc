@@ -15,14 +15,14 @@ std::string rank_list(const std::vector<int>& ranks) {
 }
 
 std::string describe(const PendingTensor& tensor) {
-  return std::string(op_kind_name(tensor.kind)) + " of tensor '" + tensor.name +
-         "' submitted by " + rank_list(tensor.announced_ranks()) + " but not by " + rank_list(tensor.missing_ranks());
+  return std::string(op_kind_name(tensor.kind)) + " of tensor '" + tensor.name + "' submitted by " +
+         rank_list(tensor.announced_ranks()) + " but not by " + rank_list(tensor.missing_ranks());
 }
 
 }  // namespace
 
-std::optional<std::string> inspect_stalls(TensorTable& table, const StallOptions& options,
-                                          int rank, SteadyClock::time_point now) {
+std::optional<std::string> inspect_stalls(TensorTable& table, const StallOptions& options, int rank,
+                                          SteadyClock::time_point now) {
   std::ostringstream warning;
   int newly_stalled = 0;
   for (auto& [order, tensor] : table.pending()) {
@@ -30,8 +30,8 @@ std::optional<std::string> inspect_stalls(TensorTable& table, const StallOptions
     if (options.shutdown_s > 0 && waited >= options.shutdown_s) {
       std::ostringstream failure;
       failure << "rank " << rank << ": ringflow stalled for " << waited << " s ("
-              << "RINGFLOW_STALL_SHUTDOWN_TIME " << options.shutdown_s << " s): "
-              << describe(tensor)
+              << "RINGFLOW_STALL_SHUTDOWN_TIME " << options.shutdown_s
+              << " s): " << describe(tensor)
               << ". Every rank must submit every collective (missing ranks may have exited, "
                  "hung, or called collectives in another order)";
       return failure.str();

@@ -18,7 +18,7 @@ struct StallOptions {
 
 // Logs warnings for newly stalled tensors; returns the failure message once a tensor has
 // waited past shutdown_s.
-std::optional<std::string> inspect_stalls(TensorTable& table, const StallOptions& options,
-                                          int rank, SteadyClock::time_point now);
+std::optional<std::string> inspect_stalls(TensorTable& table, const StallOptions& options, int rank,
+                                          SteadyClock::time_point now);
 
 }  // namespace rf

@@ -22,8 +22,8 @@ struct PendingTensor {
   TensorKey key;
   std::string name;  // as announced (at most kDescriptorNameBytes - 1 characters)
   OpKind kind = OpKind::kBarrier;
-  std::vector<int> members;             // global ranks, sorted
-  std::vector<Descriptor> by_member;    // valid where announced[i]
+  std::vector<int> members;           // global ranks, sorted
+  std::vector<Descriptor> by_member;  // valid where announced[i]
   std::vector<bool> announced;
   int missing = 0;
   SteadyClock::time_point first_seen;
