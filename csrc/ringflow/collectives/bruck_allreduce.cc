@@ -27,19 +27,28 @@ void bruck_allreduce(const CollectiveContext& ctx, const void* in, void* out, si
   // Every rank's payload has the agreed size: no header needed.
   bruck_allgather(ctx, mine, [&](const char*) { return count * elem; }, &all);
 
+  std::vector<const char*> contributions;
+  for (const auto& payload : all.payloads) contributions.push_back(payload.data());
+  fold_in_ring_order(contributions, out, count, dtype, op, chunk_counts);
+  if (finish) finish(out, count);
+}
+
+void fold_in_ring_order(const std::vector<const char*>& contributions, void* out, size_t count,
+                        DType dtype, ReduceOp op, const std::vector<size_t>& chunk_counts) {
+  const int size = static_cast<int>(contributions.size());
+  const size_t elem = dtype_size(dtype);
   const std::vector<size_t> chunks = chunk_counts.empty() ? even_blocks(count, size) : chunk_counts;
   const std::vector<size_t> offsets = block_offsets(chunks);
   char* target = static_cast<char*>(out);
   for (int c = 0; c < size; ++c) {
     const size_t first = offsets[c] * elem;
     if (chunks[c] == 0) continue;
-    std::memcpy(target + first, all.payloads[c].data() + first, chunks[c] * elem);
+    std::memcpy(target + first, contributions[c] + first, chunks[c] * elem);
     for (int k = 1; k < size; ++k) {
-      const char* contribution = all.payloads[(c + k) % size].data() + first;
+      const char* contribution = contributions[(c + k) % size] + first;
       reduce(contribution, target + first, target + first, chunks[c], dtype, op);
     }
   }
-  if (finish) finish(out, count);
 }
 
 }  // namespace rf

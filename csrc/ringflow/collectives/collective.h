@@ -40,6 +40,10 @@ void ring_allreduce(const CollectiveContext& ctx, const void* in, void* out, siz
 void bruck_allreduce(const CollectiveContext& ctx, const void* in, void* out, size_t count,
                      DType dtype, ReduceOp op, const ChunkFinisher& finish,
                      const std::vector<size_t>& chunk_counts = {});
+// out = every rank's contribution (by rank) reduced chunk by chunk in the ring's order: what
+// bruck_allreduce does once it holds them all (the engine also uses it for inline data).
+void fold_in_ring_order(const std::vector<const char*>& contributions, void* out, size_t count,
+                        DType dtype, ReduceOp op, const std::vector<size_t>& chunk_counts = {});
 
 // data (bytes) is copied from root to every rank: binomial tree (log2 N rounds, for small
 // buffers) or pipelined chain (every link carries the data once, for large ones).

@@ -11,28 +11,56 @@ namespace {
 struct AnnouncementHeader {
   uint32_t descriptors;
   uint32_t cache_ids;
+  uint32_t inline_count;
+  uint32_t inline_bytes;  // the data of all inline entries together
 };
-static_assert(sizeof(AnnouncementHeader) == 8, "part of the wire format");
+static_assert(sizeof(AnnouncementHeader) == 16, "part of the wire format");
+
+#pragma pack(push, 1)
+struct InlineHeader {
+  int32_t process_set;
+  uint32_t bytes;
+  uint64_t name_hash;
+};
+#pragma pack(pop)
+static_assert(sizeof(InlineHeader) == 16, "part of the wire format");
 
 // More than any real step submits; a larger count can only come from a broken peer.
 constexpr uint32_t kMaxEntries = 1u << 20;
 
 size_t payload_bytes(const AnnouncementHeader& h) {
-  RF_CHECK(h.descriptors <= kMaxEntries && h.cache_ids <= kMaxEntries, kPeerFailure)
+  RF_CHECK(h.descriptors <= kMaxEntries && h.cache_ids <= kMaxEntries &&
+               h.inline_count <= kMaxEntries && h.inline_bytes <= (1u << 30),
+           kPeerFailure)
       << "received a malformed negotiation message";
-  return h.descriptors * sizeof(Descriptor) + h.cache_ids * sizeof(uint32_t);
+  return h.descriptors * sizeof(Descriptor) + h.cache_ids * sizeof(uint32_t) +
+         h.inline_count * sizeof(InlineHeader) + h.inline_bytes;
 }
 
 }  // namespace
 
 RoundResult exchange_announcements(const CollectiveContext& ctx, const Announcement& mine) {
+  uint32_t inline_bytes = 0;
+  for (const InlineData& data : mine.inline_data) {
+    inline_bytes += static_cast<uint32_t>(data.bytes.size());
+  }
   AnnouncementHeader header{static_cast<uint32_t>(mine.descriptors.size()),
-                            static_cast<uint32_t>(mine.cache_ids.size())};
+                            static_cast<uint32_t>(mine.cache_ids.size()),
+                            static_cast<uint32_t>(mine.inline_data.size()), inline_bytes};
   std::vector<char> payload(payload_bytes(header));
-  std::memcpy(payload.data(), mine.descriptors.data(),
-              mine.descriptors.size() * sizeof(Descriptor));
-  std::memcpy(payload.data() + mine.descriptors.size() * sizeof(Descriptor), mine.cache_ids.data(),
-              mine.cache_ids.size() * sizeof(uint32_t));
+  char* cursor = payload.data();
+  auto put = [&cursor](const void* data, size_t bytes) {
+    if (bytes) std::memcpy(cursor, data, bytes);
+    cursor += bytes;
+  };
+  put(mine.descriptors.data(), mine.descriptors.size() * sizeof(Descriptor));
+  put(mine.cache_ids.data(), mine.cache_ids.size() * sizeof(uint32_t));
+  for (const InlineData& data : mine.inline_data) {
+    InlineHeader h{data.key.process_set, static_cast<uint32_t>(data.bytes.size()),
+                   data.key.name_hash};
+    put(&h, sizeof(h));
+  }
+  for (const InlineData& data : mine.inline_data) put(data.bytes.data(), data.bytes.size());
   GatherBlock block;
   block.header.assign(reinterpret_cast<const char*>(&header),
                       reinterpret_cast<const char*>(&header) + sizeof(header));
@@ -59,12 +87,27 @@ RoundResult exchange_announcements(const CollectiveContext& ctx, const Announcem
     AnnouncementHeader h;
     std::memcpy(&h, gathered.headers.data() + r * sizeof(h), sizeof(h));
     const char* data = gathered.payloads[r].data();
+    auto take = [&data](void* target, size_t bytes) {
+      if (bytes) std::memcpy(target, data, bytes);
+      data += bytes;
+    };
     Announcement& out = result.by_rank[r];
     out.descriptors.resize(h.descriptors);
-    std::memcpy(out.descriptors.data(), data, h.descriptors * sizeof(Descriptor));
+    take(out.descriptors.data(), h.descriptors * sizeof(Descriptor));
     out.cache_ids.resize(h.cache_ids);
-    std::memcpy(out.cache_ids.data(), data + h.descriptors * sizeof(Descriptor),
-                h.cache_ids * sizeof(uint32_t));
+    take(out.cache_ids.data(), h.cache_ids * sizeof(uint32_t));
+    std::vector<InlineHeader> inline_headers(h.inline_count);
+    take(inline_headers.data(), h.inline_count * sizeof(InlineHeader));
+    size_t announced_bytes = 0;
+    for (const InlineHeader& ih : inline_headers) announced_bytes += ih.bytes;
+    RF_CHECK(announced_bytes == h.inline_bytes, kPeerFailure)
+        << "received a malformed negotiation message (inline data sizes)";
+    out.inline_data.resize(h.inline_count);
+    for (uint32_t i = 0; i < h.inline_count; ++i) {
+      out.inline_data[i].key = TensorKey{inline_headers[i].process_set, inline_headers[i].name_hash};
+      out.inline_data[i].bytes.resize(inline_headers[i].bytes);
+      take(out.inline_data[i].bytes.data(), inline_headers[i].bytes);
+    }
     for (const Descriptor& d : out.descriptors) validate_descriptor(d);
   }
   return result;

@@ -1,6 +1,8 @@
 // One negotiation round: every rank tells every other what it submitted since the last round —
 // full descriptors for new tensors, or the ids of response-cache entries for tensors whose
 // descriptors the ranks already agreed on — in one Bruck allgather (ceil(log2 N) steps).
+// Small allreduces also carry their data: when every member's data has arrived, each rank
+// reduces locally and the tensor needs no exchange of its own.
 #pragma once
 
 #include <cstdint>
@@ -8,13 +10,19 @@
 
 #include "ringflow/collectives/collective.h"
 #include "ringflow/engine/negotiation.h"
+#include "ringflow/engine/response_cache.h"
 
 namespace rf {
+
+struct InlineData {
+  TensorKey key;
+  std::vector<char> bytes;
+};
 
 struct Announcement {
   std::vector<Descriptor> descriptors;  // new (uncached) requests, in submission order
   std::vector<uint32_t> cache_ids;      // requests the response cache knows
-  bool empty() const { return descriptors.empty() && cache_ids.empty(); }
+  std::vector<InlineData> inline_data;  // the data of small allreduces among them
 };
 
 struct RoundResult {

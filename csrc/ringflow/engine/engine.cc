@@ -9,6 +9,7 @@
 #include <cstring>
 #include <sstream>
 
+#include "ringflow/collectives/select.h"
 #include "ringflow/common/check.h"
 #include "ringflow/common/env.h"
 #include "ringflow/engine/fusion.h"
@@ -362,6 +363,11 @@ void Engine::apply_announcements(const RoundResult& round) {
     for (const Descriptor& d : round.by_rank[r].descriptors) {
       cache_.erase(key_of(d));  // the request changed (or was never cached)
       table_.announce(d, r, members_of(d), now);
+    }
+  }
+  for (int r = 0; r < size_; ++r) {
+    for (const InlineData& data : round.by_rank[r].inline_data) {
+      table_.attach_inline_data(data.key, r, data.bytes);
     }
   }
 }

@@ -112,6 +112,7 @@ class Engine {
   void complete_control(Ready& tensor);
   // execute.cc: one operation (a fused bucket or a single tensor) over its set.
   void execute(std::vector<Ready>& bucket, uint64_t tag);
+  void execute_inline_allreduce(Ready& tensor);
   void execute_allreduce(std::vector<Ready>& bucket, const CollectiveContext& ctx);
   void execute_allgather(std::vector<Ready>& bucket, const CollectiveContext& ctx);
   void execute_reducescatter(std::vector<Ready>& bucket, const CollectiveContext& ctx);

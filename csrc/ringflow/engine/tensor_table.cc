@@ -35,6 +35,8 @@ void TensorTable::announce(const Descriptor& d, int rank, const std::vector<int>
     tensor.by_member.resize(members.size());
     tensor.announced.assign(members.size(), false);
     tensor.missing = static_cast<int>(members.size());
+    tensor.inline_data.resize(members.size());
+    tensor.has_inline_data.assign(members.size(), false);
     tensor.first_seen = now;
     found = order_of_.emplace(key, next_order_).first;
     by_order_.emplace(next_order_++, std::move(tensor));
@@ -51,6 +53,23 @@ void TensorTable::announce(const Descriptor& d, int rank, const std::vector<int>
   tensor.by_member[index] = d;
   tensor.announced[index] = true;
   --tensor.missing;
+}
+
+void TensorTable::attach_inline_data(const TensorKey& key, int rank, std::vector<char> bytes) {
+  auto found = order_of_.find(key);
+  RF_CHECK(found != order_of_.end(), kPeerFailure)
+      << "rank " << rank << " sent data for a tensor it did not announce";
+  PendingTensor& tensor = by_order_.at(found->second);
+  auto it = std::lower_bound(tensor.members.begin(), tensor.members.end(), rank);
+  const size_t index = static_cast<size_t>(it - tensor.members.begin());
+  RF_CHECK(it != tensor.members.end() && *it == rank && tensor.announced[index] &&
+               bytes.size() == descriptor_elements(tensor.by_member[index]) *
+                                   dtype_size(static_cast<DType>(tensor.by_member[index].dtype)),
+           kPeerFailure)
+      << "rank " << rank << " sent data that does not match its announcement of tensor '"
+      << tensor.name << "'";
+  tensor.inline_data[index] = std::move(bytes);
+  tensor.has_inline_data[index] = true;
 }
 
 std::vector<PendingTensor> TensorTable::take_ready() {

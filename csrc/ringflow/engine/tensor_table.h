@@ -26,6 +26,8 @@ struct PendingTensor {
   std::vector<Descriptor> by_member;  // valid where announced[i]
   std::vector<bool> announced;
   int missing = 0;
+  std::vector<std::vector<char>> inline_data;  // by member: small allreduce data, if sent
+  std::vector<bool> has_inline_data;
   SteadyClock::time_point first_seen;
   bool warned = false;
 
@@ -39,6 +41,8 @@ class TensorTable {
   // announcing a tensor twice or one whose set it is not in (no ringflow rank does that).
   void announce(const Descriptor& d, int rank, const std::vector<int>& members,
                 SteadyClock::time_point now);
+  // The data `rank` sent along with its announcement of `key` (announced this round or before).
+  void attach_inline_data(const TensorKey& key, int rank, std::vector<char> bytes);
   // Removes and returns the ready tensors, in first-announcement order.
   std::vector<PendingTensor> take_ready();
   std::map<uint64_t, PendingTensor>& pending() { return by_order_; }
