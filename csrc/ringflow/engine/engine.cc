@@ -305,6 +305,8 @@ void Engine::run_round() {
     fresh.swap(queue_);
   }
   Announcement mine;
+  // Small allreduces travel with their announcement, up to what Bruck would carry in one go.
+  size_t inline_budget = env_config().bruck_max_bytes / std::max(1, size_ - 1);
   for (Local& local : fresh) {
     const TensorKey key = key_of(local.own);
     const std::vector<int> members = members_of(local.own);
@@ -315,6 +317,15 @@ void Engine::run_round() {
       mine.cache_ids.push_back(*id);
     } else {
       mine.descriptors.push_back(local.own);
+    }
+    const Request& request = local.submission.request;
+    const size_t bytes = descriptor_elements(local.own) * dtype_size(request.dtype);
+    if (request.kind == OpKind::kAllreduce && request.invalid_reason.empty() &&
+        bytes <= inline_budget &&
+        choose_allreduce(bytes, static_cast<int>(members.size())) == AllreduceAlgorithm::kBruck) {
+      const char* data = static_cast<const char*>(local.submission.in);
+      mine.inline_data.push_back(InlineData{key, std::vector<char>(data, data + bytes)});
+      inline_budget -= bytes;
     }
     announced_[key] = std::make_unique<Local>(std::move(local));
   }

@@ -81,6 +81,7 @@ void Engine::execute_ready(std::vector<PendingTensor> ready) {
       }
       continue;
     }
+    cache_.put(item.tensor.key, item.tensor.by_member);
     const auto& has_data = item.tensor.has_inline_data;
     if (kind == OpKind::kAllreduce && std::all_of(has_data.begin(), has_data.end(),
                                                   [](bool present) { return present; })) {
