@@ -21,6 +21,8 @@ namespace {
 // How long async submissions may pause and still count as "still arriving" (one Python call
 // takes a few microseconds; a pause longer than this means the batch is complete).
 constexpr int kArrivalGapUs = 50;
+// How long after a blocking call the background thread leaves the sockets to callers.
+constexpr int kBlindMs = 1;
 
 // Each rank writes its own trace: rank 0 at the path given, rank r at "<stem>.rank<r><ext>".
 std::string timeline_path(const std::string& path, int rank) {
@@ -158,17 +160,16 @@ void Engine::wait(const HandlePtr& handle) {
   if (handle->done()) return;
   drivers_.fetch_add(1);
   while (!handle->done()) {
-    if (comm_mutex_.try_lock()) {
+    {
+      // If the background thread is mid-round, this waits for it; then this thread drives.
+      std::lock_guard<std::mutex> lock(comm_mutex_);
       progress_locked();
-      comm_mutex_.unlock();
-      if (handle->done()) break;
-      peers_readable(1);  // the other ranks have not submitted it yet: wait for them to talk
-    } else {
-      handle->wait_for(std::chrono::milliseconds(1));
     }
+    if (handle->done()) break;
+    peers_readable(1);  // the other ranks have not submitted it yet: wait for them to talk
   }
-  // The background thread skips the sockets while callers drive; hand them back.
-  if (drivers_.fetch_sub(1) == 1 && sleeping_.load()) wake();
+  last_driven_us_.store(Timeline::now_us());
+  drivers_.fetch_sub(1);
 }
 
 bool Engine::peers_readable(int timeout_ms) {
@@ -224,12 +225,15 @@ void Engine::background() {
 
 void Engine::wait_for_activity() {
   std::vector<pollfd> fds{pollfd{wake_fd_.get(), POLLIN, 0}};
-  // Callers in wait() watch the sockets themselves; after a failure nothing is worth watching.
-  if (drivers_.load() == 0 && !broken()) {
+  // While callers drive (blocking calls in a loop), they watch the sockets themselves: waking
+  // this thread too would only take a core from them. It looks again within kBlindMs.
+  const bool callers_drive =
+      drivers_.load() > 0 || Timeline::now_us() - last_driven_us_.load() < kBlindMs * 1000;
+  if (!callers_drive && !broken()) {
     for (int fd : peer_fds_) fds.push_back(pollfd{fd, POLLIN, 0});
   }
   // Waiting tensors need the stall inspector now and then.
-  const int timeout_ms = waiting_.load() ? 100 : 1000;
+  const int timeout_ms = callers_drive ? kBlindMs : waiting_.load() ? 100 : 1000;
   sleeping_ = true;
   bool queued;
   {

@@ -161,6 +161,7 @@ class Engine {
   UniqueFd wake_fd_;                  // eventfd: async submissions wake the background thread
   std::atomic<bool> sleeping_{false};
   std::atomic<int> drivers_{0};  // callers inside wait(); the thread leaves peers to them
+  std::atomic<int64_t> last_driven_us_{0};  // when the last caller left wait()
   std::atomic<bool> stopping_{false};
   std::thread thread_;
 };
