@@ -203,10 +203,10 @@ def alltoall_async(x, splits=None, name=None, process_set=None) -> Handle:
 # -- barrier and point to point ----------------------------------------------------------------
 
 
-def barrier(process_set: ProcessSet | None = None) -> None:
+def barrier(process_set: ProcessSet | None = None, name: str | None = None) -> None:
     """Return once every rank (of process_set) has called barrier()."""
     ps = set_id(process_set)
-    tensor = _core.Tensor(_arrays.EMPTY, _core.DType.uint8, auto_name("barrier", None, ps))
+    tensor = _core.Tensor(_arrays.EMPTY, _core.DType.uint8, auto_name("barrier", name, ps))
     wait(_submit(_K.barrier, [tensor], [None], ps=ps, sync=True))
 
 

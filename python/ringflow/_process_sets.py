@@ -20,18 +20,24 @@ class ProcessSet:
     """The ranks of a sub-group; usable once `add_process_set` registered it."""
 
     def __init__(self, ranks: Iterable[int]) -> None:
-        self.ranks: list[int] = sorted({int(r) for r in ranks})
+        self._ranks: list[int] = sorted({int(r) for r in ranks})
         self.process_set_id: int | None = None
 
+    @property
+    def ranks(self) -> list[int]:
+        """The member ranks, sorted (every rank of the job for the global set)."""
+        if self is global_process_set:
+            return list(range(engine().size))
+        return list(self._ranks)
+
     def size(self) -> int:
-        return len(self.ranks) if self.ranks else engine().size
+        return len(self.ranks)
 
     def rank(self) -> int:
         """This process' rank within the set, or -1 when it is not a member."""
         me = engine().rank
-        if not self.ranks:
-            return me
-        return self.ranks.index(me) if me in self.ranks else -1
+        ranks = self.ranks
+        return ranks.index(me) if me in ranks else -1
 
     def included(self) -> bool:
         return self.rank() >= 0
