@@ -1,6 +1,7 @@
 #include "ringflow/engine/engine.h"
 
 #include <poll.h>
+#include <sched.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -21,6 +22,8 @@ namespace {
 // How long async submissions may pause and still count as "still arriving" (one Python call
 // takes a few microseconds; a pause longer than this means the batch is complete).
 constexpr int kArrivalGapUs = 50;
+// How long a blocking call polls for the other ranks' round before sleeping in poll().
+constexpr int64_t kCallerSpinUs = 50;
 // How long after a blocking call the background thread leaves the sockets to callers.
 constexpr int kBlindMs = 1;
 
@@ -163,10 +166,18 @@ void Engine::wait(const HandlePtr& handle) {
     {
       // If the background thread is mid-round, this waits for it; then this thread drives.
       std::lock_guard<std::mutex> lock(comm_mutex_);
-      progress_locked();
+      progress_locked(handle.get());
     }
     if (handle->done()) break;
-    peers_readable(1);  // the other ranks have not submitted it yet: wait for them to talk
+    // The other ranks have not submitted it yet: wait for them to talk. Polling (and yielding
+    // the core) a little first catches a round that starts soon without a sleep and wake-up.
+    const int64_t spin_until = Timeline::now_us() + kCallerSpinUs;
+    bool talked = false;
+    while (!talked && Timeline::now_us() < spin_until && !handle->done()) {
+      ::sched_yield();
+      talked = peers_readable(0);
+    }
+    if (!talked && !handle->done()) peers_readable(1);
   }
   last_driven_us_.store(Timeline::now_us());
   drivers_.fetch_sub(1);
@@ -265,8 +276,10 @@ void Engine::wait_for_activity() {
   }
 }
 
-void Engine::progress_locked() {
-  while (!broken()) {
+void Engine::progress_locked(const Handle* until) {
+  // A caller stops once its own operation is done: a round the others start meanwhile is for
+  // their next operation, which this rank's caller will bring along if it returns quickly.
+  while (!broken() && !(until && until->done())) {
     bool news;
     {
       std::lock_guard<std::mutex> lock(queue_mutex_);

@@ -102,8 +102,8 @@ class Engine {
   // still arriving for the cycle time.
   void wait_for_activity();
   bool peers_readable(int timeout_ms);
-  // With comm_mutex_ held: rounds until no rank has news for this one.
-  void progress_locked();
+  // With comm_mutex_ held: rounds until no rank has news for this one (or `until` is done).
+  void progress_locked(const Handle* until = nullptr);
   void run_round();
   std::vector<int> members_of(const Descriptor& d);
   void apply_announcements(const RoundResult& round);
