@@ -160,6 +160,7 @@ void Engine::execute_inline_allreduce(Ready& item) {
   const int set_size = static_cast<int>(item.tensor.members.size());
   const int64_t start = Timeline::now_us();
   trace(item, "NEGOTIATE", item.local->submitted_us, item.ready_us);
+  trace(item, "QUEUE", item.ready_us, start);
   std::vector<const char*> contributions;
   for (std::vector<char>& data : item.tensor.inline_data) {
     if (request.prescale != 1.0) scale_by(data.data(), count, request.dtype, request.prescale);
