@@ -138,7 +138,7 @@ def _rows(seed, tag, set_rank):
 
 
 def _overlapping(seed):
-    """Async allreduce, allgather, reducescatter, broadcast (root: a rank within the set),
+    """Async allreduce, allgather, reducescatter, broadcast (root: the set's last member),
     alltoall and a grouped allreduce on every set this rank is in, in this rank's own order; then blocking ones; then every set is removed."""
     rank = rf.rank()
     sets = {tag: rf.add_process_set(ranks) for tag, ranks in OVERLAPPING.items()}
@@ -165,9 +165,9 @@ def _overlapping(seed):
             elif kind == "a2a":  # no splits: an even split over the set's members
                 x = _x(seed, name, rank, 2 * ps.size(), "int32")
                 handles[name] = rf.alltoall_async(x, name=name, process_set=ps)
-            elif kind == "bc":  # the root is a rank within the set: its last member
+            elif kind == "bc":  # root_rank is a rank of the job (Horovod): the set's last member
                 x = _x(seed, name, rank, 5, "float64")
-                root = ps.size() - 1
+                root = ps.ranks[-1]
                 handles[name] = rf.broadcast_async(x, root, name=name, process_set=ps)
             else:
                 xs = [_x(seed, f"{name}.{m}", rank, 3 + m) for m in range(3)]

@@ -122,7 +122,9 @@ def test_start_timeline(make_job, tmp_path):
     job = make_job(n, env={"RINGFLOW_TIMELINE": None}).start()
     results = job.call(_sequence, str(tmp_path), True, deadline=60)
     for rank, (path, outs, active, final) in enumerate(results):
-        assert path == str(tmp_path / f"timeline.{rank}.json")
+        # Rank 0 writes the path it was given, rank r > 0 "<stem>.rank<r>.json".
+        suffix = f".rank{rank}" if rank else ""
+        assert path == str(tmp_path / f"timeline.{rank}{suffix}.json")
         check_outputs(n, outs)
         assert isinstance(active, list), f"rank {rank}: while active, after a synchronize: {active}"
         check_trace(rank, final)

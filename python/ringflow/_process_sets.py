@@ -6,12 +6,13 @@ the same ranks, in the same order. Every collective takes ``process_set=``.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterable
 
 import numpy as np
 
 from ringflow import _core
-from ringflow._state import engine
+from ringflow._state import auto_name, engine
 
 __all__ = ["ProcessSet", "add_process_set", "global_process_set", "remove_process_set"]
 
@@ -76,10 +77,18 @@ def add_process_set(process_set: ProcessSet | Iterable[int]) -> ProcessSet:
         raise _core.InvalidArgumentError(
             f"process set ranks {ranks} must be a non-empty subset of 0 … {world - 1}"
         )
-    name = "process_set.add:" + ",".join(map(str, ranks))
-    tensor = _core.Tensor(_EMPTY, _core.DType.uint8, name)
+    # The ranks travel as the request's shape and checksum, so ranks that pass different lists
+    # get a MismatchError instead of waiting for each other.
+    members = np.asarray(ranks, np.int32)
+    checksum = zlib.crc32(members.tobytes()) & 0x7FFFFFFF
+    tensor = _core.Tensor(members, _core.DType.int32, auto_name("process_set.add", None))
     (handle,) = engine().submit(
-        _core.OpKind.add_process_set, [tensor], [None], set_ranks=ranks, synchronous=True
+        _core.OpKind.add_process_set,
+        [tensor],
+        [None],
+        root=checksum,
+        set_ranks=ranks,
+        synchronous=True,
     )
     engine().wait(handle)
     handle.rethrow()

@@ -230,6 +230,14 @@ std::vector<rf::HandlePtr> submit(rf::Engine& engine, rf::OpKind kind,
 
 // The engine-allocated output of an allgather / alltoall, as a numpy array that owns it.
 py::array take_output(rf::Handle& handle, const py::dtype& dtype) {
+  size_t elements = 1;
+  for (int64_t dim : handle.output_shape) elements *= static_cast<size_t>(dim);
+  if (!handle.done() || !handle.output.data ||
+      elements * static_cast<size_t>(dtype.itemsize()) != handle.output.bytes) {
+    throw rf::Error(rf::ErrorKind::kInvalidArgument,
+                    "take_output: the handle holds no finished output of that dtype (taken "
+                    "already, not done, or not an allgather/alltoall)");
+  }
   auto* owned = new std::unique_ptr<char[]>(std::move(handle.output.data));
   py::capsule owner(owned, [](void* p) { delete static_cast<std::unique_ptr<char[]>*>(p); });
   return py::array(dtype, handle.output_shape, owned->get(), owner);
@@ -351,9 +359,9 @@ PYBIND11_MODULE(_core, m) {
       .def("next_send_name", &rf::Engine::next_send_name, py::arg("dst"))
       .def("next_recv_name", &rf::Engine::next_recv_name, py::arg("src"))
       .def(
-          "start_timeline",
-          [](rf::Engine& e, const std::string& path) { e.timeline().start(path); }, py::arg("path"))
-      .def("stop_timeline", [](rf::Engine& e) { e.timeline().stop(); })
+          "start_timeline", [](rf::Engine& e, const std::string& path) { e.start_timeline(path); },
+          py::arg("path"))
+      .def("stop_timeline", &rf::Engine::stop_timeline)
       .def("stats", [](rf::Engine& e) {
         rf::EngineStats s = e.stats();
         py::dict d;

@@ -22,7 +22,7 @@ long long env_int(const char* name, long long fallback) {
   return parsed;
 }
 
-double env_seconds(const char* name, double fallback) {
+double env_number(const char* name, double fallback) {
   const char* value = std::getenv(name);
   if (!value || !*value) return fallback;
   char* end = nullptr;
@@ -90,9 +90,9 @@ EnvConfig read_env() {
                                    {"auto", "generic"});
   config.fusion_threshold = static_cast<size_t>(
       env_int("RINGFLOW_FUSION_THRESHOLD", static_cast<long long>(config.fusion_threshold)));
-  config.cycle_time_ms = env_seconds("RINGFLOW_CYCLE_TIME", config.cycle_time_ms);
-  config.stall_check_s = env_seconds("RINGFLOW_STALL_CHECK_TIME", config.stall_check_s);
-  config.stall_shutdown_s = env_seconds("RINGFLOW_STALL_SHUTDOWN_TIME", config.stall_shutdown_s);
+  config.cycle_time_ms = env_number("RINGFLOW_CYCLE_TIME", config.cycle_time_ms);
+  config.stall_check_s = env_number("RINGFLOW_STALL_CHECK_TIME", config.stall_check_s);
+  config.stall_shutdown_s = env_number("RINGFLOW_STALL_SHUTDOWN_TIME", config.stall_shutdown_s);
   config.cache_capacity = static_cast<size_t>(
       env_int("RINGFLOW_CACHE_CAPACITY", static_cast<long long>(config.cache_capacity)));
   config.timeline = env_string("RINGFLOW_TIMELINE", "");

@@ -41,6 +41,6 @@ const EnvConfig& env_config();
 // Helpers for parsing one variable; exposed for the few values read elsewhere.
 std::string env_string(const char* name, const std::string& fallback);
 long long env_int(const char* name, long long fallback);
-double env_seconds(const char* name, double fallback);  // a non-negative number
+double env_number(const char* name, double fallback);  // a non-negative number
 
 }  // namespace rf

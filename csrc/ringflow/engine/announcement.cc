@@ -104,7 +104,8 @@ RoundResult exchange_announcements(const CollectiveContext& ctx, const Announcem
         << "received a malformed negotiation message (inline data sizes)";
     out.inline_data.resize(h.inline_count);
     for (uint32_t i = 0; i < h.inline_count; ++i) {
-      out.inline_data[i].key = TensorKey{inline_headers[i].process_set, inline_headers[i].name_hash};
+      out.inline_data[i].key =
+          TensorKey{inline_headers[i].process_set, inline_headers[i].name_hash};
       out.inline_data[i].bytes.resize(inline_headers[i].bytes);
       take(out.inline_data[i].bytes.data(), inline_headers[i].bytes);
     }

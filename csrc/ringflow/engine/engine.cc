@@ -14,6 +14,7 @@
 #include "ringflow/common/check.h"
 #include "ringflow/common/env.h"
 #include "ringflow/engine/fusion.h"
+#include "ringflow/engine/settings_check.h"
 
 namespace rf {
 
@@ -59,8 +60,12 @@ Engine::Engine(const RuntimeOptions& options)
       wake_fd_(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {
   RF_CHECK(wake_fd_.valid(), kInternal) << "eventfd: " << std::strerror(errno);
   peer_fds_ = runtime_->transport().peer_fds();
+  if (size_ > 1) {
+    CollectiveContext ctx{runtime_->transport(), next_tag_++, Deadline::after_seconds(timeout_s_)};
+    check_settings_agree(ctx);
+  }
   if (!env_config().timeline.empty()) {
-    timeline_.start(timeline_path(env_config().timeline, rank_));
+    start_timeline(env_config().timeline);
   }
   thread_ = std::thread([this] { background(); });
 }
@@ -111,9 +116,12 @@ std::vector<HandlePtr> Engine::submit(std::vector<Submission> batch, bool synchr
           << ")";
       const int set_size = static_cast<int>(members.size());
       if (request.invalid_reason.empty() && request.kind == OpKind::kBroadcast &&
-          (request.root < 0 || request.root >= set_size)) {
-        request.invalid_reason = "root_rank " + std::to_string(request.root) +
-                                 " is out of range for " + std::to_string(set_size) + " ranks";
+          sets_.index_of(request.process_set, request.root) < 0) {
+        request.invalid_reason =
+            "root_rank " + std::to_string(request.root) +
+            (request.process_set == 0
+                 ? " is out of range for " + std::to_string(set_size) + " ranks"
+                 : " is not in process set " + std::to_string(request.process_set));
       }
       if (request.invalid_reason.empty() && request.kind == OpKind::kAlltoall &&
           submission.splits.size() != static_cast<size_t>(set_size)) {
@@ -193,6 +201,10 @@ bool Engine::peers_readable(int timeout_ms) {
 bool Engine::broken() {
   std::lock_guard<std::mutex> lock(queue_mutex_);
   return broken_.has_value() || closed_;
+}
+
+void Engine::start_timeline(const std::string& path) {
+  timeline_.start(timeline_path(path, rank_));
 }
 
 std::vector<int> Engine::process_set_ranks(int id) {

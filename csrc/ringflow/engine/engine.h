@@ -79,7 +79,10 @@ class Engine {
   // Names for point-to-point messages: the n-th message from src to dst, alike on both ends.
   std::string next_send_name(int dst);
   std::string next_recv_name(int src);
-  Timeline& timeline() { return timeline_; }
+  // Rank 0 writes `path`, rank r > 0 "<stem>.rank<r><ext>": one call with one path on every
+  // rank (as Horovod scripts do) gives one valid file per rank.
+  void start_timeline(const std::string& path);
+  void stop_timeline() { timeline_.stop(); }
   EngineStats stats();
 
  private:

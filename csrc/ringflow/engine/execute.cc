@@ -33,16 +33,6 @@ size_t planned_bytes(const PendingTensor& tensor) {
   return descriptor_elements(d) * dtype_size(static_cast<DType>(d.dtype));
 }
 
-bool fusible(OpKind kind) {
-  return kind == OpKind::kAllreduce || kind == OpKind::kAllgather || kind == OpKind::kReducescatter;
-}
-
-// Tensors that may share a bucket: same set, operation, dtype, op, scaling and group.
-bool same_bucket(const Descriptor& a, const Descriptor& b) {
-  return a.process_set == b.process_set && a.kind == b.kind && a.dtype == b.dtype && a.op == b.op &&
-         a.prescale == b.prescale && a.postscale == b.postscale && a.group_hash == b.group_hash;
-}
-
 const char* allreduce_phase(AllreduceAlgorithm algorithm) {
   return algorithm == AllreduceAlgorithm::kBruck ? "BRUCK_ALLREDUCE" : "RING_ALLREDUCE";
 }
@@ -60,11 +50,10 @@ void Engine::execute_ready(std::vector<PendingTensor> ready) {
     item.ready_us = now;
     items.push_back(std::move(item));
   }
-  // Plan: disagreeing tensors fail (on their members) and move nothing; control operations
-  // complete at once; fusible tensors join the first open bucket they fit.
-  std::vector<std::vector<size_t>> buckets;
-  std::vector<size_t> open;  // buckets that may still grow
-  std::vector<size_t> bucket_bytes;
+  // Disagreeing tensors fail (on their members) and move nothing; inline allreduces and control
+  // operations complete at once; the rest are planned into buckets.
+  std::vector<size_t> to_plan;
+  std::vector<PlanItem> plan;
   for (size_t i = 0; i < items.size(); ++i) {
     Ready& item = items[i];
     const Descriptor& d = item.tensor.by_member[0];
@@ -83,8 +72,8 @@ void Engine::execute_ready(std::vector<PendingTensor> ready) {
     }
     cache_.put(item.tensor.key, item.tensor.by_member);
     const auto& has_data = item.tensor.has_inline_data;
-    if (kind == OpKind::kAllreduce && std::all_of(has_data.begin(), has_data.end(),
-                                                  [](bool present) { return present; })) {
+    if (kind == OpKind::kAllreduce &&
+        std::all_of(has_data.begin(), has_data.end(), [](bool present) { return present; })) {
       if (item.local) execute_inline_allreduce(item);
       continue;
     }
@@ -93,31 +82,13 @@ void Engine::execute_ready(std::vector<PendingTensor> ready) {
       complete_control(item);
       continue;
     }
-    const size_t bytes = planned_bytes(item.tensor);
-    const bool grouped = d.group_size > 1;
-    bool placed = false;
-    if (fusible(kind) && fusion_threshold_ > 0 && (grouped || bytes < kFusionMaxTensorBytes)) {
-      for (size_t b : open) {
-        const Descriptor& first = items[buckets[b][0]].tensor.by_member[0];
-        if (same_bucket(first, d) && (grouped || bucket_bytes[b] + bytes <= fusion_threshold_)) {
-          buckets[b].push_back(i);
-          bucket_bytes[b] += bytes;
-          placed = true;
-          break;
-        }
-      }
-    }
-    if (!placed) {
-      if (fusible(kind) && fusion_threshold_ > 0 && (grouped || bytes < kFusionMaxTensorBytes)) {
-        open.push_back(buckets.size());
-      }
-      buckets.push_back({i});
-      bucket_bytes.push_back(bytes);
-    }
+    to_plan.push_back(i);
+    plan.push_back(PlanItem{&item.tensor.by_member[0], planned_bytes(item.tensor)});
   }
+  const std::vector<std::vector<size_t>> buckets = plan_buckets(plan, fusion_threshold_);
   for (const std::vector<size_t>& indices : buckets) {
     std::vector<Ready> bucket;
-    for (size_t i : indices) bucket.push_back(std::move(items[i]));
+    for (size_t i : indices) bucket.push_back(std::move(items[to_plan[i]]));
     execute(bucket, next_tag_++);
   }
   // Everything ready this round has finished (or failed): forget it.
@@ -214,8 +185,8 @@ void Engine::execute(std::vector<Ready>& bucket, uint64_t tag) {
         RF_THROW(kInternal) << "no executor for " << op_kind_name(first.kind);
     }
   } catch (const Error& error) {
-    std::string what = "rank " + std::to_string(rank_) + ": " + op_kind_name(first.kind) +
-                       " of tensor '" + first.name + "'";
+    std::string what = "rank " + std::to_string(rank_) + ": " +
+                       std::string(op_kind_name(first.kind)) + " of tensor '" + first.name + "'";
     if (bucket.size() > 1) what += " (fused with " + std::to_string(bucket.size() - 1) + " more)";
     throw Error(error.kind(), what + ": " + error.what());
   }
@@ -401,12 +372,16 @@ void Engine::execute_reducescatter(std::vector<Ready>& bucket, const CollectiveC
 void Engine::execute_broadcast(Ready& item, const CollectiveContext& ctx) {
   const Submission& s = item.local->submission;
   const size_t bytes = descriptor_elements(item.local->own) * dtype_size(s.request.dtype);
+  const std::vector<int>& members = item.tensor.members;
+  // root_rank is a rank of the job (as in Horovod); the algorithms count within the set.
+  const int root = static_cast<int>(
+      std::lower_bound(members.begin(), members.end(), s.request.root) - members.begin());
   const int64_t start = Timeline::now_us();
   if (choose_broadcast(bytes, ctx.size()) == BroadcastAlgorithm::kChain) {
-    chain_broadcast(ctx, s.in, bytes, s.request.root);
+    chain_broadcast(ctx, s.in, bytes, root);
     trace(item, "CHAIN_BROADCAST", start, Timeline::now_us());
   } else {
-    binomial_broadcast(ctx, s.in, bytes, s.request.root);
+    binomial_broadcast(ctx, s.in, bytes, root);
     trace(item, "BINOMIAL_BROADCAST", start, Timeline::now_us());
   }
 }

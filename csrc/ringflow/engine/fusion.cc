@@ -4,6 +4,48 @@
 
 namespace rf {
 
+namespace {
+
+bool fusible(OpKind kind) {
+  return kind == OpKind::kAllreduce || kind == OpKind::kAllgather || kind == OpKind::kReducescatter;
+}
+
+// Tensors that may share a bucket: same set, operation, dtype, op, scaling and group.
+bool same_bucket(const Descriptor& a, const Descriptor& b) {
+  return a.process_set == b.process_set && a.kind == b.kind && a.dtype == b.dtype && a.op == b.op &&
+         a.prescale == b.prescale && a.postscale == b.postscale && a.group_hash == b.group_hash;
+}
+
+}  // namespace
+
+std::vector<std::vector<size_t>> plan_buckets(const std::vector<PlanItem>& items,
+                                              size_t threshold) {
+  std::vector<std::vector<size_t>> buckets;
+  std::vector<size_t> bucket_bytes;
+  std::vector<size_t> open;  // buckets that may still grow
+  for (size_t i = 0; i < items.size(); ++i) {
+    const Descriptor& d = *items[i].descriptor;
+    const bool grouped = d.group_size > 1;
+    const bool fuse = fusible(static_cast<OpKind>(d.kind)) && threshold > 0 &&
+                      (grouped || items[i].bytes < kFusionMaxTensorBytes);
+    bool placed = false;
+    for (size_t b : fuse ? open : std::vector<size_t>{}) {
+      if (same_bucket(*items[buckets[b][0]].descriptor, d) &&
+          (grouped || bucket_bytes[b] + items[i].bytes <= threshold)) {
+        buckets[b].push_back(i);
+        bucket_bytes[b] += items[i].bytes;
+        placed = true;
+        break;
+      }
+    }
+    if (placed) continue;
+    if (fuse) open.push_back(buckets.size());
+    buckets.push_back({i});
+    bucket_bytes.push_back(items[i].bytes);
+  }
+  return buckets;
+}
+
 FusedLayout::FusedLayout(std::vector<std::vector<size_t>> bytes) : bytes_(std::move(bytes)) {
   const size_t slots = bytes_.empty() ? 0 : bytes_[0].size();
   slot_bytes_.assign(slots, 0);

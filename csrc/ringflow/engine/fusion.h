@@ -10,11 +10,25 @@
 #include <cstddef>
 #include <vector>
 
+#include "ringflow/engine/negotiation.h"
+
 namespace rf {
 
 // Tensors at least this large run on their own buffers: copying them into and out of the
 // fusion buffer costs more than the one operation's latency that fusing saves.
 constexpr size_t kFusionMaxTensorBytes = size_t{1} << 20;
+
+// What planning needs to know of a ready tensor (identical on every rank).
+struct PlanItem {
+  const Descriptor* descriptor;  // the first member's
+  size_t bytes;                  // what its operation moves
+};
+
+// Groups tensors into operations, in order: each fusible tensor (allreduce, allgather,
+// reducescatter, under kFusionMaxTensorBytes, or grouped) joins the first open bucket of the
+// same set, kind, dtype, op, scaling and group that it fits (threshold bytes; a group's bucket
+// takes the whole group); the others run alone. Returns indices into `items`, per operation.
+std::vector<std::vector<size_t>> plan_buckets(const std::vector<PlanItem>& items, size_t threshold);
 
 class FusedLayout {
  public:

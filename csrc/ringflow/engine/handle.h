@@ -1,11 +1,10 @@
 // The caller's side of one submitted request: done or not, the error it ended with, and the
 // output the engine allocated when only negotiation could tell its size (allgather, alltoall).
-// Finished handles answer without taking a lock, so synchronize() on one costs a load.
+// Finished handles answer without taking a lock, so synchronize() on one costs a load. Waiting
+// is the engine's job (Engine::wait drives it), not the handle's.
 #pragma once
 
 #include <atomic>
-#include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -29,8 +28,6 @@ struct OwnedBuffer {
 class Handle {
  public:
   bool done() const { return done_.load(std::memory_order_acquire); }
-  // Blocks until done or `timeout` passes; returns done().
-  bool wait_for(std::chrono::microseconds timeout);
   // Throws the stored error, if any (only after done()).
   void rethrow() const;
 
@@ -46,8 +43,7 @@ class Handle {
  private:
   std::atomic<bool> done_{false};
   std::optional<Error> error_;
-  std::mutex mutex_;
-  std::condition_variable finished_;
+  std::mutex mutex_;  // orders a failure's error before done
 };
 
 using HandlePtr = std::shared_ptr<Handle>;

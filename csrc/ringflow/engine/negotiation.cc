@@ -185,6 +185,13 @@ void check_agreement(const std::vector<Descriptor>& all, const std::vector<int>&
     require_same(all, ranks, rank, request, "root rank",
                  [](const Descriptor& d) { return std::to_string(d.root); });
   }
+  if (kind == OpKind::kAddProcessSet) {
+    require_same(all, ranks, rank, request, "ranks passed to add_process_set",
+                 [](const Descriptor& d) {
+                   return std::to_string(d.ndim ? d.dims[0] : 0) + " ranks (checksum " +
+                          std::to_string(d.root) + ")";
+                 });
+  }
   // allgather and alltoall may differ in the first dimension; everything else must match whole.
   const bool first_dim_free = kind == OpKind::kAllgather || kind == OpKind::kAlltoall;
   if (kind != OpKind::kBarrier && kind != OpKind::kAddProcessSet &&

@@ -1,6 +1,7 @@
 #include "ringflow/engine/tensor_table.h"
 
 #include <algorithm>
+#include <tuple>
 
 #include "ringflow/common/check.h"
 
@@ -74,10 +75,13 @@ void TensorTable::attach_inline_data(const TensorKey& key, int rank, std::vector
 
 std::vector<PendingTensor> TensorTable::take_ready() {
   // Members of a group leave together: count each group's ready members first.
-  std::unordered_map<uint64_t, uint32_t> group_ready;
+  auto group_of = [](const Descriptor& d) {
+    return std::make_tuple(d.process_set, d.kind, d.group_hash);
+  };
+  std::map<std::tuple<int32_t, uint8_t, uint64_t>, uint32_t> group_ready;
   for (const auto& [order, tensor] : by_order_) {
     if (tensor.missing == 0 && tensor.by_member[0].group_size > 1) {
-      ++group_ready[tensor.by_member[0].group_hash];
+      ++group_ready[group_of(tensor.by_member[0])];
     }
   }
   std::vector<PendingTensor> ready;
@@ -85,7 +89,7 @@ std::vector<PendingTensor> TensorTable::take_ready() {
     const PendingTensor& tensor = it->second;
     bool take = tensor.missing == 0;
     if (take && tensor.by_member[0].group_size > 1) {
-      take = group_ready[tensor.by_member[0].group_hash] >= tensor.by_member[0].group_size;
+      take = group_ready[group_of(tensor.by_member[0])] >= tensor.by_member[0].group_size;
     }
     if (!take) {
       ++it;
