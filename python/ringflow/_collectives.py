@@ -210,6 +210,17 @@ def barrier(process_set: ProcessSet | None = None, name: str | None = None) -> N
     wait(_submit(_K.barrier, [tensor], [None], ps=ps, sync=True))
 
 
+def join() -> int:
+    """This rank has no more data (uneven batches): until every rank has joined, it takes part
+    in the others' collectives with zeros (allreduce, reducescatter), no rows (allgather) or no
+    rows to send (alltoall); Average divides by the ranks that brought data. Blocks until every
+    rank has joined and returns the rank that joined last."""
+    tensor = _core.Tensor(_arrays.EMPTY, _core.DType.uint8, auto_name("join", None))
+    handles = _submit(_K.join, [tensor], [None], sync=True)
+    wait(handles)
+    return handles[0].value
+
+
 def _as_bytes(x: Any, what: str, writable: bool) -> np.ndarray:
     """x's bytes, or an error now: only this rank is at fault, its peer is not involved yet."""
     array, _ = _arrays.describe(x, what, writable=writable)

@@ -320,7 +320,8 @@ PYBIND11_MODULE(_core, m) {
       .value("barrier", rf::OpKind::kBarrier)
       .value("point_to_point", rf::OpKind::kPointToPoint)
       .value("add_process_set", rf::OpKind::kAddProcessSet)
-      .value("remove_process_set", rf::OpKind::kRemoveProcessSet);
+      .value("remove_process_set", rf::OpKind::kRemoveProcessSet)
+      .value("join", rf::OpKind::kJoin);
 
   py::class_<rf::Handle, rf::HandlePtr>(m, "Handle")
       .def("done", &rf::Handle::done)

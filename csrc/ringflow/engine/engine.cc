@@ -54,6 +54,7 @@ Engine::Engine(const RuntimeOptions& options)
       timeline_(options.rank),
       sends_to_(options.size, 0),
       recvs_from_(options.size, 0),
+      joined_(options.size, false),
       cache_(env_config().cache_capacity),
       fusion_buffer_(0),
       sets_(options.size),
@@ -381,7 +382,7 @@ void Engine::run_round() {
     stats_.cache_hits += mine.cache_ids.size();
   }
   apply_announcements(round);
-  execute_ready(table_.take_ready());
+  execute_ready(table_.take_ready(joined_));
   timeline_.flush();
 }
 
@@ -396,13 +397,16 @@ void Engine::apply_announcements(const RoundResult& round) {
       auto it = std::lower_bound(members.begin(), members.end(), r);
       RF_CHECK(it != members.end() && *it == r, kPeerFailure)
           << "rank " << r << " announced a cached tensor of a set it is not in";
-      table_.announce(agreed[it - members.begin()], r, members, now);
+      const Descriptor& d = agreed[it - members.begin()];
+      table_.announce(d, r, members, now);
+      if (d.kind == static_cast<uint8_t>(OpKind::kJoin)) joined_[r] = true;
     }
   }
   for (int r = 0; r < size_; ++r) {
     for (const Descriptor& d : round.by_rank[r].descriptors) {
       cache_.erase(key_of(d));  // the request changed (or was never cached)
       table_.announce(d, r, members_of(d), now);
+      if (d.kind == static_cast<uint8_t>(OpKind::kJoin)) joined_[r] = true;
     }
   }
   for (int r = 0; r < size_; ++r) {

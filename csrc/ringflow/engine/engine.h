@@ -91,6 +91,9 @@ class Engine {
     Descriptor own;
     HandlePtr handle;
     int64_t submitted_us = 0;
+    bool stand_in = false;  // join.cc: zeros for a rank that has joined
+    std::vector<char> zeros;
+    std::vector<char> result;
   };
   struct Ready {
     PendingTensor tensor;
@@ -111,8 +114,12 @@ class Engine {
   std::vector<int> members_of(const Descriptor& d);
   void apply_announcements(const RoundResult& round);
   void execute_ready(std::vector<PendingTensor> ready);
-  // No data to move: barrier, add/remove_process_set.
+  // No data to move: barrier, add/remove_process_set, join.
   void complete_control(Ready& tensor);
+  // join.cc: this rank's stand-in request for a tensor it did not submit because it has joined
+  // (null when it is not a member), and whether the operation can run with stand-ins at all.
+  std::unique_ptr<Local> stand_in_for(const PendingTensor& tensor, int64_t now);
+  bool can_stand_in(Ready& item);
   // execute.cc: one operation (a fused bucket or a single tensor) over its set.
   void execute(std::vector<Ready>& bucket, uint64_t tag);
   void execute_inline_allreduce(Ready& tensor);
@@ -150,6 +157,7 @@ class Engine {
   std::mutex comm_mutex_;
   std::unordered_map<TensorKey, std::unique_ptr<Local>, TensorKeyHash> announced_;
   TensorTable table_;
+  std::vector<bool> joined_;  // ranks that called join() and wait for the others
   ResponseCache cache_;
   ScratchBuffer fusion_buffer_;
   uint64_t next_tag_ = 1;

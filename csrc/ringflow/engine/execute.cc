@@ -42,12 +42,17 @@ const char* allreduce_phase(AllreduceAlgorithm algorithm) {
 void Engine::execute_ready(std::vector<PendingTensor> ready) {
   const int64_t now = Timeline::now_us();
   std::vector<Ready> items;
+  std::vector<std::unique_ptr<Local>> stand_ins;  // this rank's zeros while it has joined
   for (PendingTensor& tensor : ready) {
     Ready item;
     auto found = announced_.find(tensor.key);
     item.local = found == announced_.end() ? nullptr : found->second.get();
     item.tensor = std::move(tensor);
     item.ready_us = now;
+    if (!item.local) {
+      stand_ins.push_back(stand_in_for(item.tensor, now));
+      item.local = stand_ins.back().get();
+    }
     items.push_back(std::move(item));
   }
   // Disagreeing tensors fail (on their members) and move nothing; inline allreduces and control
@@ -70,7 +75,12 @@ void Engine::execute_ready(std::vector<PendingTensor> ready) {
       }
       continue;
     }
-    cache_.put(item.tensor.key, item.tensor.by_member);
+    if (kind == OpKind::kJoin) joined_.assign(size_, false);  // everyone joined: start afresh
+    if (item.tensor.contributors() == static_cast<int>(item.tensor.members.size())) {
+      cache_.put(item.tensor.key, item.tensor.by_member);
+    } else if (!can_stand_in(item)) {
+      continue;
+    }
     const auto& has_data = item.tensor.has_inline_data;
     if (kind == OpKind::kAllreduce &&
         std::all_of(has_data.begin(), has_data.end(), [](bool present) { return present; })) {
@@ -78,7 +88,7 @@ void Engine::execute_ready(std::vector<PendingTensor> ready) {
       continue;
     }
     if (kind == OpKind::kBarrier || kind == OpKind::kAddProcessSet ||
-        kind == OpKind::kRemoveProcessSet) {
+        kind == OpKind::kRemoveProcessSet || kind == OpKind::kJoin) {
       complete_control(item);
       continue;
     }
@@ -119,6 +129,8 @@ void Engine::complete_control(Ready& item) {
   } else if (submission.request.kind == OpKind::kRemoveProcessSet) {
     std::lock_guard<std::mutex> lock(sets_mutex_);
     sets_.remove(static_cast<int>(submission.request.root));
+  } else if (submission.request.kind == OpKind::kJoin) {
+    item.local->handle->value = item.tensor.last_announcer;
   }
   trace(item, "NEGOTIATE", item.local->submitted_us, item.ready_us);
   settle(*item.local, nullptr);
@@ -212,9 +224,11 @@ void Engine::execute_allreduce(std::vector<Ready>& bucket, const CollectiveConte
   const ReduceOp op = request.op;
   const size_t elem = dtype_size(dtype);
   const int set_size = ctx.size();
+  // Joined ranks stand in with zeros: Average is over the ranks that brought data.
+  const int contributors = bucket[0].tensor.contributors();
   const double postscale = request.postscale;
   auto finish = [=](void* data, size_t n) {
-    if (op == ReduceOp::kAverage) divide_by(data, n, dtype, set_size);
+    if (op == ReduceOp::kAverage) divide_by(data, n, dtype, contributors);
     scale_by(data, n, dtype, postscale);
   };
   auto run = [&](const void* in, void* out, size_t count, const std::vector<size_t>& chunks) {
@@ -330,6 +344,7 @@ void Engine::execute_reducescatter(std::vector<Ready>& bucket, const CollectiveC
   const size_t elem = dtype_size(dtype);
   const int set_size = ctx.size();
   const int me = ctx.rank();
+  const int contributors = bucket[0].tensor.contributors();
   std::vector<std::vector<size_t>> bytes;
   std::vector<const void*> sources;
   std::vector<void*> targets;
@@ -347,7 +362,7 @@ void Engine::execute_reducescatter(std::vector<Ready>& bucket, const CollectiveC
   const int64_t start = Timeline::now_us();
   if (bucket.size() == 1) {
     ring_reduce_scatter(ctx, sources[0], targets[0], counts, dtype, op);
-    if (op == ReduceOp::kAverage) divide_by(targets[0], counts[me], dtype, set_size);
+    if (op == ReduceOp::kAverage) divide_by(targets[0], counts[me], dtype, contributors);
     trace(bucket[0], "RING_REDUCESCATTER", start, Timeline::now_us());
     return;
   }
@@ -358,7 +373,7 @@ void Engine::execute_reducescatter(std::vector<Ready>& bucket, const CollectiveC
   pack_all(layout, sources, fused);
   const int64_t packed = Timeline::now_us();
   ring_reduce_scatter(ctx, fused, reduced, counts, dtype, op);
-  if (op == ReduceOp::kAverage) divide_by(reduced, counts[me], dtype, set_size);
+  if (op == ReduceOp::kAverage) divide_by(reduced, counts[me], dtype, contributors);
   const int64_t scattered = Timeline::now_us();
   unpack_slot(layout, me, reduced, targets);
   const int64_t end = Timeline::now_us();

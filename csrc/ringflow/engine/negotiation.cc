@@ -28,6 +28,8 @@ const char* op_kind_name(OpKind kind) {
       return "add_process_set";
     case OpKind::kRemoveProcessSet:
       return "remove_process_set";
+    case OpKind::kJoin:
+      return "join";
   }
   return "unknown";
 }
@@ -127,7 +129,7 @@ size_t descriptor_elements(const Descriptor& d) {
 void validate_descriptor(const Descriptor& d) {
   // Sizes a peer announces become allocations here: refuse what no real tensor could be.
   constexpr size_t kLimit = size_t{1} << 40;
-  RF_CHECK(d.kind >= 1 && d.kind <= static_cast<uint8_t>(OpKind::kRemoveProcessSet) &&
+  RF_CHECK(d.kind >= 1 && d.kind <= static_cast<uint8_t>(OpKind::kJoin) &&
                dtype_is_valid(d.dtype) && d.ndim >= 0 && d.ndim <= kMaxDims,
            kPeerFailure)
       << "received a malformed operation descriptor";
@@ -195,7 +197,7 @@ void check_agreement(const std::vector<Descriptor>& all, const std::vector<int>&
   // allgather and alltoall may differ in the first dimension; everything else must match whole.
   const bool first_dim_free = kind == OpKind::kAllgather || kind == OpKind::kAlltoall;
   if (kind != OpKind::kBarrier && kind != OpKind::kAddProcessSet &&
-      kind != OpKind::kRemoveProcessSet) {
+      kind != OpKind::kRemoveProcessSet && kind != OpKind::kJoin) {
     const char* field = first_dim_free                  ? "shape after the first dimension"
                         : kind == OpKind::kPointToPoint ? "message size in bytes (send vs recv)"
                                                         : "shape";

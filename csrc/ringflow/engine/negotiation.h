@@ -23,6 +23,7 @@ enum class OpKind : uint8_t {
   kPointToPoint = 7,   // send/recv: root = source, peer = destination
   kAddProcessSet = 8,  // registering a process set is itself negotiated, by every rank
   kRemoveProcessSet = 9,
+  kJoin = 10,  // this rank has no more data: it stands in with zeros until every rank joined
 };
 const char* op_kind_name(OpKind kind);
 

@@ -38,6 +38,7 @@ void TensorTable::announce(const Descriptor& d, int rank, const std::vector<int>
     tensor.missing = static_cast<int>(members.size());
     tensor.inline_data.resize(members.size());
     tensor.has_inline_data.assign(members.size(), false);
+    tensor.stand_in.assign(members.size(), false);
     tensor.first_seen = now;
     found = order_of_.emplace(key, next_order_).first;
     by_order_.emplace(next_order_++, std::move(tensor));
@@ -53,6 +54,7 @@ void TensorTable::announce(const Descriptor& d, int rank, const std::vector<int>
       << "rank " << rank << " announced tensor '" << tensor.name << "' twice";
   tensor.by_member[index] = d;
   tensor.announced[index] = true;
+  tensor.last_announcer = rank;
   --tensor.missing;
 }
 
@@ -73,7 +75,33 @@ void TensorTable::attach_inline_data(const TensorKey& key, int rank, std::vector
   tensor.has_inline_data[index] = true;
 }
 
-std::vector<PendingTensor> TensorTable::take_ready() {
+int PendingTensor::contributors() const {
+  int count = 0;
+  for (bool s : stand_in) count += s ? 0 : 1;
+  return count;
+}
+
+std::vector<PendingTensor> TensorTable::take_ready(const std::vector<bool>& joined) {
+  for (auto& [order, tensor] : by_order_) {
+    if (tensor.missing == 0 || tensor.kind == OpKind::kJoin ||
+        tensor.missing == static_cast<int>(tensor.members.size())) {
+      continue;
+    }
+    bool only_joined = true;
+    for (int r : tensor.missing_ranks()) only_joined = only_joined && joined[r];
+    if (!only_joined) continue;
+    size_t first = 0;
+    while (!tensor.announced[first]) ++first;
+    for (size_t i = 0; i < tensor.members.size(); ++i) {
+      if (tensor.announced[i]) continue;
+      tensor.by_member[i] = tensor.by_member[first];
+      if (tensor.kind == OpKind::kAllgather && tensor.by_member[i].ndim > 0) {
+        tensor.by_member[i].dims[0] = 0;
+      }
+      tensor.stand_in[i] = true;
+    }
+    tensor.missing = 0;
+  }
   // Members of a group leave together: count each group's ready members first.
   auto group_of = [](const Descriptor& d) {
     return std::make_tuple(d.process_set, d.kind, d.group_hash);

@@ -28,6 +28,10 @@ struct PendingTensor {
   int missing = 0;
   std::vector<std::vector<char>> inline_data;  // by member: small allreduce data, if sent
   std::vector<bool> has_inline_data;
+  std::vector<bool> stand_in;  // by member: a joined rank, contributing zeros (or no rows)
+  int last_announcer = -1;     // the rank whose announcement completed it (join's result)
+
+  int contributors() const;  // members that announced it themselves
   SteadyClock::time_point first_seen;
   bool warned = false;
 
@@ -43,8 +47,10 @@ class TensorTable {
                 SteadyClock::time_point now);
   // The data `rank` sent along with its announcement of `key` (announced this round or before).
   void attach_inline_data(const TensorKey& key, int rank, std::vector<char> bytes);
-  // Removes and returns the ready tensors, in first-announcement order.
-  std::vector<PendingTensor> take_ready();
+  // Removes and returns the ready tensors, in first-announcement order. A tensor that waits only
+  // for `joined` ranks is ready too: they stand in with the descriptor of its first announcer
+  // (no rows for an allgather).
+  std::vector<PendingTensor> take_ready(const std::vector<bool>& joined);
   std::map<uint64_t, PendingTensor>& pending() { return by_order_; }
   bool empty() const { return by_order_.empty(); }
 
