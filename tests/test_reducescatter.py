@@ -61,3 +61,22 @@ LARGE_COMBOS = [c for c in COMBOS if c[2] == "exact" or c[1] in ("Sum", "Average
 @pytest.mark.parametrize("n", ref.WORLD_SIZES)
 def test_reducescatter_large(pools, n, dtype_name, op, kind):
     run_and_check(pools, n, (ref.LARGE,), dtype_name, op, kind, name="large")
+
+
+def _scaled(grouped: bool):
+    rank = rf.rank()
+    xs = [np.arange(7 * 2, dtype=np.float64).reshape(7, 2) + rank + i for i in range(3)]
+    kwargs = {"op": rf.Average, "prescale_factor": 4.0, "postscale_factor": 0.5}
+    if grouped:
+        return rf.grouped_reducescatter(xs, name="scaled.group", **kwargs)
+    return [rf.reducescatter(x, name=f"scaled.{i}", **kwargs) for i, x in enumerate(xs)]
+
+
+@pytest.mark.parametrize("grouped", [False, True], ids=["single", "fused"])
+def test_reducescatter_scale_factors(pools, grouped):
+    n = 3
+    for rank, outs in enumerate(pools.call(n, _scaled, grouped)):
+        for i, out in enumerate(outs):
+            inputs = [np.arange(14, dtype=np.float64).reshape(7, 2) + r + i for r in range(n)]
+            full = sum(4.0 * x for x in inputs) / n * 0.5  # exact: small integers
+            ref.assert_exact(out, ref.reducescatter_block(full, n, rank), f"rank {rank} #{i}")

@@ -19,10 +19,21 @@ _NONE: list[int] = []
 
 
 def _submit(
-    kind, tensors, outs, op=Average, root=0, peer=0, ps=0, splits=_NONE, group="", sync=False
+    kind,
+    tensors,
+    outs,
+    op=Average,
+    root=0,
+    peer=0,
+    ps=0,
+    splits=_NONE,
+    group="",
+    sync=False,
+    pre=1.0,
+    post=1.0,
 ):
     return engine().submit(
-        kind, tensors, outs, op, root, peer, 1.0, 1.0, ps, splits, [], group, sync
+        kind, tensors, outs, op, root, peer, float(pre), float(post), ps, splits, [], group, sync
     )
 
 
@@ -109,7 +120,7 @@ def grouped_allgather_async(tensors: Sequence[Any], name=None, process_set=None)
 # -- reducescatter -----------------------------------------------------------------------------
 
 
-def _reducescatter(xs, op, name, process_set, grouped, sync):
+def _reducescatter(xs, op, name, process_set, grouped, sync, pre=1.0, post=1.0):
     ps = set_id(process_set)
     eng = engine()
     ranks = eng.process_set_ranks(ps)
@@ -124,29 +135,54 @@ def _reducescatter(xs, op, name, process_set, grouped, sync):
         tensors.append(tensor)
         outs.append(np.empty((mine, *array.shape[1:]), dtype=array.dtype))
     handles = _submit(
-        _K.reducescatter, tensors, outs, op=op, ps=ps, group=base if grouped else "", sync=sync
+        _K.reducescatter,
+        tensors,
+        outs,
+        op=op,
+        ps=ps,
+        group=base if grouped else "",
+        sync=sync,
+        pre=pre,
+        post=post,
     )
     return _finish(handles, sync, (xs, outs), lambda _: outs if grouped else outs[0])
 
 
-def reducescatter(x: Any, op=Average, name=None, process_set=None) -> np.ndarray:
+def reducescatter(
+    x: Any, op=Average, name=None, process_set=None, prescale_factor=1.0, postscale_factor=1.0
+) -> np.ndarray:
     """Reduce x over the ranks and return this rank's block of the first dimension.
 
     Blocks are as `np.array_split` makes them: the first (rows % size) ranks get one more row.
+    prescale_factor multiplies the input first, postscale_factor the result (as for allreduce).
     """
-    return _reducescatter([x], op, name, process_set, False, True)
+    return _reducescatter(
+        [x], op, name, process_set, False, True, prescale_factor, postscale_factor
+    )
 
 
-def reducescatter_async(x, op=Average, name=None, process_set=None) -> Handle:
-    return _reducescatter([x], op, name, process_set, False, False)
+def reducescatter_async(
+    x, op=Average, name=None, process_set=None, prescale_factor=1.0, postscale_factor=1.0
+) -> Handle:
+    return _reducescatter(
+        [x], op, name, process_set, False, False, prescale_factor, postscale_factor
+    )
 
 
-def grouped_reducescatter(tensors, op=Average, name=None, process_set=None) -> list:
-    return _reducescatter(list(tensors), op, name, process_set, True, True)
+def grouped_reducescatter(
+    tensors, op=Average, name=None, process_set=None, prescale_factor=1.0, postscale_factor=1.0
+) -> list:
+    return _reducescatter(
+        list(tensors), op, name, process_set, True, True, prescale_factor, postscale_factor
+    )
 
 
-def grouped_reducescatter_async(tensors, op=Average, name=None, process_set=None) -> Handle:
-    return _reducescatter(list(tensors), op, name, process_set, True, False)
+def grouped_reducescatter_async(
+    tensors, op=Average, name=None, process_set=None, prescale_factor=1.0, postscale_factor=1.0
+) -> Handle:
+    return _reducescatter(
+        list(tensors), op, name, process_set, True, False, prescale_factor, postscale_factor
+    )
 
 
 # -- alltoall ----------------------------------------------------------------------------------

@@ -359,10 +359,22 @@ void Engine::execute_reducescatter(std::vector<Ready>& bucket, const CollectiveC
   FusedLayout layout(std::move(bytes));
   std::vector<size_t> counts = layout.slot_bytes();
   for (size_t& c : counts) c /= elem;
+  // Average's division and postscale on this rank's reduced block.
+  auto finish = [&](void* block) {
+    if (op == ReduceOp::kAverage) divide_by(block, counts[me], dtype, contributors);
+    scale_by(block, counts[me], dtype, request.postscale);
+  };
   const int64_t start = Timeline::now_us();
   if (bucket.size() == 1) {
-    ring_reduce_scatter(ctx, sources[0], targets[0], counts, dtype, op);
-    if (op == ReduceOp::kAverage) divide_by(targets[0], counts[me], dtype, contributors);
+    const void* source = sources[0];
+    if (request.prescale != 1.0) {  // on a copy: the caller's input stays as it was
+      fusion_buffer_.reserve(layout.total_bytes());
+      std::memcpy(fusion_buffer_.data(), source, layout.total_bytes());
+      scale_by(fusion_buffer_.data(), layout.total_bytes() / elem, dtype, request.prescale);
+      source = fusion_buffer_.data();
+    }
+    ring_reduce_scatter(ctx, source, targets[0], counts, dtype, op);
+    finish(targets[0]);
     trace(bucket[0], "RING_REDUCESCATTER", start, Timeline::now_us());
     return;
   }
@@ -371,9 +383,12 @@ void Engine::execute_reducescatter(std::vector<Ready>& bucket, const CollectiveC
   char* fused = fusion_buffer_.data();
   char* reduced = fused + layout.total_bytes();
   pack_all(layout, sources, fused);
+  if (request.prescale != 1.0) {
+    scale_by(fused, layout.total_bytes() / elem, dtype, request.prescale);
+  }
   const int64_t packed = Timeline::now_us();
   ring_reduce_scatter(ctx, fused, reduced, counts, dtype, op);
-  if (op == ReduceOp::kAverage) divide_by(reduced, counts[me], dtype, contributors);
+  finish(reduced);
   const int64_t scattered = Timeline::now_us();
   unpack_slot(layout, me, reduced, targets);
   const int64_t end = Timeline::now_us();

@@ -172,7 +172,7 @@ void check_agreement(const std::vector<Descriptor>& all, const std::vector<int>&
       return std::string(reduce_op_name(static_cast<ReduceOp>(d.op)));
     });
   }
-  if (kind == OpKind::kAllreduce) {
+  if (kind == OpKind::kAllreduce || kind == OpKind::kReducescatter) {
     auto number = [](double value) {
       std::ostringstream text;
       text << value;

@@ -1,0 +1,200 @@
+"""Differentiable collectives: the gradient of a collective is the matching collective.
+
+Every rank must run backward through the same collectives in the same order (as forward). The
+gradients follow Horovod's conventions:
+
+- allreduce Sum/Average: the same allreduce of the output gradients (with the same scaling).
+- allgather: this rank's rows of the Average allreduce of the output gradients (Horovod's
+  choice: the gradient of the ranks' mean loss, not of their sum).
+- broadcast: the Average allreduce of the output gradients on the root, zeros elsewhere.
+- alltoall: the alltoall of the output gradients, back along the received splits.
+- reducescatter Sum/Average: the allgather of the output gradients (divided by the set size for
+  Average, times the scaling factors).
+- allreduce / reducescatter Min, Max and Product (where Horovod returns the same allreduce of the
+  gradients, which is not their derivative): the exact derivative, from an allgather of every
+  rank's input; ties of Min/Max share the gradient evenly, like torch.amin/amax.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ringflow import _core
+from ringflow._process_sets import set_id
+from ringflow._state import engine
+from ringflow.torch import _ops
+
+_R = _core.ReduceOp
+_LINEAR = (_R.Sum, _R.Average)
+_REDUCERS = {_R.Min: torch.amin, _R.Max: torch.amax, _R.Product: torch.prod}
+
+
+def needs_grad(tensors) -> bool:
+    return torch.is_grad_enabled() and any(
+        isinstance(t, torch.Tensor) and t.requires_grad for t in tensors
+    )
+
+
+def _set_rank(ps) -> int:
+    eng = engine()
+    ranks = eng.process_set_ranks(set_id(ps))
+    return ranks.index(eng.rank) if eng.rank in ranks else 0
+
+
+def _reduction_grad(x, total_grad, op, pre, post, ps) -> torch.Tensor:
+    """d/dx of <total_grad, post * reduce over ranks of (pre * x_r)>, with the reduction redone
+    locally from every rank's x (an allgather), so autograd gives the exact derivative."""
+    stack = _ops.allgather([x.detach().unsqueeze(0)], None, ps, sync=True)
+    with torch.enable_grad():
+        stack = stack.to(total_grad.dtype).requires_grad_()
+        reduced = _REDUCERS[op](stack * pre, dim=0) * post
+        (grad,) = torch.autograd.grad(reduced, stack, total_grad)
+    return grad[_set_rank(ps)]
+
+
+# -- allreduce -------------------------------------------------------------------------------
+
+
+class _Allreduce(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, grouped, op, name, pre, post, ps, *tensors):
+        ctx.args = (grouped, op, pre, post, ps)
+        if op not in _LINEAR:
+            ctx.save_for_backward(*tensors)
+        out = _ops.allreduce(list(tensors), op, name, pre, post, ps, False, True, grouped)
+        return tuple(out) if grouped else out
+
+    @staticmethod
+    def backward(ctx, *grads):
+        grouped, op, pre, post, ps = ctx.args
+        grads = [g.contiguous() for g in grads]
+        if op in _LINEAR:
+            out = allreduce(grads, op, None, pre, post, ps, grouped)
+        else:
+            totals = allreduce(grads, _R.Sum, None, 1.0, 1.0, ps, grouped)
+            saved = ctx.saved_tensors
+            out = [_reduction_grad(x, g, op, pre, post, ps) for x, g in zip(saved, totals)]
+        return (None,) * 6 + tuple(out)
+
+
+def allreduce(tensors: list, op, name, pre, post, ps, grouped: bool) -> list[torch.Tensor]:
+    """Allreduce into new tensors, recorded for autograd when an input requires grad."""
+    if needs_grad(tensors):
+        out = _Allreduce.apply(grouped, op, name, pre, post, ps, *tensors)
+        return list(out) if grouped else [out]
+    out = _ops.allreduce(tensors, op, name, pre, post, ps, False, True, grouped)
+    return out if grouped else [out]
+
+
+# -- allgather -------------------------------------------------------------------------------
+
+
+class _Allgather(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, grouped, name, ps, *tensors):
+        ctx.args = (grouped, ps)
+        ctx.rows = [t.shape[0] if t.dim() else 0 for t in tensors]
+        out = _ops.allgather(list(tensors), name, ps, True, grouped)
+        return tuple(out) if grouped else out
+
+    @staticmethod
+    def backward(ctx, *grads):
+        grouped, ps = ctx.args
+        reduced = allreduce([g.contiguous() for g in grads], _R.Average, None, 1, 1, ps, grouped)
+        rows = _ops.allgather([torch.tensor([ctx.rows], dtype=torch.int64)], None, ps, True)
+        offsets = rows[: _set_rank(ps)].sum(0).tolist()
+        out = [g.narrow(0, o, r) for g, o, r in zip(reduced, offsets, ctx.rows)]
+        return (None,) * 3 + tuple(out)
+
+
+def allgather(tensors: list, name, ps, grouped: bool) -> list[torch.Tensor]:
+    if needs_grad(tensors):
+        out = _Allgather.apply(grouped, name, ps, *tensors)
+        return list(out) if grouped else [out]
+    out = _ops.allgather(tensors, name, ps, True, grouped)
+    return out if grouped else [out]
+
+
+# -- broadcast -------------------------------------------------------------------------------
+
+
+class _Broadcast(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, tensor, root_rank, name, ps):
+        ctx.args = (root_rank, ps)
+        return _ops.broadcast(tensor, root_rank, name, ps, False, True)
+
+    @staticmethod
+    def backward(ctx, grad):
+        root_rank, ps = ctx.args
+        (reduced,) = allreduce([grad.contiguous()], _R.Average, None, 1.0, 1.0, ps, False)
+        if engine().rank != root_rank:
+            reduced = torch.zeros_like(reduced)
+        return reduced, None, None, None
+
+
+def broadcast(tensor, root_rank: int, name, ps) -> torch.Tensor:
+    if needs_grad([tensor]):
+        return _Broadcast.apply(tensor, root_rank, name, ps)
+    return _ops.broadcast(tensor, root_rank, name, ps, False, True)
+
+
+# -- alltoall --------------------------------------------------------------------------------
+
+
+class _Alltoall(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, tensor, splits, name, ps):
+        out, received = _ops.alltoall(tensor, splits, name, ps, True)
+        ctx.args = (received, ps)
+        ctx.mark_non_differentiable(received)
+        return out, received
+
+    @staticmethod
+    def backward(ctx, grad, _received_grad):
+        received, ps = ctx.args
+        back, _ = alltoall(grad.contiguous(), received, None, ps)
+        return back, None, None, None
+
+
+def alltoall(tensor, splits, name, ps) -> tuple[torch.Tensor, torch.Tensor]:
+    if needs_grad([tensor]):
+        return _Alltoall.apply(tensor, splits, name, ps)
+    return _ops.alltoall(tensor, splits, name, ps, True)
+
+
+# -- reducescatter ---------------------------------------------------------------------------
+
+
+class _Reducescatter(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, grouped, op, name, pre, post, ps, *tensors):
+        ctx.args = (grouped, op, pre, post, ps)
+        if op not in _LINEAR:
+            ctx.save_for_backward(*tensors)
+        out = _ops.reducescatter(list(tensors), op, name, pre, post, ps, True, grouped)
+        return tuple(out) if grouped else out
+
+    @staticmethod
+    def backward(ctx, *grads):
+        grouped, op, pre, post, ps = ctx.args
+        full = allgather([g.contiguous() for g in grads], None, ps, grouped)
+        if op in _LINEAR:
+            out = full
+            if op == _R.Average:
+                size = len(engine().process_set_ranks(set_id(ps)))
+                out = [g / size for g in out]
+            if pre * post != 1.0:
+                out = [g * (pre * post) for g in out]
+        else:
+            saved = ctx.saved_tensors
+            out = [_reduction_grad(x, g, op, pre, post, ps) for x, g in zip(saved, full)]
+        return (None,) * 6 + tuple(out)
+
+
+def reducescatter(tensors: list, op, name, pre, post, ps, grouped: bool) -> list[torch.Tensor]:
+    if needs_grad(tensors):
+        out = _Reducescatter.apply(grouped, op, name, pre, post, ps, *tensors)
+        return list(out) if grouped else [out]
+    out = _ops.reducescatter(tensors, op, name, pre, post, ps, True, grouped)
+    return out if grouped else [out]

@@ -1,0 +1,361 @@
+"""Horovod's collectives on CPU torch tensors, with its names, arguments and defaults.
+
+Forms: ``op`` returns a new tensor and is differentiable; ``op_`` works in place and returns its
+input; ``op_async`` / ``op_async_`` return a handle for `synchronize` (which returns what the
+blocking form would) and `poll`; ``grouped_op`` runs several tensors as one fused operation.
+
+Semantics: ``op`` defaults to Average; the legacy ``average=True/False`` means Average/Sum and
+cannot be combined with ``op``. ``root_rank`` is a rank of the job. ``process_set`` takes a
+`ringflow.ProcessSet`. Every rank (of the set) calls every collective in the same order; errors
+(including a CUDA tensor on any rank) raise `ringflow.Error` subclasses on every rank.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import torch
+
+import ringflow as _rf
+from ringflow import _core
+from ringflow._handles import Handle, poll, synchronize
+from ringflow._process_sets import ProcessSet, global_process_set
+from ringflow.torch import _autograd, _ops
+from ringflow.torch.compression import Compression
+
+__all__ = [
+    "Average",
+    "Max",
+    "Min",
+    "ProcessSet",
+    "Product",
+    "Sum",
+    "allgather",
+    "allgather_async",
+    "allreduce",
+    "allreduce_",
+    "allreduce_async",
+    "allreduce_async_",
+    "alltoall",
+    "alltoall_async",
+    "barrier",
+    "broadcast",
+    "broadcast_",
+    "broadcast_async",
+    "broadcast_async_",
+    "global_process_set",
+    "grouped_allgather",
+    "grouped_allgather_async",
+    "grouped_allreduce",
+    "grouped_allreduce_",
+    "grouped_allreduce_async",
+    "grouped_allreduce_async_",
+    "grouped_reducescatter",
+    "grouped_reducescatter_async",
+    "join",
+    "poll",
+    "reducescatter",
+    "reducescatter_async",
+    "sparse_allreduce_async",
+    "synchronize",
+]
+
+Sum = _core.ReduceOp.Sum
+Average = _core.ReduceOp.Average
+Min = _core.ReduceOp.Min
+Max = _core.ReduceOp.Max
+Product = _core.ReduceOp.Product
+
+_GLOBAL = global_process_set
+
+
+def _op(op, average) -> _core.ReduceOp:
+    """Horovod's rule: op wins, average=True/False is the deprecated spelling, default Average."""
+    if op is not None:
+        if average is not None:
+            raise ValueError("the op parameter supersedes average; pass only one of them")
+        return op
+    if average is not None:
+        warnings.warn(
+            "average= is deprecated (as in Horovod); pass op=Average or op=Sum",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        return Average if average else Sum
+    return Average
+
+
+# -- allreduce -------------------------------------------------------------------------------
+
+
+def allreduce(
+    tensor,
+    average=None,
+    name=None,
+    compression=Compression.none,
+    op=None,
+    prescale_factor=1.0,
+    postscale_factor=1.0,
+    process_set=_GLOBAL,
+) -> torch.Tensor:
+    """Reduce tensor over the ranks into a new tensor (differentiable).
+
+    A sparse COO tensor goes through `sparse_allreduce_async` (Average/Sum only). compression
+    casts floating-point tensors for the transfer (e.g. ``Compression.fp16``).
+    """
+    op = _op(op, average)
+    if isinstance(tensor, torch.Tensor) and tensor.is_sparse:
+        return synchronize(sparse_allreduce_async(tensor, name, op, process_set))
+    compressed, ctx = compression.compress(tensor)
+    (out,) = _autograd.allreduce(
+        [compressed], op, name, prescale_factor, postscale_factor, process_set, False
+    )
+    return compression.decompress(out, ctx)
+
+
+def allreduce_async(
+    tensor,
+    average=None,
+    name=None,
+    op=None,
+    prescale_factor=1.0,
+    postscale_factor=1.0,
+    process_set=_GLOBAL,
+) -> Handle:
+    """Start an allreduce into a new tensor; `synchronize` returns it."""
+    op = _op(op, average)
+    if isinstance(tensor, torch.Tensor) and tensor.is_sparse:
+        return sparse_allreduce_async(tensor, name, op, process_set)
+    return _ops.allreduce(
+        [tensor], op, name, prescale_factor, postscale_factor, process_set, False, False
+    )
+
+
+def allreduce_(
+    tensor,
+    average=None,
+    name=None,
+    op=None,
+    prescale_factor=1.0,
+    postscale_factor=1.0,
+    process_set=_GLOBAL,
+) -> torch.Tensor:
+    """Reduce tensor over the ranks in place; returns tensor (not differentiable)."""
+    op = _op(op, average)
+    return _ops.allreduce(
+        [tensor], op, name, prescale_factor, postscale_factor, process_set, True, True
+    )
+
+
+def allreduce_async_(
+    tensor,
+    average=None,
+    name=None,
+    op=None,
+    prescale_factor=1.0,
+    postscale_factor=1.0,
+    process_set=_GLOBAL,
+) -> Handle:
+    """Start an in-place allreduce; `synchronize` returns tensor."""
+    op = _op(op, average)
+    return _ops.allreduce(
+        [tensor], op, name, prescale_factor, postscale_factor, process_set, True, False
+    )
+
+
+def grouped_allreduce(
+    tensors: Sequence[torch.Tensor],
+    average=None,
+    name=None,
+    compression=Compression.none,
+    op=None,
+    prescale_factor=1.0,
+    postscale_factor=1.0,
+    process_set=_GLOBAL,
+) -> list[torch.Tensor]:
+    """Allreduce several tensors as one fused operation into new tensors (differentiable)."""
+    op = _op(op, average)
+    pairs = [compression.compress(t) for t in tensors]
+    outs = _autograd.allreduce(
+        [c for c, _ in pairs], op, name, prescale_factor, postscale_factor, process_set, True
+    )
+    return [compression.decompress(o, ctx) for o, (_, ctx) in zip(outs, pairs)]
+
+
+def grouped_allreduce_async(
+    tensors,
+    average=None,
+    name=None,
+    op=None,
+    prescale_factor=1.0,
+    postscale_factor=1.0,
+    process_set=_GLOBAL,
+) -> Handle:
+    op = _op(op, average)
+    return _ops.allreduce(
+        list(tensors), op, name, prescale_factor, postscale_factor, process_set, False, False, True
+    )
+
+
+def grouped_allreduce_(
+    tensors,
+    average=None,
+    name=None,
+    op=None,
+    prescale_factor=1.0,
+    postscale_factor=1.0,
+    process_set=_GLOBAL,
+) -> list[torch.Tensor]:
+    op = _op(op, average)
+    return _ops.allreduce(
+        list(tensors), op, name, prescale_factor, postscale_factor, process_set, True, True, True
+    )
+
+
+def grouped_allreduce_async_(
+    tensors,
+    average=None,
+    name=None,
+    op=None,
+    prescale_factor=1.0,
+    postscale_factor=1.0,
+    process_set=_GLOBAL,
+) -> Handle:
+    op = _op(op, average)
+    return _ops.allreduce(
+        list(tensors), op, name, prescale_factor, postscale_factor, process_set, True, False, True
+    )
+
+
+def sparse_allreduce_async(tensor, name=None, op=Average, process_set=_GLOBAL) -> Handle:
+    """Allreduce a sparse COO tensor by allgathering every rank's indices and values;
+    `synchronize` returns an uncoalesced sparse tensor (Average divides the values)."""
+    return _ops.sparse_allreduce(tensor, name, op, process_set, False)
+
+
+# -- allgather -------------------------------------------------------------------------------
+
+
+def allgather(tensor, name=None, process_set=_GLOBAL) -> torch.Tensor:
+    """Concatenate every rank's tensor along dimension 0, in rank order (differentiable).
+    The first dimension may differ between ranks."""
+    return _autograd.allgather([tensor], name, process_set, False)[0]
+
+
+def allgather_async(tensor, name=None, process_set=_GLOBAL) -> Handle:
+    return _ops.allgather([tensor], name, process_set, False)
+
+
+def grouped_allgather(tensors, name=None, process_set=_GLOBAL) -> list[torch.Tensor]:
+    return _autograd.allgather(list(tensors), name, process_set, True)
+
+
+def grouped_allgather_async(tensors, name=None, process_set=_GLOBAL) -> Handle:
+    return _ops.allgather(list(tensors), name, process_set, False, True)
+
+
+# -- broadcast -------------------------------------------------------------------------------
+
+
+def broadcast(tensor, root_rank, name=None, process_set=_GLOBAL) -> torch.Tensor:
+    """A new tensor holding root_rank's tensor, on every rank (differentiable)."""
+    return _autograd.broadcast(tensor, root_rank, name, process_set)
+
+
+def broadcast_(tensor, root_rank, name=None, process_set=_GLOBAL) -> torch.Tensor:
+    """Overwrite tensor with root_rank's; returns tensor."""
+    return _ops.broadcast(tensor, root_rank, name, process_set, True, True)
+
+
+def broadcast_async(tensor, root_rank, name=None, process_set=_GLOBAL) -> Handle:
+    return _ops.broadcast(tensor, root_rank, name, process_set, False, False)
+
+
+def broadcast_async_(tensor, root_rank, name=None, process_set=_GLOBAL) -> Handle:
+    return _ops.broadcast(tensor, root_rank, name, process_set, True, False)
+
+
+# -- alltoall --------------------------------------------------------------------------------
+
+
+def alltoall(tensor, splits=None, name=None, process_set=_GLOBAL):
+    """Send splits[i] rows of tensor to rank i (differentiable); rows received come back in rank
+    order. Without splits: the output (dimension 0 divided evenly); with splits, like Horovod:
+    (output, received splits as an int32 tensor)."""
+    out, received = _autograd.alltoall(tensor, splits, name, process_set)
+    return out if splits is None else (out, received)
+
+
+def alltoall_async(tensor, splits=None, name=None, process_set=_GLOBAL) -> Handle:
+    """`synchronize` returns (output, received splits)."""
+    return _ops.alltoall(tensor, splits, name, process_set, False)
+
+
+# -- reducescatter ---------------------------------------------------------------------------
+
+
+def reducescatter(
+    tensor,
+    name=None,
+    compression=Compression.none,
+    op=Average,
+    process_set=_GLOBAL,
+    prescale_factor=1.0,
+    postscale_factor=1.0,
+) -> torch.Tensor:
+    """Reduce tensor over the ranks; this rank's block of dimension 0 (differentiable).
+    Blocks as torch.tensor_split makes them: the first (rows % size) ranks get one more row."""
+    compressed, ctx = compression.compress(tensor)
+    (out,) = _autograd.reducescatter(
+        [compressed], op, name, prescale_factor, postscale_factor, process_set, False
+    )
+    return compression.decompress(out, ctx)
+
+
+def reducescatter_async(
+    tensor, name=None, op=Average, process_set=_GLOBAL, prescale_factor=1.0, postscale_factor=1.0
+) -> Handle:
+    return _ops.reducescatter(
+        [tensor], op, name, prescale_factor, postscale_factor, process_set, False
+    )
+
+
+def grouped_reducescatter(
+    tensors,
+    name=None,
+    compression=Compression.none,
+    op=Average,
+    process_set=_GLOBAL,
+    prescale_factor=1.0,
+    postscale_factor=1.0,
+) -> list[torch.Tensor]:
+    pairs = [compression.compress(t) for t in tensors]
+    outs = _autograd.reducescatter(
+        [c for c, _ in pairs], op, name, prescale_factor, postscale_factor, process_set, True
+    )
+    return [compression.decompress(o, ctx) for o, (_, ctx) in zip(outs, pairs)]
+
+
+def grouped_reducescatter_async(
+    tensors, name=None, op=Average, process_set=_GLOBAL, prescale_factor=1.0, postscale_factor=1.0
+) -> Handle:
+    return _ops.reducescatter(
+        list(tensors), op, name, prescale_factor, postscale_factor, process_set, False, True
+    )
+
+
+# -- synchronisation -------------------------------------------------------------------------
+
+
+def barrier(process_set: ProcessSet = _GLOBAL) -> None:
+    """Return once every rank (of process_set) has called barrier()."""
+    _rf.barrier(process_set=process_set)
+
+
+def join(device: int = -1) -> int:
+    """This rank has no more batches: it stands in for the others' collectives (zeros for
+    allreduce) until every rank has joined; returns the rank that joined last. device is
+    Horovod's and ignored (CPU only)."""
+    del device
+    return _rf.join()
