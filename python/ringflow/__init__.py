@@ -221,6 +221,7 @@ def stop_timeline() -> None:
 
 
 def engine_stats() -> dict[str, int]:
-    """Counters since init: negotiation rounds and bytes, response-cache hits, operations run,
-    fused operations and the tensors they carried."""
+    """Counters since init: negotiation rounds and bytes, response-cache hits, operations run
+    (`responses`; a fused bucket counts once), small allreduces reduced from the round's own data
+    (`inline_allreduces`, not in `responses`), fused operations and the tensors they carried."""
     return dict(_engine().stats())

@@ -370,6 +370,7 @@ PYBIND11_MODULE(_core, m) {
         d["negotiation_bytes"] = s.negotiation_bytes;
         d["cache_hits"] = s.cache_hits;
         d["responses"] = s.responses;
+        d["inline_allreduces"] = s.inline_allreduces;
         d["fused_ops"] = s.fused_ops;
         d["fused_tensors"] = s.fused_tensors;
         return d;

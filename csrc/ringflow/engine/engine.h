@@ -50,6 +50,7 @@ struct EngineStats {
   uint64_t negotiation_bytes = 0;  // announcement bytes this rank sent
   uint64_t cache_hits = 0;         // tensors announced by cache id
   uint64_t responses = 0;          // operations run (a fused bucket counts once)
+  uint64_t inline_allreduces = 0;  // small allreduces reduced from the round's own data
   uint64_t fused_ops = 0;          // operations that carried more than one tensor
   uint64_t fused_tensors = 0;      // tensors that travelled in them
 };

@@ -154,6 +154,10 @@ void Engine::execute_inline_allreduce(Ready& item) {
   if (request.op == ReduceOp::kAverage) divide_by(out, count, request.dtype, set_size);
   scale_by(out, count, request.dtype, request.postscale);
   trace(item, "INLINE_ALLREDUCE", start, Timeline::now_us());
+  {
+    std::lock_guard<std::mutex> lock(stats_mutex_);
+    ++stats_.inline_allreduces;
+  }
   settle(*item.local, nullptr);
 }
 
