@@ -60,8 +60,8 @@ def _broadcast(x, root_rank, name, process_set, in_place, sync):
 
 
 def broadcast_(x: Any, root_rank: int, name=None, process_set: ProcessSet | None = None) -> Any:
-    """Overwrite x on every rank with root_rank's x (root_rank counts within the process set);
-    returns x itself."""
+    """Overwrite x on every rank with root_rank's x (root_rank is a rank of the job, as in
+    Horovod, and must belong to process_set); returns x itself."""
     return _broadcast(x, root_rank, name, process_set, True, True)
 
 

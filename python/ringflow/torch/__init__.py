@@ -12,8 +12,6 @@ raises it.
 
 from __future__ import annotations
 
-import contextlib
-
 import ringflow as _rf
 from ringflow import (
     Error,
@@ -26,7 +24,6 @@ from ringflow import (
     cross_rank,
     cross_size,
     global_process_set,
-    init,
     is_initialized,
     local_rank,
     local_size,
@@ -34,7 +31,6 @@ from ringflow import (
     remove_process_set,
     shutdown,
     size,
-    start_timeline,
     stop_timeline,
 )
 from ringflow.torch.compression import Compression
@@ -78,10 +74,30 @@ from ringflow.torch.mpi_ops import (
     sparse_allreduce_async,
     synchronize,
 )
+from ringflow.torch.optimizer import DistributedOptimizer
 from ringflow.torch.sync_batch_norm import SyncBatchNorm
 
-with contextlib.suppress(ImportError):  # written separately; the rest works without it
-    from ringflow.torch.optimizer import DistributedOptimizer
+
+def init(comm=None, process_sets=None) -> None:
+    """Horovod's init. comm: None, or a list of ranks (not supported: ringflow's job is the
+    launcher's whole job; use process sets). process_sets: ProcessSets to register on every rank
+    right after joining, or "dynamic" (sets are added later; ringflow always allows that)."""
+    if comm is not None:
+        raise InvalidArgumentError(
+            "ringflow.torch.init(comm=...) is not supported: every process of the launched job "
+            "joins; pass process_sets= or use add_process_set() for sub-groups"
+        )
+    _rf.init()
+    if process_sets is not None and process_sets != "dynamic":
+        for process_set in process_sets:
+            add_process_set(process_set)
+
+
+def start_timeline(file_path: str, mark_cycles: bool = False) -> None:
+    """Horovod's start_timeline: a Chrome trace of this rank's operations (rank r > 0 writes
+    "<stem>.rank<r><ext>"). mark_cycles is accepted; ringflow marks negotiation rounds anyway."""
+    _rf.start_timeline(file_path)
+
 
 HorovodInternalError = Error
 """Horovod's name for a failed collective: every ringflow error."""
@@ -221,5 +237,3 @@ __all__ = [
     "stop_timeline",
     "synchronize",
 ]
-if "DistributedOptimizer" not in globals():  # pragma: no cover
-    __all__.remove("DistributedOptimizer")

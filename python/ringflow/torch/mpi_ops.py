@@ -106,6 +106,11 @@ def allreduce(
     """
     op = _op(op, average)
     if isinstance(tensor, torch.Tensor) and tensor.is_sparse:
+        if compression is not Compression.none or (prescale_factor, postscale_factor) != (1, 1):
+            raise ValueError(
+                "allreduce of a sparse tensor takes no compression, prescale_factor or "
+                "postscale_factor (its indices and values are allgathered)"
+            )
         return synchronize(sparse_allreduce_async(tensor, name, op, process_set))
     compressed, ctx = compression.compress(tensor)
     (out,) = _autograd.allreduce(

@@ -339,6 +339,12 @@ class _DistributedOptimizer:
         self._synchronized = True
         self._refresh()
 
+    def add_param_group(self, param_group: dict) -> None:
+        """torch's add_param_group; the new parameters are reduced from the next backward on."""
+        super().add_param_group(param_group)
+        if hasattr(self, "_bucket_of"):  # not while the wrapper is being set up
+            self._refresh()
+
     def _reset(self) -> None:
         bpps = self.backward_passes_per_step
         for p in self._delay:
@@ -455,7 +461,11 @@ def DistributedOptimizer(
         cls = type(base.__name__, (_DistributedOptimizer, base), {})  # Horovod's naming
         _classes[base] = cls
     wrapped = cls.__new__(cls)
-    wrapped.__dict__.update(optimizer.__dict__)
+    # Instance attributes that shadow methods (an LR scheduler made before wrapping patches
+    # `optimizer.step`) would bypass the averaging step: keep the class's methods.
+    wrapped.__dict__.update(
+        {k: v for k, v in optimizer.__dict__.items() if not (callable(v) and hasattr(base, k))}
+    )
     wrapped.param_groups = list(optimizer.param_groups)  # the same group dicts, as Horovod
     wrapped._setup(
         named_parameters,
