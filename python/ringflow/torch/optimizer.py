@@ -41,6 +41,7 @@ from typing import Any
 import torch
 
 from ringflow._process_sets import set_id
+from ringflow.torch import _grads
 from ringflow.torch.compression import Compression
 from ringflow.torch.mpi_ops import (
     Average,
@@ -84,84 +85,6 @@ class _Pending:
         self.grouped: bool = grouped
 
 
-def _split(items: list, n: int) -> list[list]:
-    """items in n contiguous chunks whose lengths differ by at most one (Horovod's split_list)."""
-    small, extra = divmod(len(items), n)
-    chunks, start = [], 0
-    for i in range(n):
-        end = start + small + (1 if i < extra else 0)
-        chunks.append(items[start:end])
-        start = end
-    return [c for c in chunks if c]
-
-
-def _names(named_parameters, param_groups: list[dict]) -> dict:
-    """parameter -> name: from named_parameters (checked as Horovod checks them) or by order."""
-    positions = [
-        (g, i, p) for g, group in enumerate(param_groups) for i, p in enumerate(group["params"])
-    ]
-    if named_parameters is None:
-        return {p: f"noname.{n}" for n, (_, _, p) in enumerate(positions)}
-    named = list(named_parameters)
-    if any(not isinstance(item, tuple) or len(item) != 2 for item in named):
-        raise ValueError(
-            "named_parameters should be a sequence of tuples (name, parameter), usually "
-            "produced by model.named_parameters()."
-        )
-    seen: set[str] = set()
-    dups: set[str] = set()
-    for name, _ in named:
-        (dups if name in seen else seen).add(name)
-    if dups:
-        raise ValueError(
-            "Parameter names in named_parameters must be unique. Found duplicates: "
-            + ", ".join(sorted(dups))
-        )
-    names = {p: name for name, p in named}
-    missing = [
-        f"param group {g} index {i} (shape {list(p.shape)})"
-        for g, i, p in positions
-        if p not in names
-    ]
-    if missing:
-        raise ValueError(
-            "named_parameters was specified, but one or more model parameters were not named: "
-            + "; ".join(missing)
-        )
-    return names
-
-
-def _buckets(groups, params: list) -> list[tuple]:
-    """The allreduce units: the groups (Horovod's validation and forms), the rest one each."""
-    if groups is None:
-        return [(p,) for p in params]
-    if isinstance(groups, bool) or not (
-        isinstance(groups, list) or (isinstance(groups, int) and groups > 0)
-    ):
-        raise ValueError(
-            "groups should be a non-negative integer or a list of list of torch.Tensor."
-        )
-    if isinstance(groups, int):
-        chunks = _split([p for p in params if p.requires_grad], groups)
-    else:
-        known = set(params)
-        chunks, seen = [], set()
-        for group in groups:
-            chunk = []
-            for p in group:
-                if not isinstance(p, torch.Tensor):
-                    raise ValueError("groups must consist of torch.Tensor.")
-                if p in seen:
-                    raise ValueError("A parameter can only appear once in groups.")
-                seen.add(p)
-                if p in known:  # like Horovod, tensors the optimizer lacks are ignored
-                    chunk.append(p)
-            if chunk:
-                chunks.append(chunk)
-    grouped = {p for chunk in chunks for p in chunk}
-    return [tuple(c) for c in chunks] + [(p,) for p in params if p not in grouped]
-
-
 def _hook_for(ref: weakref.ref):
     def hook(param: torch.Tensor) -> None:
         optimizer = ref()
@@ -199,9 +122,9 @@ class _DistributedOptimizer:
         self.sparse_as_dense = sparse_as_dense
         self.process_set = process_set
         params = [p for group in self.param_groups for p in group["params"]]
-        self._parameter_names = _names(named_parameters, self.param_groups)
+        self._parameter_names = _grads.names(named_parameters, self.param_groups)
         self._bucket_of: dict[torch.Tensor, tuple] = {}
-        for bucket in _buckets(groups, params):
+        for bucket in _grads.buckets(groups, params):
             for p in bucket:
                 self._bucket_of[p] = bucket
         self._delay = {p: backward_passes_per_step for p in params}
@@ -283,7 +206,7 @@ class _DistributedOptimizer:
         with torch.no_grad():
             for p in members:
                 if p.grad is None:
-                    p.grad = _zeros(p, self._sparse_dims.get(p))
+                    p.grad = _grads.zeros(p, self._sparse_dims.get(p))
                 grad = p.grad
                 if grad.is_sparse:
                     self._sparse_dims[p] = grad.sparse_dim()
@@ -335,7 +258,7 @@ class _DistributedOptimizer:
                     decompress = self._compression.decompress
                     outputs = [decompress(out, ctx) for out, ctx in zip(outputs, item.ctxs)]
                 for p, out, sparse in zip(item.params, outputs, item.sparse):
-                    _write_grad(p, out, sparse)
+                    _grads.write_grad(p, out, sparse)
         self._synchronized = True
         self._refresh()
 
@@ -389,25 +312,6 @@ class _DistributedOptimizer:
         self._synchronized = False
         self._should_synchronize = True
         super().load_state_dict(state_dict)
-
-
-def _zeros(p: torch.Tensor, sparse_dim: int | None) -> torch.Tensor:
-    """A zero gradient for p: dense, or an empty sparse one of the layout p's gradients had."""
-    if sparse_dim is None:
-        return torch.zeros_like(p)
-    indices = torch.empty(sparse_dim, 0, dtype=torch.int64)
-    values = torch.empty(0, *p.shape[sparse_dim:], dtype=p.dtype)
-    return torch.sparse_coo_tensor(indices, values, p.shape)
-
-
-def _write_grad(p: torch.Tensor, out: torch.Tensor, sparse: bool) -> None:
-    """Put an allreduce result into p.grad (in place when it is not already there)."""
-    if sparse:
-        p.grad = out if out.is_sparse else out.to_sparse()
-    elif p.grad is None or p.grad.is_sparse:
-        p.grad = out
-    elif out.data_ptr() != p.grad.data_ptr():
-        p.grad.copy_(out)
 
 
 _classes: dict[type, type] = {}
