@@ -24,7 +24,7 @@ import ml_dtypes
 import numpy as np
 
 OPS = ("Sum", "Average", "Min", "Max", "Product")
-INT_DTYPES = ("uint8", "int8", "int32", "int64")
+INT_DTYPES = ("uint8", "int8", "int16", "int32", "int64")
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 DTYPES = (*INT_DTYPES, *FLOAT_DTYPES, "bool")
 WORLD_SIZES = (1, 2, 3, 4)

@@ -67,8 +67,8 @@ def allreduce_complex64(rank, n, odd, name):
     rf.allreduce(x, op=rf.Sum, name=name)
 
 
-def allreduce_int16(rank, n, odd, name):
-    x = np.zeros(4, dtype=np.int16 if rank == odd else np.int32)
+def allreduce_uint32(rank, n, odd, name):
+    x = np.zeros(4, dtype=np.uint32 if rank == odd else np.int32)
     rf.allreduce(x, op=rf.Sum, name=name)
 
 
@@ -109,7 +109,7 @@ def alltoall_indivisible(rank, n, odd, name):
 
 
 INVALID = {
-    "allreduce": [allreduce_noncontiguous, allreduce_complex64, allreduce_int16],
+    "allreduce": [allreduce_noncontiguous, allreduce_complex64, allreduce_uint32],
     "allreduce_": [allreduce_inplace_noncontiguous],
     "broadcast": [
         broadcast_noncontiguous,

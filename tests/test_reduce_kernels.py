@@ -60,7 +60,7 @@ CHECK = textwrap.dedent(
                     i = int(np.argmin(same))
                     failures.append(f"{name} {op} n={n}: a={a[i]!r} b={b[i]!r} got {out[i]!r} want {ref[i]!r}")
 
-    for name in ["uint8", "int8", "int32", "int64"]:
+    for name in ["uint8", "int8", "int16", "int32", "int64"]:
         dtype = np.dtype(name)
         info = np.iinfo(dtype)
         core = getattr(_core.DType, name)

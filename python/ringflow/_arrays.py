@@ -19,6 +19,7 @@ __all__ = ["EMPTY", "as_ndarray", "describe", "dtype_of", "problem"]
 _DTYPES = {
     np.dtype(np.uint8): _core.DType.uint8,
     np.dtype(np.int8): _core.DType.int8,
+    np.dtype(np.int16): _core.DType.int16,
     np.dtype(np.int32): _core.DType.int32,
     np.dtype(np.int64): _core.DType.int64,
     np.dtype(np.float16): _core.DType.float16,
@@ -26,7 +27,7 @@ _DTYPES = {
     np.dtype(np.float64): _core.DType.float64,
     np.dtype(np.bool_): _core.DType.bool,
 }
-_SUPPORTED = "uint8, int8, int32, int64, float16, bfloat16, float32, float64, bool"
+_SUPPORTED = "uint8, int8, int16, int32, int64, float16, bfloat16, float32, float64, bool"
 
 
 EMPTY = np.empty(0, np.uint8)

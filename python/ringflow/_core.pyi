@@ -33,6 +33,7 @@ class DType(Enum):
     float32 = 6
     float64 = 7
     bool = 8
+    int16 = 9
 
 class ReduceOp(Enum):
     Sum = 0

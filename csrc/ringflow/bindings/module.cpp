@@ -265,6 +265,7 @@ PYBIND11_MODULE(_core, m) {
   py::enum_<DType>(m, "DType")
       .value("uint8", DType::kUInt8)
       .value("int8", DType::kInt8)
+      .value("int16", DType::kInt16)
       .value("int32", DType::kInt32)
       .value("int64", DType::kInt64)
       .value("float16", DType::kFloat16)

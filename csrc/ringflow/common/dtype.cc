@@ -8,6 +8,7 @@ size_t dtype_size(DType dtype) {
     case DType::kInt8:
     case DType::kBool:
       return 1;
+    case DType::kInt16:
     case DType::kFloat16:
     case DType::kBFloat16:
       return 2;
@@ -27,6 +28,8 @@ const char* dtype_name(DType dtype) {
       return "uint8";
     case DType::kInt8:
       return "int8";
+    case DType::kInt16:
+      return "int16";
     case DType::kInt32:
       return "int32";
     case DType::kInt64:

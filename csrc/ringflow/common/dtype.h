@@ -17,8 +17,9 @@ enum class DType : uint8_t {
   kFloat32 = 6,
   kFloat64 = 7,
   kBool = 8,
+  kInt16 = 9,  // after bool: the values are part of the wire format
 };
-constexpr int kNumDTypes = 9;
+constexpr int kNumDTypes = 10;
 
 enum class ReduceOp : uint8_t {
   kSum = 0,

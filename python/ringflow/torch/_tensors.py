@@ -19,6 +19,7 @@ _D = _core.DType
 _DTYPES: dict[torch.dtype, tuple[_core.DType, type]] = {
     torch.uint8: (_D.uint8, np.uint8),
     torch.int8: (_D.int8, np.int8),
+    torch.int16: (_D.int16, np.int16),
     torch.int32: (_D.int32, np.int32),
     torch.int64: (_D.int64, np.int64),
     torch.float16: (_D.float16, np.float16),
@@ -27,7 +28,7 @@ _DTYPES: dict[torch.dtype, tuple[_core.DType, type]] = {
     torch.float64: (_D.float64, np.float64),
     torch.bool: (_D.bool, np.bool_),
 }
-_SUPPORTED = "uint8, int8, int32, int64, float16, bfloat16, float32, float64, bool"
+_SUPPORTED = "uint8, int8, int16, int32, int64, float16, bfloat16, float32, float64, bool"
 
 EMPTY = np.empty(0, np.uint8)
 
