@@ -12,22 +12,13 @@ from typing import Any
 import numpy as np
 
 from ringflow import _arrays, _core
-from ringflow._handles import Handle
+from ringflow._handles import Handle, wait
 from ringflow._process_sets import ProcessSet, set_id
 from ringflow._state import auto_name, engine
 
 Average = _core.ReduceOp.Average
 _K = _core.OpKind
 _NO_SPLITS: list[int] = []
-
-
-def wait(handles: list[_core.Handle]) -> None:
-    """Block until every handle is done (driving the engine), then raise the first error."""
-    eng = engine()
-    for h in handles:
-        eng.wait(h)
-    for h in handles:
-        h.rethrow()
 
 
 # -- allreduce ---------------------------------------------------------------------------------

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 
 from ringflow import _arrays, _core
-from ringflow._allreduce import Average, wait
-from ringflow._handles import Handle
+from ringflow._allreduce import Average
+from ringflow._handles import Handle, finish, wait
 from ringflow._process_sets import ProcessSet, set_id
 from ringflow._state import auto_name, engine
 
@@ -37,13 +37,6 @@ def _submit(
     )
 
 
-def _finish(handles: list[_core.Handle], sync: bool, keep: tuple, make_result) -> Any:
-    if sync:
-        wait(handles)
-        return make_result(handles)
-    return Handle(handles, keep, make_result)
-
-
 # -- broadcast ---------------------------------------------------------------------------------
 
 
@@ -56,7 +49,7 @@ def _broadcast(x, root_rank, name, process_set, in_place, sync):
         tensor = _core.Tensor(array, tensor.dtype, name)
     handles = _submit(_K.broadcast, [tensor], [None], root=int(root_rank), ps=ps, sync=sync)
     result = x if in_place else array
-    return _finish(handles, sync, (x, array), lambda _: result)
+    return finish(handles, sync, (x, array), lambda _: result)
 
 
 def broadcast_(x: Any, root_rank: int, name=None, process_set: ProcessSet | None = None) -> Any:
@@ -94,7 +87,7 @@ def _allgather(xs, name, process_set, grouped, sync):
         outs = [h.take_output(a.dtype) for h, (a, _) in zip(hs, described)]
         return outs if grouped else outs[0]
 
-    return _finish(handles, sync, (xs, described), result)
+    return finish(handles, sync, (xs, described), result)
 
 
 def allgather(x: Any, name=None, process_set: ProcessSet | None = None) -> np.ndarray:
@@ -145,7 +138,7 @@ def _reducescatter(xs, op, name, process_set, grouped, sync, pre=1.0, post=1.0):
         pre=pre,
         post=post,
     )
-    return _finish(handles, sync, (xs, outs), lambda _: outs if grouped else outs[0])
+    return finish(handles, sync, (xs, outs), lambda _: outs if grouped else outs[0])
 
 
 def reducescatter(
@@ -221,7 +214,7 @@ def _alltoall(x, splits, name, process_set, sync):
     def result(hs):
         return hs[0].take_output(array.dtype), np.asarray(hs[0].received_splits, dtype=np.int64)
 
-    return _finish(handles, sync, (x, array), result)
+    return finish(handles, sync, (x, array), result)
 
 
 def alltoall(x: Any, splits: Any = None, name=None, process_set=None):

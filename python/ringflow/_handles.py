@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from ringflow import _core
-from ringflow._state import state
+from ringflow._state import engine, state
 
-__all__ = ["Handle", "poll", "synchronize"]
+__all__ = ["Handle", "finish", "poll", "synchronize", "wait"]
 
 _PENDING = object()
 
@@ -55,3 +55,26 @@ def synchronize(handle: Handle) -> Any:
     handle._result = handle._make_result(handle._core)
     handle._keep = ()
     return handle._result
+
+
+def wait(handles: list[_core.Handle]) -> None:
+    """Block until every handle is done (driving the engine), then raise the first error."""
+    eng = engine()
+    for h in handles:
+        eng.wait(h)
+    for h in handles:
+        h.rethrow()
+
+
+def finish(
+    handles: list[_core.Handle],
+    sync: bool,
+    keep: tuple[Any, ...],
+    make_result: Callable[[list[_core.Handle]], Any],
+) -> Any:
+    """What every collective returns: the result now (blocking forms) or a Handle that builds
+    it at synchronize (async forms); errors raise on every rank either way."""
+    if not sync:
+        return Handle(handles, keep, make_result)
+    wait(handles)
+    return make_result(handles)

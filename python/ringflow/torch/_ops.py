@@ -8,14 +8,14 @@ the result back when it completes.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 from ringflow import _core
 from ringflow._collectives import _check_splits
-from ringflow._handles import Handle
+from ringflow._handles import finish
 from ringflow._process_sets import set_id
 from ringflow._state import auto_name, engine
 from ringflow.torch import _tensors
@@ -70,18 +70,6 @@ def _submit(
     )
 
 
-def _finish(handles, sync: bool, keep: tuple, make_result: Callable[[list], Any]) -> Any:
-    """The result now (sync) or a Handle that builds it; errors raise on every rank."""
-    if not sync:
-        return Handle(handles, keep, make_result)
-    eng = engine()
-    for h in handles:
-        eng.wait(h)
-    for h in handles:
-        h.rethrow()
-    return make_result(handles)
-
-
 def _empty_like(i: _Input, shape=None) -> tuple[torch.Tensor | None, Any]:
     """A new contiguous output for input i (None for an invalid input) and its numpy view."""
     if i.tensor is None:
@@ -115,7 +103,7 @@ def allreduce(tensors, op, name, pre, post, process_set, in_place, sync, grouped
             done = results
         return done if grouped else done[0]
 
-    return _finish(handles, sync, (inputs, results), result)
+    return finish(handles, sync, (inputs, results), result)
 
 
 # -- broadcast -------------------------------------------------------------------------------
@@ -136,7 +124,7 @@ def broadcast(t, root_rank, name, process_set, in_place, sync):
         i.write_back()
         return i.original
 
-    return _finish(handles, sync, (i,), result)
+    return finish(handles, sync, (i,), result)
 
 
 # -- allgather -------------------------------------------------------------------------------
@@ -157,7 +145,7 @@ def allgather(tensors, name, process_set, sync, grouped=False):
         ]
         return outs if grouped else outs[0]
 
-    return _finish(handles, sync, (inputs,), result)
+    return finish(handles, sync, (inputs,), result)
 
 
 # -- reducescatter ---------------------------------------------------------------------------
@@ -200,7 +188,7 @@ def reducescatter(tensors, op, name, pre, post, process_set, sync, grouped=False
     def result(_):
         return results if grouped else results[0]
 
-    return _finish(handles, sync, (inputs, results), result)
+    return finish(handles, sync, (inputs, results), result)
 
 
 # -- alltoall --------------------------------------------------------------------------------
@@ -229,7 +217,7 @@ def alltoall(t, splits, name, process_set, sync):
         received = torch.from_numpy(np.asarray(hs[0].received_splits, dtype=np.int32))
         return out, received
 
-    return _finish(handles, sync, (i,), result)
+    return finish(handles, sync, (i,), result)
 
 
 # -- sparse allreduce ------------------------------------------------------------------------
@@ -263,4 +251,4 @@ def sparse_allreduce(t: torch.Tensor, name, op, process_set, sync):
             vals = vals / size
         return torch.sparse_coo_tensor(idx.transpose(0, 1), vals, t.shape, check_invariants=False)
 
-    return _finish(handles, sync, (inputs, t), result)
+    return finish(handles, sync, (inputs, t), result)
