@@ -23,7 +23,10 @@ state = State()
 
 def engine() -> _core.Engine:
     if state.engine is None:
-        raise _core.Error("ringflow has not been initialized; call ringflow.init() first")
+        # A ValueError too (InvalidArgumentError), as Horovod's "not initialized" error is.
+        raise _core.InvalidArgumentError(
+            "ringflow has not been initialized; call ringflow.init() first"
+        )
     return state.engine
 
 

@@ -41,6 +41,7 @@ from ringflow.torch.functions import (
     broadcast_parameters,
 )
 from ringflow.torch.mpi_ops import (
+    Adasum,
     Average,
     Max,
     Min,
@@ -164,6 +165,7 @@ def sparse_as_dense(tensor):
 __version__ = _rf.__version__
 
 __all__ = [
+    "Adasum",
     "Average",
     "Compression",
     "DistributedOptimizer",

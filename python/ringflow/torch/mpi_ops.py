@@ -70,8 +70,23 @@ Product = _core.ReduceOp.Product
 _GLOBAL = global_process_set
 
 
+class _Unsupported:
+    """An op Horovod has and ringflow does not: importable, and a clear error when used."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+Adasum = _Unsupported("Adasum")
+
+
 def _op(op, average) -> _core.ReduceOp:
     """Horovod's rule: op wins, average=True/False is the deprecated spelling, default Average."""
+    if isinstance(op, _Unsupported):
+        raise _core.InvalidArgumentError(f"op={op} is not supported by ringflow")
     if op is not None:
         if average is not None:
             raise ValueError("the op parameter supersedes average; pass only one of them")
