@@ -21,7 +21,7 @@ void bruck_allgather(const CollectiveContext& ctx, const GatherBlock& mine,
   const size_t header_bytes = mine.header.size();
   std::vector<char> headers(size * header_bytes);
   std::vector<std::vector<char>> payloads(size);
-  std::memcpy(headers.data(), mine.header.data(), header_bytes);
+  if (header_bytes) std::memcpy(headers.data(), mine.header.data(), header_bytes);
   payloads[0].assign(mine.payload, mine.payload + mine.payload_bytes);
 
   for (int distance = 1; distance < size; distance <<= 1) {
@@ -55,8 +55,10 @@ void bruck_allgather(const CollectiveContext& ctx, const GatherBlock& mine,
   all->payloads.resize(size);
   for (int i = 0; i < size; ++i) {
     const int owner = (rank + i) % size;
-    std::memcpy(all->headers.data() + owner * header_bytes, headers.data() + i * header_bytes,
-                header_bytes);
+    if (header_bytes) {
+      std::memcpy(all->headers.data() + owner * header_bytes, headers.data() + i * header_bytes,
+                  header_bytes);
+    }
     all->payloads[owner] = std::move(payloads[i]);
   }
 }
