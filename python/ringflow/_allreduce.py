@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ringflow import _arrays, _core
-from ringflow._handles import Handle, wait
+from ringflow._handles import Handle, finish
 from ringflow._process_sets import ProcessSet, set_id
 from ringflow._state import auto_name, engine
 
@@ -24,16 +24,18 @@ _NO_SPLITS: list[int] = []
 # -- allreduce ---------------------------------------------------------------------------------
 
 
-def _allreduce(x, op, name, pre, post, process_set, in_place, sync, group=""):
+def _allreduce(x, op, name, pre, post, process_set, *, in_place, sync, grouped=False):
+    """Every allreduce form: one tensor or a group, in place or not, blocking or a Handle."""
     ps = set_id(process_set)
-    xs = x if group else [x]
+    xs = list(x) if grouped else [x]
     base = auto_name("allreduce", name, ps)
     tensors, outs, arrays = [], [], []
     for i, item in enumerate(xs):
-        array, tensor = _arrays.describe(item, f"{base}.{i}" if group else base, writable=in_place)
-        out = array if in_place else np.empty(array.shape, array.dtype)
+        array, tensor = _arrays.describe(
+            item, f"{base}.{i}" if grouped else base, writable=in_place
+        )
         tensors.append(tensor)
-        outs.append(out)
+        outs.append(array if in_place else np.empty(array.shape, array.dtype))
         arrays.append(array)
     handles = engine().submit(
         _K.allreduce,
@@ -47,11 +49,11 @@ def _allreduce(x, op, name, pre, post, process_set, in_place, sync, group=""):
         ps,
         _NO_SPLITS,
         [],
-        base if group else "",
+        base if grouped else "",
         sync,
     )
-    results = list(xs) if in_place else outs
-    return handles, results, (xs, arrays, outs)
+    results = xs if in_place else outs
+    return finish(handles, sync, (xs, arrays, outs), lambda _: results if grouped else results[0])
 
 
 def allreduce_(
@@ -68,11 +70,9 @@ def allreduce_(
     floats), integers rounding to nearest, ties to even. prescale_factor multiplies the input
     first, postscale_factor the result.
     """
-    handles, results, _ = _allreduce(
-        x, op, name, prescale_factor, postscale_factor, process_set, True, True
+    return _allreduce(
+        x, op, name, prescale_factor, postscale_factor, process_set, in_place=True, sync=True
     )
-    wait(handles)
-    return results[0]
 
 
 def allreduce(
@@ -84,11 +84,9 @@ def allreduce(
     process_set: ProcessSet | None = None,
 ) -> np.ndarray:
     """Reduce x over the ranks into a new array (see `allreduce_`)."""
-    handles, results, _ = _allreduce(
-        x, op, name, prescale_factor, postscale_factor, process_set, False, True
+    return _allreduce(
+        x, op, name, prescale_factor, postscale_factor, process_set, in_place=False, sync=True
     )
-    wait(handles)
-    return results[0]
 
 
 def allreduce_async_(
@@ -100,10 +98,9 @@ def allreduce_async_(
     process_set: ProcessSet | None = None,
 ) -> Handle:
     """Start an in-place allreduce; `synchronize` returns x."""
-    handles, results, keep = _allreduce(
-        x, op, name, prescale_factor, postscale_factor, process_set, True, False
+    return _allreduce(
+        x, op, name, prescale_factor, postscale_factor, process_set, in_place=True, sync=False
     )
-    return Handle(handles, keep, lambda _: results[0])
 
 
 def allreduce_async(
@@ -115,10 +112,9 @@ def allreduce_async(
     process_set: ProcessSet | None = None,
 ) -> Handle:
     """Start an allreduce into a new array; `synchronize` returns it."""
-    handles, results, keep = _allreduce(
-        x, op, name, prescale_factor, postscale_factor, process_set, False, False
+    return _allreduce(
+        x, op, name, prescale_factor, postscale_factor, process_set, in_place=False, sync=False
     )
-    return Handle(handles, keep, lambda _: results[0])
 
 
 def grouped_allreduce_async(
@@ -130,18 +126,17 @@ def grouped_allreduce_async(
     process_set: ProcessSet | None = None,
 ) -> Handle:
     """Start one fused allreduce of several tensors; `synchronize` returns the new arrays."""
-    handles, results, keep = _allreduce(
-        list(tensors),
+    return _allreduce(
+        tensors,
         op,
         name,
         prescale_factor,
         postscale_factor,
         process_set,
-        False,
-        False,
-        group="group",
+        in_place=False,
+        sync=False,
+        grouped=True,
     )
-    return Handle(handles, keep, lambda _: results)
 
 
 def grouped_allreduce_async_(
@@ -153,18 +148,17 @@ def grouped_allreduce_async_(
     process_set: ProcessSet | None = None,
 ) -> Handle:
     """Start one fused in-place allreduce of several tensors; `synchronize` returns them."""
-    handles, results, keep = _allreduce(
-        list(tensors),
+    return _allreduce(
+        tensors,
         op,
         name,
         prescale_factor,
         postscale_factor,
         process_set,
-        True,
-        False,
-        group="group",
+        in_place=True,
+        sync=False,
+        grouped=True,
     )
-    return Handle(handles, keep, lambda _: results)
 
 
 def grouped_allreduce(
@@ -176,19 +170,17 @@ def grouped_allreduce(
     process_set: ProcessSet | None = None,
 ) -> list:
     """Allreduce several tensors as one fused operation; returns new arrays."""
-    handles, results, _ = _allreduce(
-        list(tensors),
+    return _allreduce(
+        tensors,
         op,
         name,
         prescale_factor,
         postscale_factor,
         process_set,
-        False,
-        True,
-        group="group",
+        in_place=False,
+        sync=True,
+        grouped=True,
     )
-    wait(handles)
-    return results
 
 
 def grouped_allreduce_(
@@ -200,16 +192,14 @@ def grouped_allreduce_(
     process_set: ProcessSet | None = None,
 ) -> list:
     """Allreduce several tensors in place as one fused operation; returns them."""
-    handles, results, _ = _allreduce(
-        list(tensors),
+    return _allreduce(
+        tensors,
         op,
         name,
         prescale_factor,
         postscale_factor,
         process_set,
-        True,
-        True,
-        group="group",
+        in_place=True,
+        sync=True,
+        grouped=True,
     )
-    wait(handles)
-    return results

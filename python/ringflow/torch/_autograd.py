@@ -61,7 +61,9 @@ class _Allreduce(torch.autograd.Function):
         ctx.args = (grouped, op, pre, post, ps)
         if op not in _LINEAR:
             ctx.save_for_backward(*tensors)
-        out = _ops.allreduce(list(tensors), op, name, pre, post, ps, False, True, grouped)
+        out = _ops.allreduce(
+            list(tensors), op, name, pre, post, ps, in_place=False, sync=True, grouped=grouped
+        )
         return tuple(out) if grouped else out
 
     @staticmethod
@@ -69,20 +71,22 @@ class _Allreduce(torch.autograd.Function):
         grouped, op, pre, post, ps = ctx.args
         grads = [g.contiguous() for g in grads]
         if op in _LINEAR:
-            out = allreduce(grads, op, None, pre, post, ps, grouped)
+            out = allreduce(grads, op, None, pre, post, ps, grouped=grouped)
         else:
-            totals = allreduce(grads, _R.Sum, None, 1.0, 1.0, ps, grouped)
+            totals = allreduce(grads, _R.Sum, None, 1.0, 1.0, ps, grouped=grouped)
             saved = ctx.saved_tensors
             out = [_reduction_grad(x, g, op, pre, post, ps) for x, g in zip(saved, totals)]
         return (None,) * 6 + tuple(out)
 
 
-def allreduce(tensors: list, op, name, pre, post, ps, grouped: bool) -> list[torch.Tensor]:
+def allreduce(tensors: list, op, name, pre, post, ps, *, grouped: bool) -> list[torch.Tensor]:
     """Allreduce into new tensors, recorded for autograd when an input requires grad."""
     if needs_grad(tensors):
         out = _Allreduce.apply(grouped, op, name, pre, post, ps, *tensors)
         return list(out) if grouped else [out]
-    out = _ops.allreduce(tensors, op, name, pre, post, ps, False, True, grouped)
+    out = _ops.allreduce(
+        tensors, op, name, pre, post, ps, in_place=False, sync=True, grouped=grouped
+    )
     return out if grouped else [out]
 
 
@@ -94,24 +98,26 @@ class _Allgather(torch.autograd.Function):
     def forward(ctx, grouped, name, ps, *tensors):
         ctx.args = (grouped, ps)
         ctx.rows = [t.shape[0] if t.dim() else 0 for t in tensors]
-        out = _ops.allgather(list(tensors), name, ps, True, grouped)
+        out = _ops.allgather(list(tensors), name, ps, sync=True, grouped=grouped)
         return tuple(out) if grouped else out
 
     @staticmethod
     def backward(ctx, *grads):
         grouped, ps = ctx.args
-        reduced = allreduce([g.contiguous() for g in grads], _R.Average, None, 1, 1, ps, grouped)
-        rows = _ops.allgather([torch.tensor([ctx.rows], dtype=torch.int64)], None, ps, True)
+        reduced = allreduce(
+            [g.contiguous() for g in grads], _R.Average, None, 1, 1, ps, grouped=grouped
+        )
+        rows = _ops.allgather([torch.tensor([ctx.rows], dtype=torch.int64)], None, ps, sync=True)
         offsets = rows[: _set_rank(ps)].sum(0).tolist()
         out = [g.narrow(0, o, r) for g, o, r in zip(reduced, offsets, ctx.rows)]
         return (None,) * 3 + tuple(out)
 
 
-def allgather(tensors: list, name, ps, grouped: bool) -> list[torch.Tensor]:
+def allgather(tensors: list, name, ps, *, grouped: bool) -> list[torch.Tensor]:
     if needs_grad(tensors):
         out = _Allgather.apply(grouped, name, ps, *tensors)
         return list(out) if grouped else [out]
-    out = _ops.allgather(tensors, name, ps, True, grouped)
+    out = _ops.allgather(tensors, name, ps, sync=True, grouped=grouped)
     return out if grouped else [out]
 
 
@@ -122,12 +128,12 @@ class _Broadcast(torch.autograd.Function):
     @staticmethod
     def forward(ctx, tensor, root_rank, name, ps):
         ctx.args = (root_rank, ps)
-        return _ops.broadcast(tensor, root_rank, name, ps, False, True)
+        return _ops.broadcast(tensor, root_rank, name, ps, in_place=False, sync=True)
 
     @staticmethod
     def backward(ctx, grad):
         root_rank, ps = ctx.args
-        (reduced,) = allreduce([grad.contiguous()], _R.Average, None, 1.0, 1.0, ps, False)
+        (reduced,) = allreduce([grad.contiguous()], _R.Average, None, 1.0, 1.0, ps, grouped=False)
         if engine().rank != root_rank:
             reduced = torch.zeros_like(reduced)
         return reduced, None, None, None
@@ -136,7 +142,7 @@ class _Broadcast(torch.autograd.Function):
 def broadcast(tensor, root_rank: int, name, ps) -> torch.Tensor:
     if needs_grad([tensor]):
         return _Broadcast.apply(tensor, root_rank, name, ps)
-    return _ops.broadcast(tensor, root_rank, name, ps, False, True)
+    return _ops.broadcast(tensor, root_rank, name, ps, in_place=False, sync=True)
 
 
 # -- alltoall --------------------------------------------------------------------------------
@@ -145,7 +151,7 @@ def broadcast(tensor, root_rank: int, name, ps) -> torch.Tensor:
 class _Alltoall(torch.autograd.Function):
     @staticmethod
     def forward(ctx, tensor, splits, name, ps):
-        out, received = _ops.alltoall(tensor, splits, name, ps, True)
+        out, received = _ops.alltoall(tensor, splits, name, ps, sync=True)
         ctx.args = (received, ps)
         ctx.mark_non_differentiable(received)
         return out, received
@@ -160,7 +166,7 @@ class _Alltoall(torch.autograd.Function):
 def alltoall(tensor, splits, name, ps) -> tuple[torch.Tensor, torch.Tensor]:
     if needs_grad([tensor]):
         return _Alltoall.apply(tensor, splits, name, ps)
-    return _ops.alltoall(tensor, splits, name, ps, True)
+    return _ops.alltoall(tensor, splits, name, ps, sync=True)
 
 
 # -- reducescatter ---------------------------------------------------------------------------
@@ -172,13 +178,13 @@ class _Reducescatter(torch.autograd.Function):
         ctx.args = (grouped, op, pre, post, ps)
         if op not in _LINEAR:
             ctx.save_for_backward(*tensors)
-        out = _ops.reducescatter(list(tensors), op, name, pre, post, ps, True, grouped)
+        out = _ops.reducescatter(list(tensors), op, name, pre, post, ps, sync=True, grouped=grouped)
         return tuple(out) if grouped else out
 
     @staticmethod
     def backward(ctx, *grads):
         grouped, op, pre, post, ps = ctx.args
-        full = allgather([g.contiguous() for g in grads], None, ps, grouped)
+        full = allgather([g.contiguous() for g in grads], None, ps, grouped=grouped)
         if op in _LINEAR:
             out = full
             if op == _R.Average:
@@ -192,9 +198,9 @@ class _Reducescatter(torch.autograd.Function):
         return (None,) * 6 + tuple(out)
 
 
-def reducescatter(tensors: list, op, name, pre, post, ps, grouped: bool) -> list[torch.Tensor]:
+def reducescatter(tensors: list, op, name, pre, post, ps, *, grouped: bool) -> list[torch.Tensor]:
     if needs_grad(tensors):
         out = _Reducescatter.apply(grouped, op, name, pre, post, ps, *tensors)
         return list(out) if grouped else [out]
-    out = _ops.reducescatter(tensors, op, name, pre, post, ps, True, grouped)
+    out = _ops.reducescatter(tensors, op, name, pre, post, ps, sync=True, grouped=grouped)
     return out if grouped else [out]

@@ -81,7 +81,7 @@ def _empty_like(i: _Input, shape=None) -> tuple[torch.Tensor | None, Any]:
 # -- allreduce -------------------------------------------------------------------------------
 
 
-def allreduce(tensors, op, name, pre, post, process_set, in_place, sync, grouped=False):
+def allreduce(tensors, op, name, pre, post, process_set, *, in_place, sync, grouped=False):
     ps = set_id(process_set)
     base = auto_name("allreduce", name, ps)
     inputs = _inputs(tensors, base, grouped)
@@ -109,7 +109,7 @@ def allreduce(tensors, op, name, pre, post, process_set, in_place, sync, grouped
 # -- broadcast -------------------------------------------------------------------------------
 
 
-def broadcast(t, root_rank, name, process_set, in_place, sync):
+def broadcast(t, root_rank, name, process_set, *, in_place, sync):
     ps = set_id(process_set)
     name = auto_name("broadcast", name, ps)
     (i,) = _inputs([t], name, False)
@@ -130,7 +130,7 @@ def broadcast(t, root_rank, name, process_set, in_place, sync):
 # -- allgather -------------------------------------------------------------------------------
 
 
-def allgather(tensors, name, process_set, sync, grouped=False):
+def allgather(tensors, name, process_set, *, sync, grouped=False):
     ps = set_id(process_set)
     base = auto_name("allgather", name, ps)
     inputs = _inputs(tensors, base, grouped)
@@ -161,7 +161,7 @@ def block_rows(rows: int, ps: int) -> tuple[int, int]:
     return me * small + min(me, extra), small + (1 if me < extra else 0)
 
 
-def reducescatter(tensors, op, name, pre, post, process_set, sync, grouped=False):
+def reducescatter(tensors, op, name, pre, post, process_set, *, sync, grouped=False):
     ps = set_id(process_set)
     base = auto_name("reducescatter", name, ps)
     inputs = _inputs(tensors, base, grouped)
@@ -194,7 +194,7 @@ def reducescatter(tensors, op, name, pre, post, process_set, sync, grouped=False
 # -- alltoall --------------------------------------------------------------------------------
 
 
-def alltoall(t, splits, name, process_set, sync):
+def alltoall(t, splits, name, process_set, *, sync):
     """Returns (output, received splits as int32, Horovod's splits dtype)."""
     ps = set_id(process_set)
     world = len(engine().process_set_ranks(ps))
@@ -223,7 +223,7 @@ def alltoall(t, splits, name, process_set, sync):
 # -- sparse allreduce ------------------------------------------------------------------------
 
 
-def sparse_allreduce(t: torch.Tensor, name, op, process_set, sync):
+def sparse_allreduce(t: torch.Tensor, name, op, process_set, *, sync):
     """Allreduce of a sparse COO tensor as Horovod does it: allgather the indices and the values
     of every rank; the result is uncoalesced (duplicate indices add up when used)."""
     if op not in (Average, _core.ReduceOp.Sum):

@@ -136,7 +136,7 @@ def allgather_object(obj: Any, name=None, process_set=global_process_set) -> lis
     base = auto_name("allgather_object", name, ps)
     payload, error = _pickle(obj)
     size = torch.tensor([-1 if error else len(payload)], dtype=torch.int64)
-    sizes = _ops.allgather([size], f"{base}.size", process_set, True).tolist()
+    sizes = _ops.allgather([size], f"{base}.size", process_set, sync=True).tolist()
     if min(sizes) < 0:
         ranks = engine().process_set_ranks(ps)
         bad = [r for r, s in zip(ranks, sizes) if s < 0]
@@ -144,6 +144,6 @@ def allgather_object(obj: Any, name=None, process_set=global_process_set) -> lis
             f"rank {engine().rank}: allgather_object '{base}': the objects of ranks {bad} "
             f"cannot be pickled{f': {error}' if error else ''}"
         ) from error
-    data = _ops.allgather([_bytes_tensor(payload)], f"{base}.data", process_set, True).numpy()
+    data = _ops.allgather([_bytes_tensor(payload)], f"{base}.data", process_set, sync=True).numpy()
     offsets = np.cumsum([0, *sizes])
     return [pickle.loads(data[a:b].tobytes()) for a, b in zip(offsets[:-1], offsets[1:])]

@@ -129,7 +129,7 @@ def allreduce(
         return synchronize(sparse_allreduce_async(tensor, name, op, process_set))
     compressed, ctx = compression.compress(tensor)
     (out,) = _autograd.allreduce(
-        [compressed], op, name, prescale_factor, postscale_factor, process_set, False
+        [compressed], op, name, prescale_factor, postscale_factor, process_set, grouped=False
     )
     return compression.decompress(out, ctx)
 
@@ -148,7 +148,14 @@ def allreduce_async(
     if isinstance(tensor, torch.Tensor) and tensor.is_sparse:
         return sparse_allreduce_async(tensor, name, op, process_set)
     return _ops.allreduce(
-        [tensor], op, name, prescale_factor, postscale_factor, process_set, False, False
+        [tensor],
+        op,
+        name,
+        prescale_factor,
+        postscale_factor,
+        process_set,
+        in_place=False,
+        sync=False,
     )
 
 
@@ -164,7 +171,7 @@ def allreduce_(
     """Reduce tensor over the ranks in place; returns tensor (not differentiable)."""
     op = _op(op, average)
     return _ops.allreduce(
-        [tensor], op, name, prescale_factor, postscale_factor, process_set, True, True
+        [tensor], op, name, prescale_factor, postscale_factor, process_set, in_place=True, sync=True
     )
 
 
@@ -180,7 +187,14 @@ def allreduce_async_(
     """Start an in-place allreduce; `synchronize` returns tensor."""
     op = _op(op, average)
     return _ops.allreduce(
-        [tensor], op, name, prescale_factor, postscale_factor, process_set, True, False
+        [tensor],
+        op,
+        name,
+        prescale_factor,
+        postscale_factor,
+        process_set,
+        in_place=True,
+        sync=False,
     )
 
 
@@ -198,7 +212,13 @@ def grouped_allreduce(
     op = _op(op, average)
     pairs = [compression.compress(t) for t in tensors]
     outs = _autograd.allreduce(
-        [c for c, _ in pairs], op, name, prescale_factor, postscale_factor, process_set, True
+        [c for c, _ in pairs],
+        op,
+        name,
+        prescale_factor,
+        postscale_factor,
+        process_set,
+        grouped=True,
     )
     return [compression.decompress(o, ctx) for o, (_, ctx) in zip(outs, pairs)]
 
@@ -214,7 +234,15 @@ def grouped_allreduce_async(
 ) -> Handle:
     op = _op(op, average)
     return _ops.allreduce(
-        list(tensors), op, name, prescale_factor, postscale_factor, process_set, False, False, True
+        list(tensors),
+        op,
+        name,
+        prescale_factor,
+        postscale_factor,
+        process_set,
+        in_place=False,
+        sync=False,
+        grouped=True,
     )
 
 
@@ -229,7 +257,15 @@ def grouped_allreduce_(
 ) -> list[torch.Tensor]:
     op = _op(op, average)
     return _ops.allreduce(
-        list(tensors), op, name, prescale_factor, postscale_factor, process_set, True, True, True
+        list(tensors),
+        op,
+        name,
+        prescale_factor,
+        postscale_factor,
+        process_set,
+        in_place=True,
+        sync=True,
+        grouped=True,
     )
 
 
@@ -244,14 +280,22 @@ def grouped_allreduce_async_(
 ) -> Handle:
     op = _op(op, average)
     return _ops.allreduce(
-        list(tensors), op, name, prescale_factor, postscale_factor, process_set, True, False, True
+        list(tensors),
+        op,
+        name,
+        prescale_factor,
+        postscale_factor,
+        process_set,
+        in_place=True,
+        sync=False,
+        grouped=True,
     )
 
 
 def sparse_allreduce_async(tensor, name=None, op=Average, process_set=_GLOBAL) -> Handle:
     """Allreduce a sparse COO tensor by allgathering every rank's indices and values;
     `synchronize` returns an uncoalesced sparse tensor (Average divides the values)."""
-    return _ops.sparse_allreduce(tensor, name, op, process_set, False)
+    return _ops.sparse_allreduce(tensor, name, op, process_set, sync=False)
 
 
 # -- allgather -------------------------------------------------------------------------------
@@ -260,19 +304,19 @@ def sparse_allreduce_async(tensor, name=None, op=Average, process_set=_GLOBAL) -
 def allgather(tensor, name=None, process_set=_GLOBAL) -> torch.Tensor:
     """Concatenate every rank's tensor along dimension 0, in rank order (differentiable).
     The first dimension may differ between ranks."""
-    return _autograd.allgather([tensor], name, process_set, False)[0]
+    return _autograd.allgather([tensor], name, process_set, grouped=False)[0]
 
 
 def allgather_async(tensor, name=None, process_set=_GLOBAL) -> Handle:
-    return _ops.allgather([tensor], name, process_set, False)
+    return _ops.allgather([tensor], name, process_set, sync=False)
 
 
 def grouped_allgather(tensors, name=None, process_set=_GLOBAL) -> list[torch.Tensor]:
-    return _autograd.allgather(list(tensors), name, process_set, True)
+    return _autograd.allgather(list(tensors), name, process_set, grouped=True)
 
 
 def grouped_allgather_async(tensors, name=None, process_set=_GLOBAL) -> Handle:
-    return _ops.allgather(list(tensors), name, process_set, False, True)
+    return _ops.allgather(list(tensors), name, process_set, sync=False, grouped=True)
 
 
 # -- broadcast -------------------------------------------------------------------------------
@@ -285,15 +329,15 @@ def broadcast(tensor, root_rank, name=None, process_set=_GLOBAL) -> torch.Tensor
 
 def broadcast_(tensor, root_rank, name=None, process_set=_GLOBAL) -> torch.Tensor:
     """Overwrite tensor with root_rank's; returns tensor."""
-    return _ops.broadcast(tensor, root_rank, name, process_set, True, True)
+    return _ops.broadcast(tensor, root_rank, name, process_set, in_place=True, sync=True)
 
 
 def broadcast_async(tensor, root_rank, name=None, process_set=_GLOBAL) -> Handle:
-    return _ops.broadcast(tensor, root_rank, name, process_set, False, False)
+    return _ops.broadcast(tensor, root_rank, name, process_set, in_place=False, sync=False)
 
 
 def broadcast_async_(tensor, root_rank, name=None, process_set=_GLOBAL) -> Handle:
-    return _ops.broadcast(tensor, root_rank, name, process_set, True, False)
+    return _ops.broadcast(tensor, root_rank, name, process_set, in_place=True, sync=False)
 
 
 # -- alltoall --------------------------------------------------------------------------------
@@ -309,7 +353,7 @@ def alltoall(tensor, splits=None, name=None, process_set=_GLOBAL):
 
 def alltoall_async(tensor, splits=None, name=None, process_set=_GLOBAL) -> Handle:
     """`synchronize` returns (output, received splits)."""
-    return _ops.alltoall(tensor, splits, name, process_set, False)
+    return _ops.alltoall(tensor, splits, name, process_set, sync=False)
 
 
 # -- reducescatter ---------------------------------------------------------------------------
@@ -328,7 +372,7 @@ def reducescatter(
     Blocks as torch.tensor_split makes them: the first (rows % size) ranks get one more row."""
     compressed, ctx = compression.compress(tensor)
     (out,) = _autograd.reducescatter(
-        [compressed], op, name, prescale_factor, postscale_factor, process_set, False
+        [compressed], op, name, prescale_factor, postscale_factor, process_set, grouped=False
     )
     return compression.decompress(out, ctx)
 
@@ -337,7 +381,7 @@ def reducescatter_async(
     tensor, name=None, op=Average, process_set=_GLOBAL, prescale_factor=1.0, postscale_factor=1.0
 ) -> Handle:
     return _ops.reducescatter(
-        [tensor], op, name, prescale_factor, postscale_factor, process_set, False
+        [tensor], op, name, prescale_factor, postscale_factor, process_set, sync=False
     )
 
 
@@ -352,7 +396,13 @@ def grouped_reducescatter(
 ) -> list[torch.Tensor]:
     pairs = [compression.compress(t) for t in tensors]
     outs = _autograd.reducescatter(
-        [c for c, _ in pairs], op, name, prescale_factor, postscale_factor, process_set, True
+        [c for c, _ in pairs],
+        op,
+        name,
+        prescale_factor,
+        postscale_factor,
+        process_set,
+        grouped=True,
     )
     return [compression.decompress(o, ctx) for o, (_, ctx) in zip(outs, pairs)]
 
@@ -361,7 +411,14 @@ def grouped_reducescatter_async(
     tensors, name=None, op=Average, process_set=_GLOBAL, prescale_factor=1.0, postscale_factor=1.0
 ) -> Handle:
     return _ops.reducescatter(
-        list(tensors), op, name, prescale_factor, postscale_factor, process_set, False, True
+        list(tensors),
+        op,
+        name,
+        prescale_factor,
+        postscale_factor,
+        process_set,
+        sync=False,
+        grouped=True,
     )
 
 

@@ -40,7 +40,7 @@ class _SyncBatchNorm(torch.autograd.Function):
         mean = xd.mean(dims) if count else xd.new_zeros(x.shape[1])
         m2 = ((xd - mean.view(shape)) ** 2).sum(dims)
         local = torch.cat([xd.new_tensor([count]), mean, m2]).unsqueeze(0)
-        stats = _ops.allgather([local], None, process_set, True)  # (ranks, 1 + 2C)
+        stats = _ops.allgather([local], None, process_set, sync=True)  # (ranks, 1 + 2C)
         counts, means, m2s = stats[:, :1], stats[:, 1 : 1 + x.shape[1]], stats[:, 1 + x.shape[1] :]
         total = counts.sum()
         if total <= 1:
@@ -82,8 +82,8 @@ class _SyncBatchNorm(torch.autograd.Function):
             1.0,
             1.0,
             process_set,
-            False,
-            True,
+            in_place=False,
+            sync=True,
         )
         g_dy, g_dy_xhat = both.split(x.shape[1])
         scale = invstd / total
