@@ -194,8 +194,15 @@ void Engine::wait(const HandlePtr& handle) {
 
 bool Engine::peers_readable(int timeout_ms) {
   if (peer_fds_.empty() || broken()) return false;
-  std::vector<pollfd> fds;
-  for (int fd : peer_fds_) fds.push_back(pollfd{fd, POLLIN, 0});
+  // Called on every pass of the progress loop, from callers and the background thread: one
+  // array per thread, filled once, instead of an allocation per call (poll only writes revents).
+  thread_local std::vector<pollfd> fds;
+  bool same = fds.size() == peer_fds_.size();
+  for (size_t i = 0; same && i < fds.size(); ++i) same = fds[i].fd == peer_fds_[i];
+  if (!same) {  // another engine (a later init()) on this thread
+    fds.clear();
+    for (int fd : peer_fds_) fds.push_back(pollfd{fd, POLLIN, 0});
+  }
   return ::poll(fds.data(), fds.size(), timeout_ms) > 0;
 }
 
