@@ -12,6 +12,9 @@ anything numpy can view without copying (buffer protocol, CPU DLPack).
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from ringflow import _core, _environment
 from ringflow._allreduce import (
     allreduce,
@@ -93,6 +96,7 @@ __all__ = [
     "cross_size",
     "cuda_built",
     "engine_stats",
+    "flight_recorder",
     "global_process_set",
     "grouped_allgather",
     "grouped_allgather_async",
@@ -218,6 +222,14 @@ def start_timeline(path: str) -> None:
 def stop_timeline() -> None:
     """Finish the trace file started by `start_timeline` or RINGFLOW_TIMELINE."""
     _engine().stop_timeline()
+
+
+def flight_recorder() -> dict[str, Any]:
+    """This rank's flight recorder: its last operations (``entries``: id, seq, kind, name,
+    process_set, bytes, fused_with, phase, peer, times in µs), what it is doing ``now``, and the
+    ``error`` that failed the job ("" while healthy). On a failure ringflow also prints it, or
+    writes it to ``$RINGFLOW_FLIGHT_RECORDER/rank<r>.json``."""
+    return json.loads(_engine().flight_recorder_json())
 
 
 def engine_stats() -> dict[str, int]:

@@ -364,6 +364,7 @@ PYBIND11_MODULE(_core, m) {
           "start_timeline", [](rf::Engine& e, const std::string& path) { e.start_timeline(path); },
           py::arg("path"))
       .def("stop_timeline", &rf::Engine::stop_timeline)
+      .def("flight_recorder_json", &rf::Engine::flight_recorder_json)
       .def("stats", [](rf::Engine& e) {
         rf::EngineStats s = e.stats();
         py::dict d;

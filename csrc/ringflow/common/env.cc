@@ -96,6 +96,11 @@ EnvConfig read_env() {
   config.cache_capacity = static_cast<size_t>(
       env_int("RINGFLOW_CACHE_CAPACITY", static_cast<long long>(config.cache_capacity)));
   config.timeline = env_string("RINGFLOW_TIMELINE", "");
+  config.heartbeat_interval_s =
+      env_number("RINGFLOW_HEARTBEAT_INTERVAL", config.heartbeat_interval_s);
+  config.flight_recorder_dir = env_string("RINGFLOW_FLIGHT_RECORDER", "");
+  config.flight_recorder_entries = static_cast<size_t>(env_int(
+      "RINGFLOW_FLIGHT_RECORDER_ENTRIES", static_cast<long long>(config.flight_recorder_entries)));
   const char* spin = std::getenv("RINGFLOW_SPIN_US");
   if (spin && *spin)
     config.spin_us = std::string(spin) == "auto" ? -1 : env_int("RINGFLOW_SPIN_US", 0);

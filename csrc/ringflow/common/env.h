@@ -33,6 +33,10 @@ struct EnvConfig {
   double stall_shutdown_s = -1.0;      // RINGFLOW_STALL_SHUTDOWN_TIME (-1: RINGFLOW_TIMEOUT)
   size_t cache_capacity = 1024;        // RINGFLOW_CACHE_CAPACITY (entries; 0: no response cache)
   std::string timeline;                // RINGFLOW_TIMELINE: Chrome trace written from init
+  // Failure reporting (engine/heartbeat.h, engine/flight_recorder.h).
+  double heartbeat_interval_s = 1.0;     // RINGFLOW_HEARTBEAT_INTERVAL (seconds; 0: no heartbeat)
+  std::string flight_recorder_dir;       // RINGFLOW_FLIGHT_RECORDER: write rank<r>.json there
+  size_t flight_recorder_entries = 256;  // RINGFLOW_FLIGHT_RECORDER_ENTRIES (0: keep none)
 };
 
 // Parsed on first use; a malformed value throws rf::Error naming the variable.

@@ -3,11 +3,13 @@
 #include <poll.h>
 #include <sched.h>
 #include <sys/eventfd.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <fstream>
 #include <sstream>
 
 #include "ringflow/collectives/select.h"
@@ -52,6 +54,7 @@ Engine::Engine(const RuntimeOptions& options)
       fusion_threshold_(env_config().fusion_threshold),
       cycle_time_ms_(env_config().cycle_time_ms),
       timeline_(options.rank),
+      recorder_(env_config().flight_recorder_entries),
       sends_to_(options.size, 0),
       recvs_from_(options.size, 0),
       joined_(options.size, false),
@@ -68,6 +71,16 @@ Engine::Engine(const RuntimeOptions& options)
   if (!env_config().timeline.empty()) {
     start_timeline(env_config().timeline);
   }
+  if (size_ > 1 && env_config().heartbeat_interval_s > 0) {
+    HeartbeatOptions beat{runtime_->store_client_options(), options.generation, rank_, size_,
+                          env_config().heartbeat_interval_s};
+    try {
+      heartbeat_ = std::make_unique<Heartbeat>(beat, [this] { return status_line(); });
+    } catch (const Error& error) {
+      RF_LOG(kWarning) << "rank " << rank_ << ": no heartbeat (failures will not say which rank "
+                       << "stopped answering): " << error.what();
+    }
+  }
   thread_ = std::thread([this] { background(); });
 }
 
@@ -82,6 +95,7 @@ void Engine::close() {
   stopping_ = true;
   wake();
   if (thread_.joinable()) thread_.join();
+  if (heartbeat_) heartbeat_->stop();
   std::lock_guard<std::mutex> lock(comm_mutex_);
   fail_all(Error(ErrorKind::kInvalidArgument,
                  rank_prefix(rank_) + "ringflow was shut down before this operation finished"));
@@ -159,6 +173,14 @@ std::vector<HandlePtr> Engine::submit(std::vector<Submission> batch, bool synchr
              "until their operation finishes)";
     }
     for (Local& local : locals) {
+      const Request& request = local.submission.request;
+      FlightEntry entry;
+      entry.kind = op_kind_name(request.kind);
+      entry.name = request.name;
+      entry.process_set = request.process_set;
+      entry.bytes = descriptor_elements(local.own) * dtype_size(request.dtype);
+      entry.submitted_us = local.submitted_us;
+      local.flight_id = recorder_.submitted(std::move(entry));
       pending_names_.insert(key_of(local.own));
       handles.push_back(local.handle);
       queue_.push_back(std::move(local));
@@ -241,6 +263,22 @@ EngineStats Engine::stats() {
   return stats_;
 }
 
+std::string Engine::status_line() const {
+  std::string line = recorder_.activity();
+  const int peer = runtime_->transport().waiting_for();
+  if (peer >= 0) line += ", waiting on rank " + std::to_string(peer);
+  return line;
+}
+
+std::string Engine::flight_recorder_json() {
+  std::string error;
+  {
+    std::lock_guard<std::mutex> lock(queue_mutex_);
+    if (broken_) error = broken_->what();
+  }
+  return recorder_.to_json(rank_, size_, error, status_line());
+}
+
 void Engine::background() {
   while (!stopping_) {
     wait_for_activity();
@@ -318,6 +356,7 @@ void Engine::progress_locked(const Handle* until) {
     }
   }
   waiting_ = !table_.empty();
+  recorder_.set_idle(table_.size());
 }
 
 std::vector<int> Engine::members_of(const Descriptor& d) {
@@ -366,7 +405,9 @@ void Engine::run_round() {
     }
     announced_[key] = std::make_unique<Local>(std::move(local));
   }
-  CollectiveContext ctx{runtime_->transport(), next_tag_++, Deadline::after_seconds(timeout_s_)};
+  round_tag_ = next_tag_++;
+  recorder_.set_activity("negotiation round", round_tag_);
+  CollectiveContext ctx{runtime_->transport(), round_tag_, Deadline::after_seconds(timeout_s_)};
   RoundResult round;
   try {
     round = exchange_announcements(ctx, mine);
@@ -426,23 +467,74 @@ void Engine::apply_announcements(const RoundResult& round) {
 void Engine::poison(const Error& error) {
   {
     std::lock_guard<std::mutex> lock(queue_mutex_);
-    if (!broken_) broken_ = error;
+    if (broken_) {
+      fail_all(*broken_);
+      return;
+    }
   }
-  runtime_->transport().abort(error.what());
-  fail_all(error);
+  // Read before the transport is aborted: what this rank was doing and whom it waited on.
+  const int peer = runtime_->transport().waiting_for();
+  const std::string now = status_line();
+  const std::string message = error.what();
+  std::string context;
+  if (heartbeat_) {
+    // Recorded before the peers see this rank's abort, so that they find it in the store.
+    // Not repeated when this rank saw it itself (a peer's abort) or saw the same (a stall
+    // every rank detects on its own: only the "rank N: " prefix differs).
+    auto first = heartbeat_->first_failure(message);
+    auto without_rank = [](const std::string& text) { return text.substr(text.find(": ") + 1); };
+    if (first && message.find(*first) == std::string::npos &&
+        without_rank(*first) != without_rank(message)) {
+      context += "\n  the first failure in this job: " + *first;
+    }
+    context += heartbeat_->whereabouts();
+  }
+  const Error failure(error.kind(), message + context);
+  {
+    std::lock_guard<std::mutex> lock(queue_mutex_);
+    broken_ = failure;
+  }
+  // Peers get the short form and add what they know themselves.
+  runtime_->transport().abort(message);
+  fail_all(failure, peer);
+  report_flight_recorder(failure.what(), now);
 }
 
-void Engine::fail_all(const Error& error) {
+void Engine::fail_all(const Error& error, int peer) {
   std::vector<Local> queued;
   {
     std::lock_guard<std::mutex> lock(queue_mutex_);
     queued.swap(queue_);
     pending_names_.clear();
   }
-  for (Local& local : queued) local.handle->fail(error);
-  for (auto& [key, local] : announced_) local->handle->fail(error);
+  const int64_t now = Timeline::now_us();
+  for (Local& local : queued) {
+    recorder_.finished(local.flight_id, false, -1, now);
+    local.handle->fail(error);
+  }
+  for (auto& [key, local] : announced_) {
+    recorder_.finished(local->flight_id, false, peer, now);
+    local->handle->fail(error);
+  }
   announced_.clear();
   waiting_ = false;
+}
+
+void Engine::report_flight_recorder(const std::string& error, const std::string& now) {
+  const std::string& dir = env_config().flight_recorder_dir;
+  if (!dir.empty()) {
+    ::mkdir(dir.c_str(), 0777);  // may exist already; opening the file tells
+    const std::string path = dir + "/rank" + std::to_string(rank_) + ".json";
+    std::ofstream file(path, std::ios::trunc);
+    file << recorder_.to_json(rank_, size_, error, now);
+    file.close();
+    if (file) {
+      RF_LOG(kError) << "rank " << rank_ << ": failed; flight recorder written to " << path;
+      return;
+    }
+    RF_LOG(kError) << "rank " << rank_ << ": could not write the flight recorder to " << path;
+  }
+  RF_LOG(kError) << recorder_.to_text(rank_, size_, error, now);
 }
 
 }  // namespace rf

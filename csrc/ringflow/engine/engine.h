@@ -9,7 +9,9 @@
 // whichever rank has news, and idle ranks join when their sockets turn readable.
 //
 // Failure: an I/O error or timeout poisons the engine — peers are told why, every pending
-// handle and every later call raises the first error.
+// handle and every later call raises the first error. The error names where the failure began
+// (the job's first failure, recorded in the store), the ranks whose heartbeat stopped and what
+// each rank was doing (heartbeat.h); the flight recorder is printed or written to a file.
 #pragma once
 
 #include <atomic>
@@ -26,7 +28,9 @@
 #include "ringflow/common/scratch_buffer.h"
 #include "ringflow/common/unique_fd.h"
 #include "ringflow/engine/announcement.h"
+#include "ringflow/engine/flight_recorder.h"
 #include "ringflow/engine/handle.h"
+#include "ringflow/engine/heartbeat.h"
 #include "ringflow/engine/process_sets.h"
 #include "ringflow/engine/response_cache.h"
 #include "ringflow/engine/runtime.h"
@@ -85,6 +89,8 @@ class Engine {
   void start_timeline(const std::string& path);
   void stop_timeline() { timeline_.stop(); }
   EngineStats stats();
+  // The flight recorder as JSON (see flight_recorder.h), with the failure if there was one.
+  std::string flight_recorder_json();
 
  private:
   struct Local {
@@ -92,7 +98,8 @@ class Engine {
     Descriptor own;
     HandlePtr handle;
     int64_t submitted_us = 0;
-    bool stand_in = false;  // join.cc: zeros for a rank that has joined
+    uint64_t flight_id = 0;  // this request's flight recorder entry
+    bool stand_in = false;   // join.cc: zeros for a rank that has joined
     std::vector<char> zeros;
     std::vector<char> result;
   };
@@ -132,8 +139,14 @@ class Engine {
   void execute_point_to_point(Ready& tensor, const CollectiveContext& ctx);
   // Frees the tensor's name, then completes (error null) or fails its handle.
   void settle(Local& local, const Error* error);
+  // Fails the engine for good: adds what the store knows (first failure, heartbeats) to the
+  // error, tells the peers, fails every handle and reports the flight recorder.
   void poison(const Error& error);
-  void fail_all(const Error& error);
+  // `peer`: the rank this rank was waiting on when it failed (-1: none), for the recorder.
+  void fail_all(const Error& error, int peer = -1);
+  // What this rank is doing now, for heartbeats and the recorder: "<activity>, waiting on rank p".
+  std::string status_line() const;
+  void report_flight_recorder(const std::string& error, const std::string& now);
   void trace(const Ready& tensor, const char* phase, int64_t start_us, int64_t end_us);
 
   const int rank_;
@@ -144,6 +157,8 @@ class Engine {
   const size_t fusion_threshold_;
   const double cycle_time_ms_;
   Timeline timeline_;
+  FlightRecorder recorder_;
+  std::unique_ptr<Heartbeat> heartbeat_;  // null: one rank, RINGFLOW_HEARTBEAT_INTERVAL=0, no store
 
   // Submissions not yet announced, and this rank's pending names (duplicates are an error).
   std::mutex queue_mutex_;
@@ -162,7 +177,8 @@ class Engine {
   ResponseCache cache_;
   ScratchBuffer fusion_buffer_;
   uint64_t next_tag_ = 1;
-  std::mutex sets_mutex_;  // also read by submitting threads
+  uint64_t round_tag_ = 0;  // the tag of the round being applied (inline allreduces run in it)
+  std::mutex sets_mutex_;   // also read by submitting threads
   ProcessSetTable sets_;
 
   std::mutex stats_mutex_;

@@ -108,6 +108,7 @@ void Engine::execute_ready(std::vector<PendingTensor> ready) {
 }
 
 void Engine::settle(Local& local, const Error* error) {
+  recorder_.finished(local.flight_id, error == nullptr, -1, Timeline::now_us());
   {
     // The name is free again before the caller can see the handle done and reuse it.
     std::lock_guard<std::mutex> lock(queue_mutex_);
@@ -142,6 +143,7 @@ void Engine::execute_inline_allreduce(Ready& item) {
   const size_t count = descriptor_elements(item.local->own);
   const int set_size = static_cast<int>(item.tensor.members.size());
   const int64_t start = Timeline::now_us();
+  recorder_.running(item.local->flight_id, round_tag_, 0, start);
   trace(item, "NEGOTIATE", item.local->submitted_us, item.ready_us);
   trace(item, "QUEUE", item.ready_us, start);
   std::vector<const char*> contributions;
@@ -167,7 +169,10 @@ void Engine::execute(std::vector<Ready>& bucket, uint64_t tag) {
   if (it == members.end() || *it != rank_) return;  // another set's operation
   const int index = static_cast<int>(it - members.begin());
   const int64_t start = Timeline::now_us();
+  uint64_t bytes = 0;
   for (const Ready& item : bucket) {
+    recorder_.running(item.local->flight_id, tag, static_cast<int>(bucket.size()) - 1, start);
+    bytes += planned_bytes(item.tensor);
     trace(item, "NEGOTIATE", item.local->submitted_us, item.ready_us);
     trace(item, "QUEUE", item.ready_us, start);
   }
@@ -177,6 +182,7 @@ void Engine::execute(std::vector<Ready>& bucket, uint64_t tag) {
                              : static_cast<Transport&>(subset);
   CollectiveContext ctx{transport, tag, Deadline::after_seconds(timeout_s_)};
   const Request& first = bucket[0].local->submission.request;
+  recorder_.set_activity(op_kind_name(first.kind), tag, first.name, bytes);
   try {
     switch (first.kind) {
       case OpKind::kAllreduce:

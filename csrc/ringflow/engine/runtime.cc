@@ -54,13 +54,7 @@ void Runtime::join() {
     server.generation = options.generation;
     store_server_ = std::make_unique<TcpStoreServer>(server);
   }
-  StoreClientOptions client;
-  client.server = net::Endpoint{options.store_host, options.store_port};
-  client.secret = options.secret;
-  client.job_id = options.job_id;
-  client.rank = options.rank;
-  client.generation = options.generation;
-  store_ = std::make_unique<TcpStoreClient>(client, deadline);
+  store_ = std::make_unique<TcpStoreClient>(store_client_options(), deadline);
 
   RendezvousOptions rendezvous;
   rendezvous.rank = options.rank;
@@ -76,9 +70,18 @@ void Runtime::join() {
   // A launcher's own numbering wins (users pick devices by it); ours fills the gaps.
   if (options.local_rank >= 0) topology_.local_rank = options.local_rank;
   if (options.local_size >= 0) topology_.local_size = options.local_size;
-  // Nobody reads the store after this barrier, so rank 0 may close it whenever it shuts down.
   CollectiveContext ctx{*transport_, 0, deadline};
   dissemination_barrier(ctx);
+}
+
+StoreClientOptions Runtime::store_client_options() const {
+  StoreClientOptions client;
+  client.server = net::Endpoint{options_.store_host, options_.store_port};
+  client.secret = options_.secret;
+  client.job_id = options_.job_id;
+  client.rank = options_.rank;
+  client.generation = options_.generation;
+  return client;
 }
 
 Runtime::~Runtime() { close(); }

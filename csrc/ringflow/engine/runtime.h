@@ -1,6 +1,7 @@
 // The connections of one initialised ringflow process: the store connection (and the store
 // itself on rank 0 when no launcher hosts it), the mesh of peer connections and the topology.
-// Owned by the Engine, which is the only user of the transport.
+// Owned by the Engine, which is the only user of the transport. Rank 0 keeps a store it hosts
+// open until it shuts down: heartbeats and failure reports go through it.
 #pragma once
 
 #include <memory>
@@ -43,6 +44,8 @@ class Runtime {
   int size() const { return options_.size; }
   const Topology& topology() const { return topology_; }
   Transport& transport() { return *transport_; }
+  // How to open another connection to this job's store (the heartbeat has its own).
+  StoreClientOptions store_client_options() const;
 
  private:
   void join();

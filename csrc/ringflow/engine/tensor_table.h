@@ -53,6 +53,7 @@ class TensorTable {
   std::vector<PendingTensor> take_ready(const std::vector<bool>& joined);
   std::map<uint64_t, PendingTensor>& pending() { return by_order_; }
   bool empty() const { return by_order_.empty(); }
+  size_t size() const { return by_order_.size(); }
 
  private:
   std::map<uint64_t, PendingTensor> by_order_;

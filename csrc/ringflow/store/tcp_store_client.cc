@@ -13,11 +13,23 @@ namespace rf {
 namespace sp = store_protocol;
 
 namespace {
-// Requests are small; the server answers them at once (a wait answers by its own deadline).
-constexpr double kRequestSeconds = 60.0;
-// How long past the requested deadline the client waits for the server's timeout reply.
-constexpr double kReplySlackSeconds = 10.0;
+// A kTimeout the server sent as its answer: the connection is still in step.
+bool answered_timeout(const Error& error) {
+  return error.kind() == ErrorKind::kTimeout &&
+         std::string(error.what()).find("waiting for store keys") != std::string::npos;
+}
 }  // namespace
+
+template <typename Request>
+auto TcpStoreClient::locked_request(Request request) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  try {
+    return request();
+  } catch (const Error& error) {
+    if (!answered_timeout(error)) fd_.reset();
+    throw;
+  }
+}
 
 TcpStoreClient::TcpStoreClient(StoreClientOptions options, const Deadline& deadline)
     : options_(std::move(options)) {
@@ -53,7 +65,9 @@ TcpStoreClient::TcpStoreClient(StoreClientOptions options, const Deadline& deadl
 }
 
 int TcpStoreClient::fd() const {
-  RF_CHECK(fd_.valid(), kInvalidArgument) << "the store client is closed";
+  RF_CHECK(fd_.valid(), kPeerFailure)
+      << "the connection to the store at " << options_.server.str()
+      << " is closed (closed by this rank, or lost after an I/O error)";
   return fd_.get();
 }
 
@@ -70,50 +84,53 @@ std::string TcpStoreClient::local_ip() const {
 void TcpStoreClient::set(const std::string& key, const std::string& value) {
   RF_CHECK(key.size() <= sp::kMaxKeyBytes && value.size() <= sp::kMaxValueBytes, kInvalidArgument)
       << "store key or value too large (" << key.size() << ", " << value.size() << " bytes)";
-  std::lock_guard<std::mutex> lock(mutex_);
-  Deadline deadline = Deadline::after_seconds(kRequestSeconds);
-  sp::write_u8(fd(), static_cast<uint8_t>(sp::Command::kSet), deadline);
-  sp::write_string(fd(), key, deadline);
-  sp::write_string(fd(), value, deadline);
-  RF_CHECK(sp::read_u8(fd(), deadline) == static_cast<uint8_t>(sp::Status::kOk), kPeerFailure)
-      << "store refused set of '" << key << "'";
+  locked_request([&] {
+    Deadline deadline = Deadline::after_seconds(options_.request_timeout_s);
+    sp::write_u8(fd(), static_cast<uint8_t>(sp::Command::kSet), deadline);
+    sp::write_string(fd(), key, deadline);
+    sp::write_string(fd(), value, deadline);
+    RF_CHECK(sp::read_u8(fd(), deadline) == static_cast<uint8_t>(sp::Status::kOk), kPeerFailure)
+        << "store refused set of '" << key << "'";
+  });
 }
 
 int64_t TcpStoreClient::add(const std::string& key, int64_t delta) {
-  std::lock_guard<std::mutex> lock(mutex_);
-  Deadline deadline = Deadline::after_seconds(kRequestSeconds);
-  sp::write_u8(fd(), static_cast<uint8_t>(sp::Command::kAdd), deadline);
-  sp::write_string(fd(), key, deadline);
-  sp::write_i64(fd(), delta, deadline);
-  RF_CHECK(sp::read_u8(fd(), deadline) == static_cast<uint8_t>(sp::Status::kOk), kPeerFailure)
-      << "store refused add on '" << key << "'";
-  return sp::read_i64(fd(), deadline);
+  return locked_request([&] {
+    Deadline deadline = Deadline::after_seconds(options_.request_timeout_s);
+    sp::write_u8(fd(), static_cast<uint8_t>(sp::Command::kAdd), deadline);
+    sp::write_string(fd(), key, deadline);
+    sp::write_i64(fd(), delta, deadline);
+    RF_CHECK(sp::read_u8(fd(), deadline) == static_cast<uint8_t>(sp::Status::kOk), kPeerFailure)
+        << "store refused add on '" << key << "'";
+    return sp::read_i64(fd(), deadline);
+  });
 }
 
 std::string TcpStoreClient::get(const std::string& key, const Deadline& deadline) {
-  std::lock_guard<std::mutex> lock(mutex_);
-  std::string value;
-  wait_locked(static_cast<uint8_t>(sp::Command::kGet), {key}, deadline, &value);
-  return value;
+  return locked_request([&] {
+    std::string value;
+    wait_locked(static_cast<uint8_t>(sp::Command::kGet), {key}, deadline, &value);
+    return value;
+  });
 }
 
 void TcpStoreClient::wait(const std::vector<std::string>& keys, const Deadline& deadline) {
-  std::lock_guard<std::mutex> lock(mutex_);
-  wait_locked(static_cast<uint8_t>(sp::Command::kWait), keys, deadline, nullptr);
+  locked_request(
+      [&] { wait_locked(static_cast<uint8_t>(sp::Command::kWait), keys, deadline, nullptr); });
 }
 
 void TcpStoreClient::wait_locked(uint8_t command, const std::vector<std::string>& keys,
                                  const Deadline& deadline, std::string* value) {
   // The server waits on our behalf and answers "timeout" with the missing keys at the deadline.
   uint32_t timeout_ms = static_cast<uint32_t>(deadline.remaining_ms(1 << 30));
-  Deadline io_deadline = Deadline::after_seconds(kRequestSeconds);
+  Deadline io_deadline = Deadline::after_seconds(options_.request_timeout_s);
   sp::write_u8(fd(), command, io_deadline);
   if (command == static_cast<uint8_t>(sp::Command::kWait)) {
     sp::write_u32(fd(), static_cast<uint32_t>(keys.size()), io_deadline);
   }
   for (const auto& key : keys) sp::write_string(fd(), key, io_deadline);
   sp::write_u32(fd(), timeout_ms, io_deadline);
-  Deadline reply_deadline = Deadline::after_seconds(timeout_ms / 1000.0 + kReplySlackSeconds);
+  Deadline reply_deadline = Deadline::after_seconds(timeout_ms / 1000.0 + options_.reply_slack_s);
   auto status = static_cast<sp::Status>(sp::read_u8(fd(), reply_deadline));
   if (status == sp::Status::kTimeout) {
     uint32_t count = sp::read_u32(fd(), reply_deadline);

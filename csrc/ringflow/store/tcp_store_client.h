@@ -18,6 +18,11 @@ struct StoreClientOptions {
   int32_t rank = -1;         // for the server's logs
   uint32_t generation = 0;   // a rank-0-hosted store only accepts its own generation
   double timeout_s = 300.0;  // for get()/wait() callers without a deadline of their own
+  // How long one request's I/O may take, and how long past a get()/wait() deadline the reply
+  // may be late. A client that must not block for long (the heartbeat, the failure path)
+  // shortens both: a store host that stopped answering then costs about a second.
+  double request_timeout_s = 60.0;
+  double reply_slack_s = 10.0;
 };
 
 class TcpStoreClient : public Store {
@@ -38,6 +43,10 @@ class TcpStoreClient : public Store {
   double timeout_s() const { return options_.timeout_s; }
 
  private:
+  // Runs one request with the lock held. An I/O error leaves the connection mid-message, so
+  // it is closed: later requests fail at once instead of reading a stale reply.
+  template <typename Request>
+  auto locked_request(Request request);
   void wait_locked(uint8_t command, const std::vector<std::string>& keys, const Deadline& deadline,
                    std::string* value);
   int fd() const;

@@ -39,6 +39,10 @@ class Transport {
   // sockets to poll for readability, and whether bytes already read sit in a staging buffer.
   virtual std::vector<int> peer_fds() const = 0;
   virtual bool has_buffered_input() const = 0;
+  // The job rank this rank last went to sleep waiting for (its first pending operation), or -1
+  // after a wait completed. Stays set when a wait throws. Safe to read from any thread: the
+  // heartbeat and the flight recorder report it.
+  virtual int waiting_for() const { return -1; }
   // Tells every peer (best effort) why this rank gives up, and closes all connections.
   virtual void abort(const std::string& reason) noexcept = 0;
 };

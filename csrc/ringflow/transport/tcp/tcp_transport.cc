@@ -58,9 +58,14 @@ bool TcpTransport::progress_active() {
   active_.erase(std::unique(active_.begin(), active_.end()), active_.end());
   auto idle = [this](int peer) {
     TcpPair& p = *pairs_[peer];
-    bool sends_idle = p.progress_sends();
-    bool recvs_idle = p.progress_recvs();
-    return sends_idle && recvs_idle;
+    try {
+      bool sends_idle = p.progress_sends();
+      bool recvs_idle = p.progress_recvs();
+      return sends_idle && recvs_idle;
+    } catch (const Error&) {
+      waiting_for_.store(peer, std::memory_order_relaxed);  // the peer this wait ended on
+      throw;
+    }
   };
   active_.erase(std::remove_if(active_.begin(), active_.end(), idle), active_.end());
   return active_.empty();
@@ -73,6 +78,7 @@ void TcpTransport::progress_until(Finished finished, const Deadline& deadline) {
   const auto start = Clock::now();
   auto done = [&] {
     if (!finished()) return false;
+    waiting_for_.store(-1, std::memory_order_relaxed);
     spin_.waited(
         std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start).count());
     return true;
@@ -88,6 +94,14 @@ void TcpTransport::progress_until(Finished finished, const Deadline& deadline) {
         ::sched_yield();
         progress_active();
         if (done()) return;
+      }
+    }
+    // active_ is sorted: name the lowest peer that still owes this rank a frame, else a send.
+    waiting_for_.store(active_.empty() ? -1 : active_.front(), std::memory_order_relaxed);
+    for (int peer : active_) {
+      if (pairs_[peer]->receiving()) {
+        waiting_for_.store(peer, std::memory_order_relaxed);
+        break;
       }
     }
     RF_CHECK(!deadline.expired(), kTimeout) << "timed out waiting for " << pending_summary();

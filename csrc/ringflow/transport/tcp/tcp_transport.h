@@ -2,6 +2,7 @@
 // from the thread that waits.
 #pragma once
 
+#include <atomic>
 #include <memory>
 #include <string>
 #include <vector>
@@ -29,6 +30,7 @@ class TcpTransport : public Transport {
   void wait_all(const Deadline& deadline) override;
   std::vector<int> peer_fds() const override;
   bool has_buffered_input() const override;
+  int waiting_for() const override { return waiting_for_.load(std::memory_order_relaxed); }
   void abort(const std::string& reason) noexcept override;
 
  private:
@@ -44,6 +46,7 @@ class TcpTransport : public Transport {
   std::vector<std::unique_ptr<TcpPair>> pairs_;  // null for this rank
   UniqueFd epoll_fd_;
   std::vector<int> active_;  // peers with pending operations
+  std::atomic<int> waiting_for_{-1};
 };
 
 }  // namespace rf

@@ -1,0 +1,131 @@
+#include "ringflow/engine/heartbeat.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <sstream>
+
+#include "ringflow/common/check.h"
+#include "ringflow/common/log.h"
+
+namespace rf {
+
+namespace {
+
+// Heartbeats older than this many intervals mean the rank stopped answering: one beat may be
+// late under load, three in a row are not.
+constexpr double kStaleIntervals = 3.0;
+// Ranks listed in a failure message; a bigger job lists the ones that stopped first.
+constexpr int kMaxListedRanks = 64;
+// Every store request of the heartbeat ends within about this long (the failure path waits on
+// it, and a store whose host was stopped must not hold it for the usual minute).
+constexpr double kStoreSeconds = 1.0;
+
+int64_t wall_us() {
+  return std::chrono::duration_cast<std::chrono::microseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+}  // namespace
+
+Heartbeat::Heartbeat(HeartbeatOptions options, std::function<std::string()> status)
+    : options_(std::move(options)), status_(std::move(status)) {
+  StoreClientOptions store = options_.store;
+  store.request_timeout_s = kStoreSeconds;
+  store.reply_slack_s = kStoreSeconds;
+  store_ = std::make_unique<TcpStoreClient>(store, Deadline::after_seconds(5 * kStoreSeconds));
+  thread_ = std::thread([this] { run(); });
+}
+
+Heartbeat::~Heartbeat() { stop(); }
+
+void Heartbeat::stop() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stopping_ = true;
+  }
+  wake_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+std::string Heartbeat::key(int rank) const {
+  return "rf/" + std::to_string(options_.generation) + "/heartbeat/" + std::to_string(rank);
+}
+
+void Heartbeat::run() {
+  const auto interval = std::chrono::duration<double>(options_.interval_s);
+  std::unique_lock<std::mutex> lock(mutex_);
+  while (!stopping_) {
+    lock.unlock();
+    try {
+      store_->set(key(options_.rank), std::to_string(wall_us()) + " " + status_());
+    } catch (const Error& error) {
+      // The store is gone (its host shut down first, or died): nobody can read beats anyway.
+      RF_LOG(kDebug) << "rank " << options_.rank << ": heartbeat stopped: " << error.what();
+      return;
+    }
+    lock.lock();
+    wake_.wait_for(lock, interval, [this] { return stopping_; });
+  }
+}
+
+std::optional<std::string> Heartbeat::first_failure(const std::string& failure) {
+  const std::string base = "rf/" + std::to_string(options_.generation) + "/failure/";
+  try {
+    if (store_->add(base + "count", 1) == 1) {
+      store_->set(base + "first", failure);
+      return std::nullopt;
+    }
+    return store_->get(base + "first", Deadline::after_seconds(kStoreSeconds));
+  } catch (const Error&) {
+    return std::nullopt;  // no store: each rank reports what it saw itself
+  }
+}
+
+std::string Heartbeat::whereabouts() {
+  const int64_t now = wall_us();
+  const double stale_s = kStaleIntervals * options_.interval_s;
+  std::ostringstream stopped;
+  std::ostringstream doing;
+  const int listed = std::min(options_.size, kMaxListedRanks);
+  for (int r = 0; r < listed; ++r) {
+    doing << "\n    rank " << r << ": ";
+    if (r == options_.rank) {
+      doing << status_();
+      continue;
+    }
+    std::string value;
+    try {
+      value = store_->get(key(r), Deadline::after_seconds(0));
+    } catch (const Error& error) {
+      if (error.kind() != ErrorKind::kTimeout) return "";  // the store is unreachable
+      doing << "no heartbeat";
+      continue;
+    }
+    const size_t space = value.find(' ');
+    char* end = nullptr;
+    const long long stamp = std::strtoll(value.c_str(), &end, 10);
+    if (end != value.c_str() + std::min(space, value.size())) {
+      doing << "unreadable heartbeat";
+      continue;
+    }
+    const double age_s = (now - stamp) / 1e6;
+    const std::string status = space == std::string::npos ? "" : value.substr(space + 1);
+    char age[32];
+    std::snprintf(age, sizeof(age), "%.1f s", age_s);
+    if (age_s > stale_s) {
+      stopped << "\n  rank " << r << " stopped answering: its last heartbeat is " << age
+              << " old (then: " << status << ")";
+      doing << "(" << age << " ago) ";
+    }
+    doing << status;
+  }
+  std::string text = stopped.str() + "\n  what each rank was doing:" + doing.str();
+  if (listed < options_.size)
+    text += "\n    (ranks from " + std::to_string(listed) + " not listed)";
+  return text;
+}
+
+}  // namespace rf
