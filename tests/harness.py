@@ -216,6 +216,7 @@ class Job:
         self._dead: set[int] = set()
         self.broken = False
         """True once the job cannot serve more requests (a rank died, hung or lost its peers)."""
+        self._carry_on = False
         self.closed = False
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -277,6 +278,12 @@ class Job:
         if proc.poll() is None:
             os.kill(proc.pid, sig)
 
+    def carry_on_without_the_dead(self) -> None:
+        """Let a broken job serve requests to its live ranks (tests of what survivors can still
+        do, e.g. init() again). The job is still killed, not shut down, at close."""
+        self._dead |= {rank for rank, proc in self._procs.items() if proc.poll() is not None}
+        self._carry_on = True
+
     def close(self, deadline: float = 30.0) -> None:
         """Ask every live rank to shut down and exit; kill whatever is left at the deadline.
 
@@ -335,8 +342,8 @@ class Job:
         self, fn: Callable[..., Any], *args: Any, ranks: Iterable[int] | None = None, **kwargs: Any
     ) -> None:
         """Send ``fn(*args, **kwargs)`` to the given ranks (default: all) without waiting."""
-        assert not self.broken, "job is broken"
         ranks = range(self.size) if ranks is None else list(ranks)
+        assert not self.broken or (self._carry_on and not self._dead & set(ranks)), "job is broken"
         payload = pickle.dumps((fn, args, kwargs))
         for rank in ranks:
             assert rank not in self._pending, f"rank {rank} has a request outstanding"

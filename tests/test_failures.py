@@ -1,6 +1,8 @@
-"""A rank dies or stalls: every survivor raises rf.Error within the timeout; nothing hangs.
+"""A rank dies or stalls: every survivor raises rf.Error naming it; nothing hangs.
 
-Each test runs its own job (the communicator ends up poisoned) with a short RINGFLOW_TIMEOUT.
+A dead peer is noticed from its sockets (EOF, reset), so survivors raise within DEAD_PEER_S
+whatever RINGFLOW_TIMEOUT is; a rank that stays alive but never joins fails the others at the
+timeout. Each test runs its own job (the communicator ends up poisoned), at N = 2 and 4.
 """
 
 from __future__ import annotations
@@ -18,8 +20,12 @@ import ringflow as rf
 from tests import harness
 
 TIMEOUT_S = 10.0
-"""RINGFLOW_TIMEOUT of these jobs; a survivor must raise within it (plus scheduling slack)."""
+"""RINGFLOW_TIMEOUT of these jobs: larger than DEAD_PEER_S, so a death noticed late would show."""
 SLACK_S = 10.0
+DEAD_PEER_S = 5.0
+"""The issue's bound: every survivor raises within this long of a peer's death."""
+POISONED_S = 1.0
+"""A call on a poisoned communicator raises at once (this allows for a loaded CI machine)."""
 
 
 def _collective(kind, name):
@@ -72,28 +78,44 @@ def check_survivors(results, victim, expected_exit):
         for attempt, (error, elapsed) in zip(("first", "second"), result.value):
             context = f"rank {result.rank}, {attempt} call after rank {victim} died"
             assert isinstance(error, rf.Error), f"{context}: no error ({elapsed:.1f} s)"
-            assert elapsed < TIMEOUT_S + SLACK_S, f"{context}: took {elapsed:.1f} s: {error}"
+            bound = DEAD_PEER_S if attempt == "first" else POISONED_S
+            assert elapsed < bound, f"{context}: took {elapsed:.1f} s: {error}"
             assert f"rank {result.rank}" in str(error), f"{context}: {error}"
+            assert names_dead_rank(str(error), victim), f"{context}: {error}"
+
+
+def names_dead_rank(message, victim):
+    """Whether the message says that the victim's connection failed (directly, through a
+    peer's abort, or as the job's first failure)."""
+    return any(
+        phrase in message
+        for phrase in (
+            f"the connection to rank {victim} was closed",
+            f"receiving from rank {victim} failed",
+            f"sending to rank {victim} failed",
+        )
+    )
 
 
 @pytest.mark.parametrize("kind", ["allreduce", "broadcast", "allgather", "barrier"])
-@pytest.mark.parametrize("n", [3, 4])
+@pytest.mark.parametrize("n", [2, 4])
 def test_rank_killed_before_collective(make_job, n, kind):
-    victim = 2
+    victim = n - 1
     job = make_job(n, rank_timeout=TIMEOUT_S).start()
     results = job.run(_warm_up_then, victim, "sigkill", kind)
     check_survivors(results, victim, -signal.SIGKILL)
 
 
-def test_rank_exits_without_shutdown(make_job):
-    job = make_job(3, rank_timeout=TIMEOUT_S).start()
+@pytest.mark.parametrize("n", [2, 4])
+def test_rank_exits_without_shutdown(make_job, n):
+    job = make_job(n, rank_timeout=TIMEOUT_S).start()
     results = job.run(_warm_up_then, 1, "exit", "allreduce")
     check_survivors(results, 1, 3)
 
 
-def test_killed_sender_fails_waiting_receiver(make_job):
+@pytest.mark.parametrize("n", [2, 4])
+def test_killed_sender_fails_waiting_receiver(make_job, n):
     """recv from a rank that dies before sending."""
-    n = 3
     job = make_job(n, rank_timeout=TIMEOUT_S).start()
     results = job.run(_warm_up_then, n - 1, "sigkill", "recv")
     check_survivors(results, n - 1, -signal.SIGKILL)
@@ -112,9 +134,10 @@ def _loop_allreduce(victim):
     raise AssertionError("the loop never failed")
 
 
-def test_rank_killed_from_outside_mid_job(make_job):
+@pytest.mark.parametrize("n", [2, 4])
+def test_rank_killed_from_outside_mid_job(make_job, n):
     """The parent SIGKILLs a rank while every rank loops over large allreduces."""
-    n, victim = 4, 1
+    victim = 1
     job = make_job(n, rank_timeout=TIMEOUT_S).start()
     job.submit(_loop_allreduce, victim)
     store = job.store_client()
@@ -122,8 +145,10 @@ def test_rank_killed_from_outside_mid_job(make_job):
         store.get("test/looping", timeout_s=60.0)
     finally:
         store.close()
+    killed_at = time.monotonic()
     job.kill(victim)
     results = job.collect(deadline=TIMEOUT_S + 30)
+    assert time.monotonic() - killed_at < DEAD_PEER_S, harness.describe_all(results)
     for result in results:
         if result.rank == victim:
             assert result.died and result.exitcode == -signal.SIGKILL, result.describe()
@@ -132,34 +157,40 @@ def test_rank_killed_from_outside_mid_job(make_job):
             step, error = result.value
             assert step >= 3 and isinstance(error, rf.Error), result.describe()
             assert f"rank {result.rank}" in str(error), result.describe()
+            assert names_dead_rank(str(error), victim), result.describe()
 
 
-def test_rank_killed_while_others_negotiate(make_job):
-    """Ranks 0 and 1 wait for rank 2 to join an allreduce; rank 2 is killed instead."""
-    job = make_job(3, rank_timeout=TIMEOUT_S).start()
+@pytest.mark.parametrize("n", [2, 4])
+def test_rank_killed_while_others_negotiate(make_job, n):
+    """The others wait for the last rank to join an allreduce; it is killed instead."""
+    victim = n - 1
+    job = make_job(n, rank_timeout=TIMEOUT_S).start()
     job.call(_collective, "allreduce", "warm-up")
-    job.submit(_timed, "allreduce", "never-joined", ranks=[0, 1])
-    job.kill(2)
-    for result in job.collect(ranks=[0, 1], deadline=TIMEOUT_S + 30):
+    survivors = list(range(victim))
+    job.submit(_timed, "allreduce", "never-joined", ranks=survivors)
+    job.kill(victim)
+    for result in job.collect(ranks=survivors, deadline=TIMEOUT_S + 30):
         error, elapsed = result.value
         assert isinstance(error, rf.Error), result.describe()
-        assert elapsed < TIMEOUT_S + SLACK_S, result.describe()
+        assert elapsed < DEAD_PEER_S, result.describe()
+        assert names_dead_rank(str(error), victim), result.describe()
 
 
-def test_stalled_rank_times_out(make_job):
-    """Rank 2 stays alive but never joins: the others raise at RINGFLOW_TIMEOUT, naming the
-    tensor and the rank that is missing (DESIGN.md, stall inspector)."""
-    timeout = 3.0
-    job = make_job(3, rank_timeout=timeout).start()
+@pytest.mark.parametrize("n", [2, 4])
+def test_stalled_rank_times_out(make_job, n):
+    """The last rank stays alive but never joins: the others raise at RINGFLOW_TIMEOUT, naming
+    the tensor and the rank that is missing (DESIGN.md, stall inspector)."""
+    timeout, missing = 3.0, n - 1
+    job = make_job(n, rank_timeout=timeout).start()
     job.call(_collective, "allreduce", "warm-up")
-    results = job.run(_timed, "allreduce", "stalled.tensor", ranks=[0, 1], deadline=60)
+    results = job.run(_timed, "allreduce", "stalled.tensor", ranks=range(missing), deadline=60)
     for result in results:
         error, elapsed = result.value
         assert isinstance(error, rf.Error), result.describe()
         assert "stalled.tensor" in str(error), result.describe()
         assert f"rank {result.rank}" in str(error), result.describe()
-        assert "rank 2" in str(error), f"the message does not name the missing rank 2: {error}"
-        assert elapsed < timeout + SLACK_S, result.describe()
+        assert f"not by rank {missing}" in str(error), f"missing rank not named: {error}"
+        assert timeout - 0.5 < elapsed < timeout + SLACK_S, result.describe()
 
 
 def _hang_on(rank):
