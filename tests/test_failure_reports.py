@@ -137,7 +137,7 @@ def test_flight_recorder_is_written_to_the_directory(make_job, n, tmp_path):
     victim = 1
     env = {"RINGFLOW_FLIGHT_RECORDER": str(tmp_path / "flight")}
     job = make_job(n, rank_timeout=TIMEOUT_S, env=env).start()
-    survivors, results = _kill_mid_loop(job, victim)
+    _, results = _kill_mid_loop(job, victim)
     for result in results:
         assert result.ok and isinstance(result.value[1], rf.Error), result.describe()
         record = json.loads((tmp_path / "flight" / f"rank{result.rank}.json").read_text())
