@@ -29,6 +29,7 @@ TORCHRUN = {
     "LOCAL_WORLD_SIZE": "4",
     "MASTER_ADDR": "node0",
     "MASTER_PORT": "29400",
+    "RINGFLOW_SECRET": "torchrun-job-secret",
 }
 
 OPENMPI = {
@@ -37,11 +38,18 @@ OPENMPI = {
     "OMPI_COMM_WORLD_LOCAL_RANK": "2",
     "OMPI_COMM_WORLD_LOCAL_SIZE": "3",
     "MASTER_ADDR": "mpihead",
+    "RINGFLOW_SECRET": "mpi-job-secret",
 }
 
-SLURM = {"SLURM_PROCID": "1", "SLURM_NTASKS": "2", "SLURM_LOCALID": "1", "MASTER_ADDR": "n1"}
+SLURM = {
+    "SLURM_PROCID": "1",
+    "SLURM_NTASKS": "2",
+    "SLURM_LOCALID": "1",
+    "MASTER_ADDR": "n1",
+    "RINGFLOW_SECRET": "slurm-job-secret",
+}
 
-PMI = {"PMI_RANK": "0", "PMI_SIZE": "3", "MASTER_ADDR": "h"}
+PMI = {"PMI_RANK": "0", "PMI_SIZE": "3", "MASTER_ADDR": "h", "RINGFLOW_SECRET": "pmi-job-secret"}
 
 
 def test_no_launcher_is_a_single_process():
@@ -204,15 +212,27 @@ def test_store_external_zero_means_rank0_hosts():
     assert cfg.hosts_store
 
 
-def test_default_secret_is_deterministic_per_job_and_flagged(caplog):
+@pytest.mark.parametrize("address", ["127.0.0.1", "127.3.2.1", "localhost", "::1"])
+def test_default_secret_on_loopback_is_deterministic_per_job_and_flagged(caplog, address):
+    local = {**TORCHRUN, "RINGFLOW_SECRET": None, "MASTER_ADDR": address}
+    local = {key: value for key, value in local.items() if value is not None}
     with caplog.at_level(logging.WARNING, logger="ringflow"):
-        a = detect(TORCHRUN)
-    b = detect({**TORCHRUN, "RANK": "0"})
-    c = detect({**TORCHRUN, "MASTER_PORT": "29600"})
+        a = detect(local)
+    b = detect({**local, "RANK": "0"})
+    c = detect({**local, "MASTER_PORT": "29600"})
     assert a.secret == b.secret != c.secret
     assert a.secret_is_default
     assert "RINGFLOW_SECRET" in caplog.text
     assert "not secure" in caplog.text
+
+
+@pytest.mark.parametrize("address", ["node0", "10.0.0.1", "198.18.0.1", "::ffff:10.0.0.1"])
+def test_multi_rank_job_off_loopback_needs_a_secret(address):
+    remote = {key: value for key, value in TORCHRUN.items() if key != "RINGFLOW_SECRET"}
+    with pytest.raises(ValueError, match=r"RINGFLOW_SECRET is not set and the store address"):
+        detect({**remote, "MASTER_ADDR": address})
+    single = {"RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": address, "MASTER_PORT": "29400"}
+    assert detect(single).secret_is_default  # nobody else joins a one-rank job
 
 
 def test_single_process_does_not_warn_about_the_secret(caplog):

@@ -24,10 +24,11 @@ Whatever the source, these ``RINGFLOW_*`` variables refine the rendezvous:
   needs to find it).
 - ``RINGFLOW_STORE_EXTERNAL``: ``1`` if the launcher hosts the store (``ringflow run`` does),
   ``0`` (default) if rank 0 hosts it.
-- ``RINGFLOW_SECRET``: the job secret for the HMAC handshake (used as UTF-8 bytes). **When it is
-  unset the secret is derived from the job id, which anyone who can see the address can compute:
-  that default only keeps unrelated jobs apart and is not secure.** Use ``ringflow run`` (which
-  makes a random secret per job) or set ``RINGFLOW_SECRET`` to the same random value on every rank.
+- ``RINGFLOW_SECRET``: the job secret for the HMAC handshake (used as UTF-8 bytes). Required
+  for a multi-rank job whose store address is not a loopback address. **On loopback, when it is
+  unset, the secret is derived from the job id, which anyone on the machine can compute: that
+  default only keeps unrelated jobs apart and is not secure.** Use ``ringflow run`` (which makes a
+  random secret per job) or set ``RINGFLOW_SECRET`` to the same random value on every rank.
 - ``RINGFLOW_JOB_ID``: default ``"{store_addr}:{store_port}"``.
 - ``RINGFLOW_TIMEOUT``: seconds every wait may take, default 300.
 
@@ -39,6 +40,7 @@ Pure Python: this module never imports ``_core``.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import os
@@ -125,7 +127,7 @@ def detect(environ: Mapping[str, str] | None = None) -> RendezvousConfig:
     store_addr, store_port = _store_address(env, size)
     store_external = _flag(env, "RINGFLOW_STORE_EXTERNAL", default=False)
     job_id = env.get("RINGFLOW_JOB_ID") or f"{store_addr}:{store_port}"
-    secret = _secret(env, job_id, size)
+    secret = _secret(env, job_id, size, store_addr)
     timeout_s = _timeout(env)
     return RendezvousConfig(
         rank=rank,
@@ -251,18 +253,36 @@ def _flag(env: _Env, name: str, *, default: bool) -> bool:
     raise ValueError(f"{name}={value!r} must be 1 or 0")
 
 
-def _secret(env: _Env, job_id: str, size: int) -> bytes:
+def _secret(env: _Env, job_id: str, size: int, store_addr: str) -> bytes:
     value = env.raw("RINGFLOW_SECRET")
     if value is not None:
         if not value:
             raise ValueError("RINGFLOW_SECRET='' is empty; set a random value or unset it")
         return value.encode("utf-8")
     if size > 1:
+        advice = (
+            "launch with `ringflow run` or set RINGFLOW_SECRET to one random value on every rank"
+        )
+        if not _is_loopback(store_addr):
+            # A derived secret is no secret: any host that reaches the store could join the job.
+            raise ValueError(
+                f"RINGFLOW_SECRET is not set and the store address {store_addr!r} is not a "
+                f"loopback address, so other hosts could join this job; {advice}"
+            )
         _log.warning(
-            "RINGFLOW_SECRET is not set: using a secret derived from the job id, which is not "
-            "secure; launch with `ringflow run` or set RINGFLOW_SECRET on every rank"
+            "RINGFLOW_SECRET is not set: using a secret derived from the job id, which keeps "
+            f"other users of this machine out only by obscurity (not secure); {advice}"
         )
     return (_INSECURE_SECRET_PREFIX + job_id).encode("utf-8")
+
+
+def _is_loopback(address: str) -> bool:
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to any interface
 
 
 def _timeout(env: _Env) -> float:
