@@ -146,9 +146,8 @@ std::string FlightRecorder::to_text(int rank, int size, const std::string& error
     char line[160];
     std::snprintf(line, sizeof(line), "  %-6llu %-4llu %-12s %-12s %9llu  %-3d  %-9s  %6s  %7s  ",
                   static_cast<unsigned long long>(e.id), static_cast<unsigned long long>(e.seq),
-                  flight_phase_name(e.phase), e.kind.c_str(),
-                  static_cast<unsigned long long>(e.bytes), e.process_set,
-                  peer_text(e.peer).c_str(), span_ms(e.submitted_us, at).c_str(),
+                  flight_phase_name(e.phase), e.kind, static_cast<unsigned long long>(e.bytes),
+                  e.process_set, peer_text(e.peer).c_str(), span_ms(e.submitted_us, at).c_str(),
                   span_ms(e.started_us, e.ended_us).c_str());
     text << line << "'" << e.name << "'";
     if (e.fused_with > 0) text << " (fused with " << e.fused_with << " more)";

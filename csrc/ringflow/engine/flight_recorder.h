@@ -26,8 +26,8 @@ enum class FlightPhase : uint8_t {
 const char* flight_phase_name(FlightPhase phase);
 
 struct FlightEntry {
-  uint64_t id = 0;  // this rank's submission order
-  std::string kind;
+  uint64_t id = 0;        // this rank's submission order
+  const char* kind = "";  // op_kind_name(): a static string
   std::string name;
   int process_set = 0;
   uint64_t bytes = 0;  // this rank's input
