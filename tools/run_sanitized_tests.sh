@@ -23,9 +23,9 @@ work=${RINGFLOW_SANITIZE_DIR:-/tmp/ringflow-$mode}
 [[ -x $work/venv/bin/python ]] || python -m venv "$work/venv"
 # shellcheck disable=SC1091
 . "$work/venv/bin/activate"
-pip install -q scikit-build-core pybind11 numpy pytest pytest-timeout hypothesis ml_dtypes
+pip install -q scikit-build-core pybind11
 pip install -q --no-build-isolation -Cbuild-dir="$work/build" \
-  -Ccmake.define.RINGFLOW_SANITIZE="$mode" -Ccmake.build-type=RelWithDebInfo "$root"
+  -Ccmake.define.RINGFLOW_SANITIZE="$mode" -Ccmake.build-type=RelWithDebInfo "$root[test,examples]"
 
 rm -rf "$work/run" && mkdir -p "$work/run"
 cp -r "$root/tests" "$root/examples" "$work/run/"
