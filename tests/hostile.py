@@ -154,7 +154,8 @@ class Attacker:
             except (ConnectionError, socket.timeout):
                 pass  # reset or closed by the server: what we expect
             except OSError as exc:
-                if exc.errno != errno.ENOTCONN:  # ENOTCONN: shutdown() after the server's reset
+                # ENOTCONN: shutdown() after the server's reset; EADDRNOTAVAIL: our own ports
+                if exc.errno not in (errno.ENOTCONN, errno.EADDRNOTAVAIL):
                     self.unexpected.append(f"{payload.__name__} -> {target}: {exc!r}")
             self.fired[target.kind] += 1
             self.per_kind[payload.__name__] += 1

@@ -33,7 +33,8 @@ ATTACK_SECONDS = 60.0
 """Bound on the attack; it ends once PAYLOADS were fired and the collectives ran under it for
 MIN_UNDER_ATTACK_S, or at MAX_PAYLOADS."""
 MIN_UNDER_ATTACK_S = 5.0
-MAX_PAYLOADS = 100_000
+MAX_PAYLOADS = 20_000
+"""Below the ephemeral port range: our own TIME_WAIT sockets cannot exhaust it."""
 INIT_BOUND_S = 10.0
 """Rank N-1's rf.init() under attack. The old serial accept loop spent the 2 s handshake
 deadline on every silent connection queued before a real peer, and the attack holds up to
