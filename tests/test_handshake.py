@@ -10,13 +10,14 @@ from __future__ import annotations
 import os
 import socket
 import struct
+import time
 
 import numpy as np
 import pytest
 
 import ringflow as rf
 from ringflow import _core
-from tests import harness
+from tests import harness, hostile
 from tests import reference as ref
 
 
@@ -127,3 +128,58 @@ def test_rank_with_wrong_secret(make_job):
         assert not result.died, result.describe()
         assert isinstance(result.error, rf.Error), result.describe()
         assert f"rank {result.rank}" in str(result.error), result.describe()
+
+
+def _init_timed():
+    start = time.monotonic()
+    rf.init()
+    elapsed = time.monotonic() - start
+    rf.shutdown()
+    return elapsed
+
+
+def test_silent_intruders_do_not_delay_init(make_job):
+    """100 silent connections at each waiting rank's data port (beyond its 64 pending
+    handshakes) and at the store: the last rank still inits at once. Handshaking them one by one
+    for 2 s each, as ringflow once did, would take minutes."""
+    n = 3
+    job = make_job(n, auto_init=False).start(range(n - 1))
+    job.submit(_init_timed, ranks=range(n - 1))
+    store = job.store_client()
+    held = []
+    try:
+        ports = [harness.data_address(store, 0, r) for r in range(n - 1)]
+        for address in [*ports, ("127.0.0.1", job.store_port)]:
+            held += [socket.create_connection(address) for _ in range(100)]
+        job.start([n - 1])
+        job.submit(_init_timed, ranks=[n - 1])
+        results = _all_ok(job.collect(deadline=60))
+    finally:
+        for sock in held:
+            sock.close()
+        store.close()
+    assert results[-1].value < 5.0, f"rank {n - 1}: init took {results[-1].value:.1f} s"
+
+
+def test_refusal_is_logged_with_the_peer_address(make_job):
+    """A hello of another protocol version is refused, and the rank's log names who sent it."""
+    job = make_job(2, auto_init=False).start([0])
+    job.submit(_init_timed, ranks=[0])
+    store = job.store_client()
+    try:
+        address = harness.data_address(store, 0, 0)
+        with socket.create_connection(address) as sock:
+            local = "{}:{}".format(*sock.getsockname())
+            sock.sendall(hostile.hello(hostile.ROLE_PEER, 1, job.job_id.encode(), version=7))
+            sock.sendall(bytes(32))  # a proof, so that the rank gets to judge the hello
+            _drain_until_closed(sock)
+        end = time.monotonic() + 20
+        while f"from {local}" not in job.log_tail(0) and time.monotonic() < end:
+            time.sleep(0.05)
+        log = job.log_tail(0)
+        assert f"refused a connection from {local}" in log and "version 7" in log, log
+    finally:
+        store.close()
+    job.start([1])
+    job.submit(_init_timed, ranks=[1])
+    _all_ok(job.collect(deadline=60))

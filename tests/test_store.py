@@ -14,6 +14,7 @@ import pytest
 
 import ringflow as rf
 from ringflow import _core
+from tests import hostile
 
 SECRET = b"store-test-secret"
 JOB = "store-test-job"
@@ -269,3 +270,91 @@ def test_server_closing_wakes_a_waiting_client():
         assert time.monotonic() - closed_at < 15, outcome["error"]
     finally:
         cli.close()
+
+
+def _closed_within(sock, seconds):
+    """Whether the server closes `sock` within `seconds` (reading and discarding its bytes)."""
+    sock.settimeout(0.2)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            if not sock.recv(65536):
+                return True
+        except socket.timeout:
+            continue
+        except ConnectionResetError:
+            return True
+    return False
+
+
+def test_silent_connections_beyond_the_cap(server, client):
+    """200 silent connections (the server lets 64 wait for their handshake): a new client still
+    gets in at once, the oldest silent ones are cut off, and the rest at the handshake deadline."""
+    silent = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(200)]
+    try:
+        start = time.monotonic()
+        fresh = connect(server, timeout_s=10.0)
+        try:
+            fresh.set("past the silent ones", b"1")
+        finally:
+            fresh.close()
+        assert time.monotonic() - start < 3.0, f"a client waited {time.monotonic() - start:.1f} s"
+        assert _closed_within(silent[0], 3.0), "the oldest silent connection was not cut off"
+        # The handshake deadline (5 s) ends the ones still pending.
+        assert all(_closed_within(sock, 15.0) for sock in silent[-10:])
+    finally:
+        for sock in silent:
+            sock.close()
+    assert client.get("past the silent ones") == b"1"
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"\x01" + struct.pack("<I", 0xFFFFFFFF),  # set: key longer than the limit
+        b"\x01" + struct.pack("<I", 1) + b"k" + struct.pack("<I", 0x7FFFFFFF),  # value too long
+        b"\x04" + struct.pack("<I", 0xFFFFFFFF),  # wait on 4 billion keys
+        b"\x2a",  # no such command
+    ],
+    ids=["key-length", "value-length", "wait-count", "command"],
+)
+def test_authenticated_client_with_malformed_request(server, client, request_bytes):
+    """Knowing the secret does not let a client corrupt the server: a malformed request only
+    closes its own connection."""
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.settimeout(10.0)
+        assert hostile.handshake(sock, SECRET, JOB.encode(), hostile.ROLE_STORE_CLIENT, 0) == 0
+        sock.sendall(request_bytes)
+        assert _closed_within(sock, 10.0), "the server kept a malformed client connected"
+    client.set("after malformed", b"ok")
+    assert client.get("after malformed") == b"ok"
+
+
+def test_announced_value_is_not_allocated_up_front(server, client):
+    """A set announcing 60 MiB and sending 1 byte does not cost 60 MiB (chunked reads): many of
+    them at once leave the server serving."""
+    socks = []
+    rss_before = _rss_bytes()
+    try:
+        for _ in range(20):
+            sock = socket.create_connection(("127.0.0.1", server.port))
+            sock.settimeout(10.0)
+            assert hostile.handshake(sock, SECRET, JOB.encode(), hostile.ROLE_STORE_CLIENT, 0) == 0
+            sock.sendall(b"\x01" + struct.pack("<I", 1) + b"k" + struct.pack("<I", 60 << 20) + b"v")
+            socks.append(sock)
+        client.set("still serving", b"1")
+        assert client.get("still serving") == b"1"
+        grown = _rss_bytes() - rss_before
+        assert grown < 256 << 20, f"20 announced 60 MiB values grew the server by {grown >> 20} MiB"
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def _rss_bytes():
+    """Resident memory of this process (the server runs in it)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS in /proc/self/status")

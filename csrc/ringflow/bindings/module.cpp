@@ -18,6 +18,7 @@
 #include "ringflow/reduce/reduce.h"
 #include "ringflow/store/tcp_store_client.h"
 #include "ringflow/store/tcp_store_server.h"
+#include "ringflow/testing/frame_probe.h"  // test-only block at the end
 
 namespace py = pybind11;
 
@@ -449,4 +450,32 @@ PYBIND11_MODULE(_core, m) {
       py::arg("host"), py::arg("port"), py::arg("secret"), py::arg("job_id"), py::arg("rank"),
       py::arg("timeout_s") = 10.0,
       "Performs the peer handshake against a data port; raises ringflow.Error if refused.");
+  // --- Test-only (issue 6, hostile input): the real TcpPair fed raw bytes. Not public API. ---
+  m.def(
+      "_probe_frames",
+      [](const py::bytes& data, const std::vector<std::tuple<size_t, uint64_t, bool>>& recvs,
+         int peer) {
+        std::vector<rf::testing::ProbeRecv> specs;
+        for (const auto& [len, tag, variable] : recvs) specs.push_back({len, tag, variable});
+        std::string bytes(data);
+        rf::testing::ProbeResult result;
+        {
+          py::gil_scoped_release release;
+          result = rf::testing::probe_frames(bytes, specs, peer);
+        }
+        py::list buffers;
+        for (const auto& buffer : result.buffers) buffers.append(py::bytes(buffer));
+        py::dict out;
+        out["completed"] = result.completed;
+        out["buffers"] = buffers;
+        out["actual_lens"] = result.actual_lens;
+        out["error_kind"] = !result.failed                               ? "none"
+                            : result.kind == rf::ErrorKind::kPeerFailure ? "peer_failure"
+                            : result.kind == rf::ErrorKind::kTimeout     ? "timeout"
+                                                                         : "other";
+        out["error"] = result.message;
+        return out;
+      },
+      py::arg("data"), py::arg("recvs"), py::arg("peer"),
+      "Feeds data to a TcpPair from `peer` and runs receives (len, tag, variable_len): test-only.");
 }

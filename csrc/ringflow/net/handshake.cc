@@ -143,10 +143,18 @@ HandshakeResult handshake(int fd, const Identity& me, Role expected_peer_role,
   uint8_t mine_byte = static_cast<uint8_t>(mine);
   send_all(fd, &mine_byte, 1, deadline, "handshake verdict");
   uint8_t theirs_byte = 0;
-  recv_all(fd, &theirs_byte, 1, deadline, "handshake verdict");
   if (mine != Verdict::kAccepted) {
+    // Refused either way. Their verdict is read only so that ours reaches them before the
+    // close; an intruder that never sends it (or hangs up) must not hide why it was refused.
+    try {
+      recv_all(fd, &theirs_byte, 1, deadline, "handshake verdict");
+    } catch (const Error&) {
+    }
     result.verdict = mine;
-  } else if (theirs_byte != static_cast<uint8_t>(Verdict::kAccepted)) {
+    return result;
+  }
+  recv_all(fd, &theirs_byte, 1, deadline, "handshake verdict");
+  if (theirs_byte != static_cast<uint8_t>(Verdict::kAccepted)) {
     result.verdict = theirs_byte <= 3 ? static_cast<Verdict>(theirs_byte) : Verdict::kBadHello;
     result.reason = result.verdict == Verdict::kBadProof
                         ? "the other side refused our authentication (different RINGFLOW_SECRET?)"

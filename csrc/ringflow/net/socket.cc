@@ -129,6 +129,15 @@ std::string local_ip(int fd) {
   return text;
 }
 
+std::string peer_address(int fd) {
+  sockaddr_in addr{};
+  socklen_t len = sizeof(addr);
+  if (::getpeername(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) return "(unknown peer)";
+  char text[INET_ADDRSTRLEN] = {};
+  ::inet_ntop(AF_INET, &addr.sin_addr, text, sizeof(text));
+  return std::string(text) + ":" + std::to_string(ntohs(addr.sin_port));
+}
+
 bool wait_fd(int fd, bool for_write, const Deadline& deadline) {
   pollfd entry{fd, static_cast<short>(for_write ? POLLOUT : POLLIN), 0};
   while (true) {

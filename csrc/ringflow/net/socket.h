@@ -28,7 +28,8 @@ UniqueFd accept_tcp(int listen_fd, const Deadline& deadline);
 
 void set_nonblocking(int fd);
 void set_nodelay(int fd);
-std::string local_ip(int fd);  // address this socket is bound to
+std::string local_ip(int fd);      // address this socket is bound to
+std::string peer_address(int fd);  // "ip:port" of the other end, for logs
 
 // Move exactly len bytes, waiting up to the deadline. `what` names the exchange in errors.
 void send_all(int fd, const void* data, size_t len, const Deadline& deadline, const char* what);

@@ -1,5 +1,7 @@
 #include "ringflow/store/store_protocol.h"
 
+#include <algorithm>
+
 #include "ringflow/common/check.h"
 #include "ringflow/net/socket.h"
 
@@ -37,8 +39,14 @@ std::string read_string(int fd, uint32_t max_len, const Deadline& deadline) {
   uint32_t len = read_u32(fd, deadline);
   RF_CHECK(len <= max_len, kPeerFailure)
       << "store message announces " << len << " bytes, the limit is " << max_len;
-  std::string value(len, '\0');
-  net::recv_all(fd, value.data(), len, deadline, "store");
+  // Grow with what arrives: a client announcing 64 MiB and sending nothing costs nothing.
+  constexpr size_t kChunk = 64 * 1024;
+  std::string value;
+  while (value.size() < len) {
+    size_t have = value.size();
+    value.resize(have + std::min<size_t>(kChunk, len - have));
+    net::recv_all(fd, value.data() + have, value.size() - have, deadline, "store");
+  }
   return value;
 }
 

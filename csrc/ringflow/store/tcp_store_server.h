@@ -1,18 +1,17 @@
-// The store server: a thread accepting clients, one thread per client connection (a job has
-// at most a few hundred ranks, each with one connection, so this stays small and simple).
+// The store server. Connections are accepted and authenticated by a HandshakeAcceptor (each
+// handshake on its own thread, with a deadline and a cap on how many may be pending); an
+// authenticated client is then served on that same thread for as long as it stays connected
+// (a job has at most a few hundred ranks, each with one connection, so this stays simple).
 // Hosted by the launcher, or by rank 0 when the job was started without one.
 #pragma once
 
-#include <atomic>
-#include <condition_variable>
-#include <list>
-#include <map>
 #include <memory>
-#include <mutex>
+#include <set>
 #include <string>
-#include <thread>
 
 #include "ringflow/common/unique_fd.h"
+#include "ringflow/net/handshake_acceptor.h"
+#include "ringflow/store/store_requests.h"
 
 namespace rf {
 
@@ -35,26 +34,15 @@ class TcpStoreServer {
   void close();  // stops accepting, disconnects every client, joins every thread; idempotent
 
  private:
-  struct Connection {
-    UniqueFd fd;
-    std::thread thread;
-    std::atomic<bool> finished{false};
-  };
-  void accept_loop();
-  void serve(Connection* connection);
-  void serve_requests(int fd);
-  void reap_finished();  // joins the threads of closed connections; caller holds mutex_
+  net::AcceptorOptions acceptor_options() const;
+  void serve(UniqueFd fd, const std::string& address);
 
   StoreServerOptions options_;
   UniqueFd listen_fd_;
   int port_ = 0;
-  std::thread accept_thread_;
-
-  std::mutex mutex_;
-  std::condition_variable changed_;
-  bool stopping_ = false;
-  std::map<std::string, std::string> data_;
-  std::list<Connection> connections_;
+  StoreData data_;
+  std::set<int> serving_;  // sockets of authenticated clients; guarded by data_.mutex
+  std::unique_ptr<net::HandshakeAcceptor> acceptor_;
 };
 
 }  // namespace rf

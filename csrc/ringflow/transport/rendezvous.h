@@ -37,9 +37,11 @@ struct Mesh {
 // Store keys: rf/<generation>/addr/<r> = "<ip>:<port>", rf/<generation>/host/<r> = host id.
 std::string rendezvous_key(uint32_t generation, const char* what, int rank);
 
-// Rank r connects to every rank below it and accepts every rank above it. Connections that
-// fail the handshake (wrong secret, garbage, stale generation) are refused and logged; the
-// rendezvous goes on until every real peer has arrived or the deadline passes.
+// Rank r connects to every rank below it and accepts every rank above it, both at once. Every
+// accepted connection is handshaken on its own thread (net::HandshakeAcceptor): one that fails
+// (wrong secret, garbage, silence, stale generation) is refused and logged with its address
+// without delaying the others; the rendezvous goes on until every real peer has arrived or the
+// deadline passes. The listener is closed when connect_mesh returns.
 Mesh connect_mesh(Store& store, const RendezvousOptions& options, const Deadline& deadline);
 
 // A world of one: no store, no connections.
