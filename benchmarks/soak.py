@@ -2,11 +2,12 @@
 
     python benchmarks/soak.py [-np 2 4] [--ops 5000] [--seed S]
 
-For each world size, starts a job of local ranks through the test harness (tests/harness.py),
-runs the same schedule as tests/test_soak.py (tests/soak_plan.py) and prints a summary: the
-collectives per second, the mismatches (there must be none), and every rank's open fds and
-RSS (after gc and malloc_trim) at the start, after the warm-up and after every chunk. Exits 1
-on a mismatch, on fds that changed after the warm-up or on RSS growth over the test's bound.
+For each world size (1 to 8), starts a job of local ranks through the test harness
+(tests/harness.py), runs the same schedule as tests/test_soak.py (tests/soak_plan.py) and
+prints a summary: the collectives per second, the mismatches (there must be none), and every
+rank's open fds and RSS (after gc and malloc_trim) at the start, after the warm-up and after
+every chunk. Exits 1 on a mismatch, on fds that changed after the warm-up or on RSS growth
+over the test's bound.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests import harness, soak_driver, test_soak
 from tests import reference as ref
+from tests import soak_plan as plan
 
 MIB = 1 << 20
 
@@ -39,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ops", type=int, default=test_soak.FULL_OPS, help="collectives per size")
     parser.add_argument("--seed", type=int, default=None, help="default: the test's per size")
     args = parser.parse_args(argv)
+    if not all(1 <= n <= plan.MAX_RANKS for n in args.np):
+        parser.error(f"-np: the soak's inputs are exact for 1 to {plan.MAX_RANKS} ranks")
     failed = False
     for n in args.np:
         seed = args.seed if args.seed is not None else ref.seed_of("soak", n)

@@ -59,6 +59,9 @@ IN_PLACE = ("allreduce", "grouped_allreduce", "broadcast")
 FLOAT_SUM_SHIFT = {"float16": 0, "bfloat16": 2, "float32": 11, "float64": 23}
 """Right shift of the raw int8/int8/int32/int64 that gives a float Sum/Average input: bounds
 128, 32, 2**20, 2**40 as in `reference.exact_input` (sums of 4, times 2, stay exact)."""
+MAX_RANKS = 8
+"""Exactness holds up to 8 ranks: from 5, reduction inputs shift one bit further
+(`Step.narrow`), so sums and products of 8 stay within what 4 reach without it."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,8 @@ class Step:
     name: str | None = None
     blocking: bool = False
     data_seed: int = 0
+    narrow: int = 0
+    """Extra right shift of exact reduction inputs (1 for more than 4 ranks, see MAX_RANKS)."""
 
     @property
     def sequenced(self) -> bool:
@@ -178,6 +183,11 @@ def _flavour(gen: np.random.Generator, step: Step, seed: int) -> Step:
     return dataclasses.replace(step, name=name, blocking=blocking, data_seed=data_seed)
 
 
+def _narrow(n: int) -> int:
+    assert 1 <= n <= MAX_RANKS, f"the soak's inputs are exact for 1 to {MAX_RANKS} ranks, not {n}"
+    return 0 if n <= 4 else 1
+
+
 @functools.lru_cache(maxsize=4)
 def schedule(seed: int, n: int, n_ops: int) -> tuple[tuple[Step, ...], ...]:
     """Batches of steps, ``n_ops`` steps in all; the first steps are one of each collective at
@@ -203,7 +213,7 @@ def schedule(seed: int, n: int, n_ops: int) -> tuple[tuple[Step, ...], ...]:
         if step.kind == "barrier":
             steps.append(Step(index, "barrier", blocking=True))  # unnamed, blocking
         else:
-            steps.append(_flavour(gen, step, seed))
+            steps.append(dataclasses.replace(_flavour(gen, step, seed), narrow=_narrow(n)))
     batches: list[tuple[Step, ...]] = []
     current: list[Step] = []
     target = int(gen.integers(1, MAX_BATCH + 1))
@@ -251,14 +261,15 @@ def step_input(step: Step, member: int, rank: int) -> np.ndarray:
     elif step.kind not in REDUCING or ref.is_int(dt):
         values = raw.view(dt)
         if dt == np.int64 and step.op == "Average":
-            values = raw >> 13  # +-2**50: the float64 division of the rule stays exact
+            values = raw >> (13 + step.narrow)  # +-2**50: the float64 division is exact
     elif step.op in ("Min", "Max"):
         values = (raw.view(np.int16)[:count] >> 4).astype(dt)  # finite, never -0.0
     elif step.op == "Product":
-        values = (raw.view(np.int8)[:count] >> (5 if dt.itemsize == 2 else 3)).astype(dt)
+        shift = (5 if dt.itemsize == 2 else 3) + step.narrow
+        values = (raw.view(np.int8)[:count] >> shift).astype(dt)
     else:
         wide = raw.view(np.int8)[:count] if dt.itemsize == 2 else raw
-        values = (wide >> FLOAT_SUM_SHIFT[step.dtype]).astype(dt)
+        values = (wide >> (FLOAT_SUM_SHIFT[step.dtype] + step.narrow)).astype(dt)
     return values.reshape(shape).copy()
 
 
