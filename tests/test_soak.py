@@ -5,7 +5,9 @@ Every rank runs the same seeded schedule (tests/soak_plan.py): allreduce with ev
 grouped allreduce, broadcast from random roots, allgather with per-rank first dimensions,
 reducescatter, alltoall with random splits and barrier; every dtype the op allows; 0 to 8 MiB
 per rank, mostly small with a heavy tail; named, unnamed and blocking steps; batches submitted
-in an order of each rank's own and synchronized in another (tests/soak_rank.py).
+in an order of each rank's own and synchronized in another (tests/soak_rank.py). Results are
+compared with numpy exactly: bit for bit for copies and for float allreduces of random values
+(in the reduction order the README promises), by value for reductions of exact inputs.
 
 ``RINGFLOW_SOAK_OPS`` sets the number of collectives per world size (default `CI_OPS`, which
 keeps this module under a minute on a 2-core machine; the issue's full run is 5,000 and must
