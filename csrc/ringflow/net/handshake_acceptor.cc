@@ -104,21 +104,32 @@ void HandshakeAcceptor::admit(UniqueFd fd) {
 void HandshakeAcceptor::run(Connection* connection) {
   const int fd = connection->fd.get();  // only this thread moves the fd out, under mutex_
   const std::string& address = connection->address;
+  // The connection leaves the pending set (and can no longer be cut off) before this side
+  // sends "accepted": a peer told it was accepted is never cut off afterwards. One cut off
+  // first is closed without a verdict, so the peer sees a dropped handshake and retries.
+  bool claimed = false;
+  PeerCheck claim = [&](const Identity& peer, std::string* reason) {
+    Verdict verdict = options_.check ? options_.check(peer, reason) : Verdict::kAccepted;
+    if (verdict != Verdict::kAccepted) return verdict;
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!connection->pending || stopping_) {
+      throw Error(ErrorKind::kPeerFailure, "cut off before its verdict");
+    }
+    connection->pending = false;
+    --pending_;
+    claimed = true;
+    return Verdict::kAccepted;
+  };
   try {
-    auto result = handshake(fd, options_.me, options_.expected_peer_role, options_.secret,
-                            options_.check, Deadline::after_seconds(options_.handshake_seconds));
+    auto result = handshake(fd, options_.me, options_.expected_peer_role, options_.secret, claim,
+                            Deadline::after_seconds(options_.handshake_seconds));
     if (result.verdict != Verdict::kAccepted) {
       note_refusal(address, "refused", result.reason);
-    } else {
+    } else if (claimed) {
       UniqueFd owned;
       {
         std::lock_guard<std::mutex> lock(mutex_);
-        // Not if it was cut off just as it completed: its socket is shut down already.
-        if (connection->pending && !stopping_) {
-          owned = std::move(connection->fd);
-          connection->pending = false;
-          --pending_;
-        }
+        if (!stopping_) owned = std::move(connection->fd);
       }
       if (owned.valid()) on_authenticated_(std::move(owned), result.peer, address);
     }
