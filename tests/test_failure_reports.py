@@ -110,6 +110,8 @@ def test_stopped_rank_is_named_and_the_job_recovers(make_job, n):
         assert TIMEOUT_S - 1 < waited < TIMEOUT_S + SLACK_S, f"{waited:.1f} s: {text}"
         assert text.startswith(f"rank {result.rank}: "), text
         assert f"rank {victim} stopped answering" in text, text
+        for survivor in survivors:  # no false accusations
+            assert f"rank {survivor} stopped answering" not in text, text
         assert "what each rank was doing:" in text, text
         for rank in range(n):
             assert f"\n    rank {rank}: " in text, f"rank {rank} is not described: {text}"

@@ -72,8 +72,8 @@ Engine::Engine(const RuntimeOptions& options)
     start_timeline(env_config().timeline);
   }
   if (size_ > 1 && env_config().heartbeat_interval_s > 0) {
-    HeartbeatOptions beat{runtime_->store_client_options(), options.generation, rank_, size_,
-                          env_config().heartbeat_interval_s};
+    HeartbeatOptions beat{runtime_->store_client_options(),  options.generation, rank_, size_,
+                          env_config().heartbeat_interval_s, options.host_store};
     try {
       heartbeat_ = std::make_unique<Heartbeat>(beat, [this] { return status_line(); });
     } catch (const Error& error) {
@@ -465,37 +465,44 @@ void Engine::apply_announcements(const RoundResult& round) {
 }
 
 void Engine::poison(const Error& error) {
+  std::optional<Error> earlier;
   {
     std::lock_guard<std::mutex> lock(queue_mutex_);
-    if (broken_) {
-      fail_all(*broken_);
-      return;
-    }
+    earlier = broken_;
+  }
+  if (earlier) {
+    fail_all(*earlier);
+    return;
   }
   // Read before the transport is aborted: what this rank was doing and whom it waited on.
   const int peer = runtime_->transport().waiting_for();
   const std::string now = status_line();
   const std::string message = error.what();
-  std::string context;
+  std::string first_line;
   if (heartbeat_) {
-    // Recorded before the peers see this rank's abort, so that they find it in the store.
-    // Not repeated when this rank saw it itself (a peer's abort) or saw the same (a stall
-    // every rank detects on its own: only the "rank N: " prefix differs).
+    // Recorded before the peers see this rank's abort, so that they find it in the store. Not
+    // repeated when this rank saw it itself (a peer's abort) or saw the same (a stall every
+    // rank detects on its own: only the "rank N: " prefix differs).
     auto first = heartbeat_->first_failure(message);
     auto without_rank = [](const std::string& text) { return text.substr(text.find(": ") + 1); };
     if (first && message.find(*first) == std::string::npos &&
         without_rank(*first) != without_rank(message)) {
-      context += "\n  the first failure in this job: " + *first;
+      first_line = "\n  the first failure in this job: " + *first;
     }
-    context += heartbeat_->whereabouts();
   }
-  const Error failure(error.kind(), message + context);
+  {
+    std::lock_guard<std::mutex> lock(queue_mutex_);
+    broken_ = Error(error.kind(), message + first_line);
+  }
+  // Peers get the short form and add what they know themselves; they hear it before this rank
+  // reads every heartbeat.
+  runtime_->transport().abort(message);
+  const std::string whereabouts = heartbeat_ ? heartbeat_->whereabouts() : "";
+  const Error failure(error.kind(), message + first_line + whereabouts);
   {
     std::lock_guard<std::mutex> lock(queue_mutex_);
     broken_ = failure;
   }
-  // Peers get the short form and add what they know themselves.
-  runtime_->transport().abort(message);
   fail_all(failure, peer);
   report_flight_recorder(failure.what(), now);
 }

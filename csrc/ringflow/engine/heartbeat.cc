@@ -16,7 +16,7 @@ namespace {
 // Heartbeats older than this many intervals mean the rank stopped answering: one beat may be
 // late under load, three in a row are not.
 constexpr double kStaleIntervals = 3.0;
-// Ranks listed in a failure message; a bigger job lists the ones that stopped first.
+// Ranks read and listed in a failure message (a bigger job: its first ones only).
 constexpr int kMaxListedRanks = 64;
 // Every store request of the heartbeat ends within about this long (the failure path waits on
 // it, and a store whose host was stopped must not hold it for the usual minute).
@@ -32,11 +32,36 @@ int64_t wall_us() {
 
 Heartbeat::Heartbeat(HeartbeatOptions options, std::function<std::string()> status)
     : options_(std::move(options)), status_(std::move(status)) {
-  StoreClientOptions store = options_.store;
-  store.request_timeout_s = kStoreSeconds;
-  store.reply_slack_s = kStoreSeconds;
-  store_ = std::make_unique<TcpStoreClient>(store, Deadline::after_seconds(5 * kStoreSeconds));
+  options_.store.request_timeout_s = kStoreSeconds;
+  options_.store.reply_slack_s = kStoreSeconds;
+  store_ =
+      std::make_shared<TcpStoreClient>(options_.store, Deadline::after_seconds(5 * kStoreSeconds));
   thread_ = std::thread([this] { run(); });
+}
+
+std::shared_ptr<TcpStoreClient> Heartbeat::store() {
+  std::lock_guard<std::mutex> lock(store_mutex_);
+  if (!store_) {
+    try {
+      store_ =
+          std::make_shared<TcpStoreClient>(options_.store, Deadline::after_seconds(kStoreSeconds));
+    } catch (const std::exception&) {
+      return nullptr;
+    }
+  }
+  return store_;
+}
+
+void Heartbeat::drop_store(const std::shared_ptr<TcpStoreClient>& broken) {
+  std::lock_guard<std::mutex> lock(store_mutex_);
+  if (store_ == broken) store_.reset();
+}
+
+std::string Heartbeat::store_unreachable() const {
+  return "\n  the store at " + options_.store.server.str() + " did not answer within " +
+         std::to_string(static_cast<int>(kStoreSeconds)) + " s" +
+         (options_.rank0_hosts_store ? " (rank 0 hosts it: rank 0 has probably stopped or died)"
+                                     : "");
 }
 
 Heartbeat::~Heartbeat() { stop(); }
@@ -59,12 +84,17 @@ void Heartbeat::run() {
   std::unique_lock<std::mutex> lock(mutex_);
   while (!stopping_) {
     lock.unlock();
-    try {
-      store_->set(key(options_.rank), std::to_string(wall_us()) + " " + status_());
-    } catch (const Error& error) {
-      // The store is gone (its host shut down first, or died): nobody can read beats anyway.
-      RF_LOG(kDebug) << "rank " << options_.rank << ": heartbeat stopped: " << error.what();
-      return;
+    if (auto client = store()) {
+      try {
+        const int64_t now = wall_us();
+        client->set(key(options_.rank), std::to_string(now) + " " + status_());
+        last_beat_us_ = now;
+      } catch (const std::exception& error) {
+        // The store stalled or went away (its host shut down first, or stopped): try again
+        // next beat on a fresh connection.
+        RF_LOG(kDebug) << "rank " << options_.rank << ": heartbeat not stored: " << error.what();
+        drop_store(client);
+      }
     }
     lock.lock();
     wake_.wait_for(lock, interval, [this] { return stopping_; });
@@ -73,13 +103,16 @@ void Heartbeat::run() {
 
 std::optional<std::string> Heartbeat::first_failure(const std::string& failure) {
   const std::string base = "rf/" + std::to_string(options_.generation) + "/failure/";
+  auto client = store();
+  if (!client) return std::nullopt;
   try {
-    if (store_->add(base + "count", 1) == 1) {
-      store_->set(base + "first", failure);
+    if (client->add(base + "count", 1) == 1) {
+      client->set(base + "first", failure);
       return std::nullopt;
     }
-    return store_->get(base + "first", Deadline::after_seconds(kStoreSeconds));
-  } catch (const Error&) {
+    return client->get(base + "first", Deadline::after_seconds(kStoreSeconds));
+  } catch (const std::exception&) {
+    drop_store(client);
     return std::nullopt;  // no store: each rank reports what it saw itself
   }
 }
@@ -87,6 +120,12 @@ std::optional<std::string> Heartbeat::first_failure(const std::string& failure) 
 std::string Heartbeat::whereabouts() {
   const int64_t now = wall_us();
   const double stale_s = kStaleIntervals * options_.interval_s;
+  auto client = store();
+  if (!client) return store_unreachable();
+  // If this rank's own beats did not get through either (this process was stopped, or the
+  // store stalled), old beats of others prove nothing: nobody is called stopped.
+  const double own_age_s = (now - last_beat_us_.load()) / 1e6;
+  const bool can_judge = own_age_s <= stale_s;
   std::ostringstream stopped;
   std::ostringstream doing;
   const int listed = std::min(options_.size, kMaxListedRanks);
@@ -98,9 +137,12 @@ std::string Heartbeat::whereabouts() {
     }
     std::string value;
     try {
-      value = store_->get(key(r), Deadline::after_seconds(0));
+      value = client->get(key(r), Deadline::after_seconds(0));
     } catch (const Error& error) {
-      if (error.kind() != ErrorKind::kTimeout) return "";  // the store is unreachable
+      if (error.kind() != ErrorKind::kTimeout) {
+        drop_store(client);
+        return store_unreachable();
+      }
       doing << "no heartbeat";
       continue;
     }
@@ -115,14 +157,21 @@ std::string Heartbeat::whereabouts() {
     const std::string status = space == std::string::npos ? "" : value.substr(space + 1);
     char age[32];
     std::snprintf(age, sizeof(age), "%.1f s", age_s);
-    if (age_s > stale_s) {
+    if (age_s > stale_s && can_judge) {
       stopped << "\n  rank " << r << " stopped answering: its last heartbeat is " << age
               << " old (then: " << status << ")";
       doing << "(" << age << " ago) ";
     }
     doing << status;
   }
-  std::string text = stopped.str() + "\n  what each rank was doing:" + doing.str();
+  std::string text = stopped.str();
+  if (!can_judge) {
+    char age[32];
+    std::snprintf(age, sizeof(age), "%.1f s", own_age_s);
+    text += std::string("\n  (this rank's own last heartbeat is ") + age +
+            " old, so it cannot tell which rank stopped answering)";
+  }
+  text += "\n  what each rank was doing:" + doing.str();
   if (listed < options_.size)
     text += "\n    (ranks from " + std::to_string(listed) + " not listed)";
   return text;

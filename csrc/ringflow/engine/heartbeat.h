@@ -13,6 +13,7 @@
 // stuck costs about a second, and only on the failure path or in this thread.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <functional>
 #include <memory>
@@ -31,6 +32,7 @@ struct HeartbeatOptions {
   int rank = 0;
   int size = 1;
   double interval_s = 1.0;
+  bool rank0_hosts_store = false;  // for the message when the store does not answer
 };
 
 class Heartbeat {
@@ -54,10 +56,17 @@ class Heartbeat {
  private:
   void run();
   std::string key(int rank) const;
+  // The store connection, reconnected (briefly) after an error; null if the store is out of
+  // reach. A store that stalls for a while (its host was stopped) must not end the heartbeat.
+  std::shared_ptr<TcpStoreClient> store();
+  void drop_store(const std::shared_ptr<TcpStoreClient>& broken);
+  std::string store_unreachable() const;
 
-  const HeartbeatOptions options_;
+  HeartbeatOptions options_;  // store timeouts shortened in the constructor
   const std::function<std::string()> status_;
-  std::unique_ptr<TcpStoreClient> store_;
+  std::mutex store_mutex_;  // guards store_ itself; the client serialises its requests
+  std::shared_ptr<TcpStoreClient> store_;
+  std::atomic<int64_t> last_beat_us_{0};  // wall clock of this rank's last stored beat
   std::mutex mutex_;
   std::condition_variable wake_;
   bool stopping_ = false;

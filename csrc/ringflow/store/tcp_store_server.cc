@@ -73,8 +73,9 @@ void TcpStoreServer::serve(UniqueFd fd, const std::string& address) {
   net::set_nodelay(fd.get());
   try {
     serve_store_requests(fd.get(), data_, ServeLimits{});
-  } catch (const Error& error) {
-    // A client that disconnects, or sends garbage, only loses its own connection.
+  } catch (const std::exception& error) {
+    // A client that disconnects, sends garbage or asks for too much memory only loses its
+    // own connection (and its fd leaves serving_ before it is closed).
     RF_LOG(kInfo) << "store: closed the connection of " << address << ": " << error.what();
   }
   std::lock_guard<std::mutex> lock(data_.mutex);

@@ -27,8 +27,6 @@ namespace {
 // intruder holds one of the kMaxPendingHandshakes slots, not how long it delays the rendezvous.
 constexpr double kAcceptedHandshakeSeconds = 2.0;
 constexpr size_t kMaxPendingHandshakes = 64;
-// A handshake with a lower rank that was dropped (not refused) is retried this often.
-constexpr int kConnectAttempts = 20;
 
 Topology compute_topology(const std::vector<std::string>& hosts, int rank) {
   Topology topology;
@@ -67,14 +65,14 @@ UniqueFd connect_to_lower(const net::Endpoint& address, int peer, const net::Ide
     return net::Verdict::kRefused;
   };
   auto backoff = std::chrono::milliseconds(10);
-  for (int attempt = 1;; ++attempt) {
+  while (true) {
     UniqueFd fd = net::connect_tcp(address, deadline, env_config().socket_buffer_bytes);
     std::optional<net::HandshakeResult> result;
     try {
       result = net::handshake(fd.get(), me, net::Role::kPeer, options.secret, check, deadline);
     } catch (const Error& error) {
-      bool retry = error.kind() == ErrorKind::kPeerFailure && attempt < kConnectAttempts &&
-                   !deadline.expired();
+      // Dropped (cut off by a flood of intruders, say), not refused: retried until the deadline.
+      bool retry = error.kind() == ErrorKind::kPeerFailure && !deadline.expired();
       if (!retry) {
         throw Error(error.kind(), "rank " + std::to_string(options.rank) +
                                       ": handshake with rank " + std::to_string(peer) + " at " +
