@@ -150,12 +150,17 @@ def test_flight_recorder_is_written_to_the_directory(make_job, n, tmp_path):
         entries = record["entries"]
         assert entries and all(e["name"] == "hang.loop" for e in entries), entries
         assert all(e["kind"] == "allreduce" and e["bytes"] == 800_000 for e in entries)
-        done, failed = entries[:-1], entries[-1]
+        # The engine may fail between two calls (a peer's EOF read while this rank was idle):
+        # then the next call is refused by the poisoned runtime and no operation failed.
+        refused = "after an earlier failure" in str(result.value[1])
+        done, failed = (entries, None) if refused else (entries[:-1], entries[-1])
         assert done and all(e["phase"] == "done" and e["peer"] == -1 for e in done), entries
         seqs = [e["seq"] for e in done]
         assert seqs == sorted(set(seqs)), f"sequence numbers not increasing: {seqs}"
-        assert failed["phase"] == "failed", failed
-        assert failed["peer"] in set(range(n)) - {result.rank}, failed
+        if failed is not None:
+            assert failed["phase"] == "failed", failed
+            # The peer it waited on; -1 when it failed still queued, before waiting on anyone.
+            assert failed["peer"] in set(range(-1, n)) - {result.rank}, failed
     assert not (tmp_path / "flight" / f"rank{victim}.json").exists()
 
 

@@ -18,6 +18,7 @@ import pytest
 
 import ringflow as rf
 from tests import harness
+from tests.test_failure_reports import _start_loop
 
 TIMEOUT_S = 10.0
 """RINGFLOW_TIMEOUT of these jobs: larger than DEAD_PEER_S, so a death noticed late would show."""
@@ -121,30 +122,12 @@ def test_killed_sender_fails_waiting_receiver(make_job, n):
     check_survivors(results, n - 1, -signal.SIGKILL)
 
 
-def _loop_allreduce(victim):
-    """Allreduce until an error; the victim announces through the store when it is looping."""
-    x = np.ones(200_000, dtype=np.float32)
-    for step in range(1_000_000):
-        if step == 3 and rf.rank() == victim:
-            harness.rank_store().set("test/looping", b"1")
-        try:
-            rf.allreduce(x, op=rf.Sum, name="loop")
-        except rf.Error as exc:
-            return step, exc
-    raise AssertionError("the loop never failed")
-
-
 @pytest.mark.parametrize("n", [2, 4])
 def test_rank_killed_from_outside_mid_job(make_job, n):
     """The parent SIGKILLs a rank while every rank loops over large allreduces."""
     victim = 1
     job = make_job(n, rank_timeout=TIMEOUT_S).start()
-    job.submit(_loop_allreduce, victim)
-    store = job.store_client()
-    try:
-        store.get("test/looping", timeout_s=60.0)
-    finally:
-        store.close()
+    _start_loop(job, victim)
     killed_at = time.monotonic()
     job.kill(victim)
     results = job.collect(deadline=TIMEOUT_S + 30)
@@ -154,7 +137,7 @@ def test_rank_killed_from_outside_mid_job(make_job, n):
             assert result.died and result.exitcode == -signal.SIGKILL, result.describe()
         else:
             assert result.ok, result.describe()
-            step, error = result.value
+            step, error, _ = result.value
             assert step >= 3 and isinstance(error, rf.Error), result.describe()
             assert f"rank {result.rank}" in str(error), result.describe()
             assert names_dead_rank(str(error), victim), result.describe()

@@ -1,20 +1,14 @@
 #include "ringflow/engine/flight_recorder.h"
 
-#include <chrono>
 #include <cstdio>
 #include <sstream>
 
 #include "ringflow/common/json.h"
+#include "ringflow/engine/timeline.h"
 
 namespace rf {
 
 namespace {
-
-int64_t now_us() {
-  return std::chrono::duration_cast<std::chrono::microseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
 
 std::string peer_text(int peer) { return peer < 0 ? "-" : "rank " + std::to_string(peer); }
 
@@ -131,7 +125,7 @@ uint64_t FlightRecorder::total() const {
 std::string FlightRecorder::to_text(int rank, int size, const std::string& error,
                                     const std::string& now) const {
   const std::vector<FlightEntry> kept = entries();
-  const int64_t at = now_us();
+  const int64_t at = Timeline::now_us();  // the clock the engine stamps entries with
   std::ostringstream text;
   text << "ringflow flight recorder, rank " << rank << " of " << size << ": the last "
        << kept.size() << " of " << total() << " operations, oldest first\n"
