@@ -29,13 +29,19 @@ def _allreduce(x, op, name, pre, post, process_set, *, in_place, sync, grouped=F
     ps = set_id(process_set)
     xs = list(x) if grouped else [x]
     base = auto_name("allreduce", name, ps)
-    tensors, outs, arrays = [], [], []
+    tensors, outs, arrays, results = [], [], [], []
     for i, item in enumerate(xs):
         array, tensor = _arrays.describe(
             item, f"{base}.{i}" if grouped else base, writable=in_place
         )
         tensors.append(tensor)
-        outs.append(array if in_place else np.empty(array.shape, array.dtype))
+        if in_place:
+            results.append(item)
+            outs.append(_arrays.core_out(array))
+        else:
+            result, out = _arrays.new_output(array)
+            results.append(result)
+            outs.append(out)
         arrays.append(array)
     handles = engine().submit(
         _K.allreduce,
@@ -52,8 +58,9 @@ def _allreduce(x, op, name, pre, post, process_set, *, in_place, sync, grouped=F
         base if grouped else "",
         sync,
     )
-    results = xs if in_place else outs
-    return finish(handles, sync, (xs, arrays, outs), lambda _: results if grouped else results[0])
+    return finish(
+        handles, sync, (xs, arrays, outs, results), lambda _: results if grouped else results[0]
+    )
 
 
 def allreduce_(

@@ -12,9 +12,19 @@ from typing import Any
 
 import numpy as np
 
-from ringflow import _core
+from ringflow import _core, _device
 
-__all__ = ["EMPTY", "as_ndarray", "describe", "dtype_of", "problem"]
+__all__ = [
+    "EMPTY",
+    "as_ndarray",
+    "copied",
+    "core_out",
+    "describe",
+    "dtype_of",
+    "new_output",
+    "problem",
+    "result_of",
+]
 
 _DTYPES = {
     np.dtype(np.uint8): _core.DType.uint8,
@@ -75,12 +85,19 @@ def problem(x: Any, array: np.ndarray | None, writable: bool) -> str:
     return ""
 
 
-def describe(x: Any, name: str, *, writable: bool = False) -> tuple[np.ndarray, _core.Tensor]:
-    """x as a numpy array and the core's descriptor of it, named for negotiation and errors.
+def describe(x: Any, name: str, *, writable: bool = False) -> tuple[Any, _core.Tensor]:
+    """x as a numpy array (or a `_device.DeviceArray` for CUDA memory) and the core's
+    descriptor of it, named for negotiation and errors.
 
     When x is unusable the descriptor carries the reason (and an empty array), so the collective
     fails on every rank with it instead of leaving the other ranks waiting.
     """
+    device = _device.find(x)
+    if device is not None:
+        reason = device.problem(writable)
+        if not reason:
+            return device, device.tensor(name)
+        return EMPTY, _core.Tensor(EMPTY, _core.DType.uint8, name, reason)
     array = as_ndarray(x)
     if array is not None:
         dtype = _DTYPES.get(array.dtype)
@@ -92,3 +109,38 @@ def describe(x: Any, name: str, *, writable: bool = False) -> tuple[np.ndarray, 
         assert array is not None
         return array, _core.Tensor(array, dtype_of(array.dtype), name)
     return EMPTY, _core.Tensor(EMPTY, _core.DType.uint8, name, reason)
+
+
+# Where results go: a numpy array for host inputs, the input's own type on its device for CUDA
+# inputs. The core takes host outputs as arrays and CUDA outputs by address.
+
+
+def core_out(array: Any) -> Any:
+    """What the core writes an in-place result into."""
+    return array.address if isinstance(array, _device.DeviceArray) else array
+
+
+def new_output(array: Any, shape: tuple | None = None) -> tuple[Any, Any]:
+    """A new C-contiguous result like array (of `shape`, default array's): (result, core_out)."""
+    shape = array.shape if shape is None else tuple(shape)
+    if isinstance(array, _device.DeviceArray):
+        out = array.empty(shape)
+        return out.obj, out.address
+    out = np.empty(shape, array.dtype)
+    return out, out
+
+
+def copied(array: Any, name: str) -> tuple[Any, Any, _core.Tensor]:
+    """A copy of a valid described array, for operations that write into their input:
+    (result object, described copy, its descriptor)."""
+    if isinstance(array, _device.DeviceArray):
+        copy = array.copy()
+        return copy.obj, copy, copy.tensor(name)
+    copy = array.copy()
+    return copy, copy, _core.Tensor(copy, dtype_of(copy.dtype), name)
+
+
+def result_of(handle: _core.Handle, array: Any) -> Any:
+    """The engine-allocated output of an allgather / alltoall, like array (host or device)."""
+    output = handle.take_output(array.dtype)
+    return array.from_host(output) if isinstance(array, _device.DeviceArray) else output

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ringflow import _arrays, _core
+from ringflow import _arrays, _core, _device
 from ringflow._allreduce import Average
 from ringflow._handles import Handle, finish, wait
 from ringflow._process_sets import ProcessSet, set_id
@@ -44,11 +44,10 @@ def _broadcast(x, root_rank, name, process_set, in_place, sync):
     ps = set_id(process_set)
     name = auto_name("broadcast", name, ps)
     array, tensor = _arrays.describe(x, name, writable=in_place)
-    if not in_place and array is not _arrays.EMPTY:  # broadcast into a copy: x stays as it was
-        array = array.copy()
-        tensor = _core.Tensor(array, tensor.dtype, name)
-    handles = _submit(_K.broadcast, [tensor], [None], root=int(root_rank), ps=ps, sync=sync)
     result = x if in_place else array
+    if not in_place and array is not _arrays.EMPTY:  # broadcast into a copy: x stays as it was
+        result, array, tensor = _arrays.copied(array, name)
+    handles = _submit(_K.broadcast, [tensor], [None], root=int(root_rank), ps=ps, sync=sync)
     return finish(handles, sync, (x, array), lambda _: result)
 
 
@@ -84,7 +83,7 @@ def _allgather(xs, name, process_set, grouped, sync):
     )
 
     def result(hs):
-        outs = [h.take_output(a.dtype) for h, (a, _) in zip(hs, described)]
+        outs = [_arrays.result_of(h, a) for h, (a, _) in zip(hs, described)]
         return outs if grouped else outs[0]
 
     return finish(handles, sync, (xs, described), result)
@@ -120,13 +119,15 @@ def _reducescatter(xs, op, name, process_set, grouped, sync, pre=1.0, post=1.0):
     world = len(ranks)
     me = ranks.index(eng.rank) if eng.rank in ranks else 0
     base = auto_name("reducescatter", name, ps)
-    tensors, outs = [], []
+    tensors, outs, results = [], [], []
     for i, x in enumerate(xs):
         array, tensor = _arrays.describe(x, f"{base}.{i}" if grouped else base)
         rows = array.shape[0] if array.ndim else 0
         mine = rows // world + (1 if me < rows % world else 0)
         tensors.append(tensor)
-        outs.append(np.empty((mine, *array.shape[1:]), dtype=array.dtype))
+        result, out = _arrays.new_output(array, (mine, *array.shape[1:]))
+        results.append(result)
+        outs.append(out)
     handles = _submit(
         _K.reducescatter,
         tensors,
@@ -138,7 +139,7 @@ def _reducescatter(xs, op, name, process_set, grouped, sync, pre=1.0, post=1.0):
         pre=pre,
         post=post,
     )
-    return finish(handles, sync, (xs, outs), lambda _: outs if grouped else outs[0])
+    return finish(handles, sync, (xs, outs, results), lambda _: results if grouped else results[0])
 
 
 def reducescatter(
@@ -212,7 +213,7 @@ def _alltoall(x, splits, name, process_set, sync):
     handles = _submit(_K.alltoall, [tensor], [None], ps=ps, splits=send_splits, sync=sync)
 
     def result(hs):
-        return hs[0].take_output(array.dtype), np.asarray(hs[0].received_splits, dtype=np.int64)
+        return _arrays.result_of(hs[0], array), np.asarray(hs[0].received_splits, dtype=np.int64)
 
     return finish(handles, sync, (x, array), result)
 
@@ -250,13 +251,24 @@ def join() -> int:
     return handles[0].value
 
 
-def _as_bytes(x: Any, what: str, writable: bool) -> np.ndarray:
-    """x's bytes, or an error now: only this rank is at fault, its peer is not involved yet."""
+def _bytes_tensor(x: Any, what: str, writable: bool, core_name: str) -> _core.Tensor:
+    """x's bytes as a uint8 descriptor, or an error now: only this rank is at fault, its peer
+    is not involved yet."""
     array, _ = _arrays.describe(x, what, writable=writable)
     if array is _arrays.EMPTY and x is not _arrays.EMPTY:
-        reason = _arrays.problem(x, _arrays.as_ndarray(x), writable)
+        device = _device.find(x)
+        reason = (
+            device.problem(writable)
+            if device is not None
+            else _arrays.problem(x, _arrays.as_ndarray(x), writable)
+        )
         raise _core.InvalidArgumentError(f"rank {engine().rank}: {what}: {reason}")
-    return array.reshape(-1).view(np.uint8)
+    if isinstance(array, _device.DeviceArray):
+        nbytes = int(np.prod(array.shape, dtype=np.int64)) * array.dtype.itemsize
+        return _core.Tensor.cuda(
+            array.address, array.device, array.stream, _core.DType.uint8, [nbytes], core_name
+        )
+    return _core.Tensor(array.reshape(-1).view(np.uint8), _core.DType.uint8, core_name)
 
 
 def _check_peer(peer: int, what: str) -> None:
@@ -271,8 +283,8 @@ def send(x: Any, dst: int, name: str | None = None) -> None:
     """Send x to rank dst, which must call recv with a buffer of the same byte size."""
     _check_peer(dst, f"send to rank {dst}: destination")
     eng = engine()
-    data = _as_bytes(x, f"send of tensor '{name or 'send'}' to rank {dst}", False)
-    tensor = _core.Tensor(data, _core.DType.uint8, eng.next_send_name(dst))
+    what = f"send of tensor '{name or 'send'}' to rank {dst}"
+    tensor = _bytes_tensor(x, what, False, eng.next_send_name(dst))
     wait(_submit(_K.point_to_point, [tensor], [None], root=eng.rank, peer=dst, ps=-1, sync=True))
 
 
@@ -280,7 +292,7 @@ def recv(x: Any, src: int, name: str | None = None) -> Any:
     """Receive a message from rank src into x (same byte size as sent); returns x."""
     _check_peer(src, f"recv from rank {src}: source")
     eng = engine()
-    data = _as_bytes(x, f"recv of tensor '{name or 'recv'}' from rank {src}", True)
-    tensor = _core.Tensor(data, _core.DType.uint8, eng.next_recv_name(src))
+    what = f"recv of tensor '{name or 'recv'}' from rank {src}"
+    tensor = _bytes_tensor(x, what, True, eng.next_recv_name(src))
     wait(_submit(_K.point_to_point, [tensor], [None], root=src, peer=eng.rank, ps=-1, sync=True))
     return x

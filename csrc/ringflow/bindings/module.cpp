@@ -12,6 +12,7 @@
 
 #include "ringflow/common/dtype.h"
 #include "ringflow/common/error.h"
+#include "ringflow/cuda/device.h"
 #include "ringflow/engine/engine.h"
 #include "ringflow/net/handshake.h"
 #include "ringflow/net/socket.h"
@@ -27,10 +28,12 @@ namespace {
 using rf::DType;
 using rf::ReduceOp;
 
-// A tensor as ringflow._arrays describes it: a C-contiguous host buffer, or the reason it
-// cannot be used (the other ranks are then told instead of left waiting).
+// A tensor as ringflow._arrays describes it: a C-contiguous host or CUDA buffer, or the reason
+// it cannot be used (the other ranks are then told instead of left waiting).
 struct TensorRef {
   void* data = nullptr;
+  int device = -1;          // CUDA device of `data`; -1: host memory
+  void* stream = nullptr;   // CUDA: the caller's stream, which orders our copies
   DType dtype = DType::kUInt8;
   std::vector<int64_t> shape;
   std::string name;
@@ -54,6 +57,19 @@ TensorRef make_tensor(const py::array& array, DType dtype, std::string name,
   tensor.shape.assign(array.shape(), array.shape() + array.ndim());
   tensor.name = std::move(name);
   tensor.invalid_reason = std::move(invalid_reason);
+  return tensor;
+}
+
+// A CUDA buffer given by address (ringflow._device has checked it is C-contiguous).
+TensorRef make_device_tensor(uintptr_t address, int device, uintptr_t stream, DType dtype,
+                             std::vector<int64_t> shape, std::string name) {
+  TensorRef tensor;
+  tensor.data = reinterpret_cast<void*>(address);
+  tensor.device = device;
+  tensor.stream = reinterpret_cast<void*>(stream);
+  tensor.dtype = dtype;
+  tensor.shape = std::move(shape);
+  tensor.name = std::move(name);
   return tensor;
 }
 
@@ -199,7 +215,6 @@ std::vector<rf::HandlePtr> submit(rf::Engine& engine, rf::OpKind kind,
     s.in = tensor.data;
     s.out = tensor.data;
     if (!outs[i].is_none() && tensor.invalid_reason.empty()) {
-      py::array out = outs[i].cast<py::array>();
       const size_t rows = tensor.shape.empty() ? 0 : static_cast<size_t>(tensor.shape[0]);
       size_t bytes = tensor.bytes();
       if (kind == rf::OpKind::kReducescatter && rows > 0) {
@@ -209,7 +224,21 @@ std::vector<rf::HandlePtr> submit(rf::Engine& engine, rf::OpKind kind,
             std::find(members.begin(), members.end(), engine.rank()) - members.begin());
         bytes = bytes / rows * (rows / world + (me < rows % world ? 1 : 0));
       }
-      s.out = output_of(tensor, out, bytes);
+      if (tensor.device >= 0) {  // a CUDA output, by address, as large as the Python layer made
+        s.out = reinterpret_cast<void*>(outs[i].cast<uintptr_t>());
+        s.device.out_bytes = bytes;
+      } else {
+        s.out = output_of(tensor, outs[i].cast<py::array>(), bytes);
+      }
+    }
+    if (tensor.device >= 0) {  // the engine stages it through pinned host memory
+      s.device.device = tensor.device;
+      s.device.stream = tensor.stream;
+      s.device.in = s.in;
+      s.device.out = outs[i].is_none() ? (kind == rf::OpKind::kAllreduce ? s.in : nullptr) : s.out;
+      if (s.device.out == s.in) s.device.out_bytes = tensor.bytes();
+      s.in = nullptr;
+      s.out = nullptr;
     }
     if (kind == rf::OpKind::kAlltoall) {
       s.splits = splits;
@@ -302,13 +331,24 @@ PYBIND11_MODULE(_core, m) {
       "arrays must be C-contiguous).");
   m.def("reduce_kernel_isa", &rf::reduce_kernel_isa,
         "Which build of the reduction kernels runs on this CPU.");
+  m.def("cuda_built", &rf::cuda::built, "Whether this build contains the CUDA parts.");
+  m.def("cuda_device_count", &rf::cuda::device_count,
+        "GPUs this process can use (0 without a driver or a device).");
+  m.def("cuda_available", &rf::cuda::available, "Built with CUDA and a GPU is usable.");
   m.def(
-      "cuda_built", [] { return RINGFLOW_WITH_CUDA != 0; },
-      "Whether this build contains the CUDA parts.");
+      "cuda_device_of", [](uintptr_t address) {
+        return rf::cuda::device_of(reinterpret_cast<const void*>(address));
+      },
+      py::arg("address"), "The CUDA device an address belongs to, -1 for host memory.");
 
   py::class_<TensorRef>(m, "Tensor")
       .def(py::init(&make_tensor), py::arg("array"), py::arg("dtype"), py::arg("name"),
            py::arg("invalid") = "")
+      .def_static("cuda", &make_device_tensor, py::arg("address"), py::arg("device"),
+                  py::arg("stream"), py::arg("dtype"), py::arg("shape"), py::arg("name"),
+                  "A C-contiguous CUDA buffer; `stream` orders ringflow's copies after the "
+                  "caller's pending work and before what the caller queues after synchronize.")
+      .def_readonly("device", &TensorRef::device)
       .def_readonly("name", &TensorRef::name)
       .def_readonly("dtype", &TensorRef::dtype)
       .def_readonly("shape", &TensorRef::shape);

@@ -110,9 +110,19 @@ void Engine::wake() {
 }
 
 std::vector<HandlePtr> Engine::submit(std::vector<Submission> batch, bool synchronous) {
+  // A group lives in one kind of memory: one that mixes host and CUDA tensors is refused.
+  bool any_device = false;
+  bool any_host = false;
+  for (const Submission& s : batch) (s.device.on_device() ? any_device : any_host) = true;
   std::vector<Local> locals;
   for (Submission& submission : batch) {
     Request& request = submission.request;
+    request.on_device = submission.device.on_device();
+    if (any_device && any_host && request.invalid_reason.empty()) {
+      request.invalid_reason = "a grouped call mixes host and CUDA tensors (this one is in " +
+                               memory_name(submission.device.device) +
+                               "); pass all of them in one kind of memory";
+    }
     const std::string what =
         rank_prefix(rank_) + op_kind_name(request.kind) + " of tensor '" + request.name + "'";
     if (request.process_set != kPointToPointSet) {
@@ -146,8 +156,18 @@ std::vector<HandlePtr> Engine::submit(std::vector<Submission> batch, bool synchr
       }
     }
     Local local;
-    local.own = describe(request);  // throws for too many dimensions
     local.submission = std::move(submission);
+    Request& queued = local.submission.request;
+    if (local.submission.device.on_device() && queued.invalid_reason.empty() &&
+        queued.shape.size() <= kMaxDims) {
+      try {
+        stage_device_input(local);
+      } catch (const Error& error) {  // told to every rank, like any unusable input
+        queued.invalid_reason = error.what();
+        local.staging.reset();
+      }
+    }
+    local.own = describe(queued);  // throws for too many dimensions
     local.handle = std::make_shared<Handle>();
     local.submitted_us = Timeline::now_us();
     locals.push_back(std::move(local));
@@ -384,6 +404,7 @@ void Engine::run_round() {
   // Small allreduces travel with their announcement, up to what Bruck would carry in one go.
   size_t inline_budget = env_config().bruck_max_bytes / std::max(1, size_ - 1);
   for (Local& local : fresh) {
+    if (local.staging) local.staging->wait_for_input();  // on the host before anything reads it
     const TensorKey key = key_of(local.own);
     const std::vector<int> members = members_of(local.own);
     const int index =

@@ -28,6 +28,7 @@
 #include "ringflow/common/scratch_buffer.h"
 #include "ringflow/common/unique_fd.h"
 #include "ringflow/engine/announcement.h"
+#include "ringflow/engine/device_staging.h"
 #include "ringflow/engine/flight_recorder.h"
 #include "ringflow/engine/handle.h"
 #include "ringflow/engine/heartbeat.h"
@@ -47,6 +48,7 @@ struct Submission {
   void* out = nullptr;  // allreduce / reducescatter output (== in for in place); else unused
   std::vector<int64_t> splits;  // alltoall: rows to each member of the set
   std::vector<int> set_ranks;   // add_process_set: the new set's ranks (sorted)
+  DeviceTensor device;          // CUDA tensors: staged through pinned host memory (in/out unset)
 };
 
 struct EngineStats {
@@ -102,6 +104,7 @@ class Engine {
     bool stand_in = false;   // join.cc: zeros for a rank that has joined
     std::vector<char> zeros;
     std::vector<char> result;
+    std::unique_ptr<DeviceStaging> staging;  // CUDA tensors: in / out point into it
   };
   struct Ready {
     PendingTensor tensor;
@@ -137,8 +140,11 @@ class Engine {
   void execute_broadcast(Ready& tensor, const CollectiveContext& ctx);
   void execute_alltoall(Ready& tensor, const CollectiveContext& ctx);
   void execute_point_to_point(Ready& tensor, const CollectiveContext& ctx);
-  // Frees the tensor's name, then completes (error null) or fails its handle.
+  // Frees the tensor's name, then completes (error null) or fails its handle; a CUDA tensor's
+  // result is queued back to its device first.
   void settle(Local& local, const Error* error);
+  // A CUDA tensor's input starts its copy to pinned host memory; in / out are pointed there.
+  void stage_device_input(Local& local);
   // Fails the engine for good: adds what the store knows (first failure, heartbeats) to the
   // error, tells the peers, fails every handle and reports the flight recorder.
   void poison(const Error& error);
@@ -158,6 +164,7 @@ class Engine {
   const double cycle_time_ms_;
   Timeline timeline_;
   FlightRecorder recorder_;
+  PinnedPool pinned_pool_;  // before every Local: their staging returns buffers to it
   std::unique_ptr<Heartbeat> heartbeat_;  // null: one rank, RINGFLOW_HEARTBEAT_INTERVAL=0, no store
 
   // Submissions not yet announced, and this rank's pending names (duplicates are an error).

@@ -116,9 +116,30 @@ void Engine::settle(Local& local, const Error* error) {
   }
   if (error) {
     local.handle->fail(*error);
-  } else {
-    local.handle->complete();
+    return;
   }
+  if (local.staging) {
+    try {
+      local.staging->return_result();  // queued on the caller's stream before it can look
+    } catch (const Error& failure) {
+      local.handle->fail(failure);
+      return;
+    }
+  }
+  local.handle->complete();
+}
+
+void Engine::stage_device_input(Local& local) {
+  const Request& request = local.submission.request;
+  size_t in_bytes = dtype_size(request.dtype);
+  for (int64_t dim : request.shape) in_bytes *= static_cast<size_t>(dim);
+  // Broadcast and a receive write their result over the input itself.
+  const bool writes_in = request.kind == OpKind::kBroadcast ||
+                         (request.kind == OpKind::kPointToPoint && request.peer == rank_);
+  local.staging = std::make_unique<DeviceStaging>(pinned_pool_, local.submission.device, in_bytes,
+                                                  writes_in);
+  local.submission.in = local.staging->host_in();
+  local.submission.out = local.staging->host_out();
 }
 
 void Engine::complete_control(Ready& item) {

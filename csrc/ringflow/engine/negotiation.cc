@@ -112,6 +112,7 @@ Descriptor describe(const Request& request) {
   d.postscale = request.postscale;
   d.name_hash = name_hash(request.name);
   d.group_hash = request.group_hash;
+  d.on_device = request.on_device ? 1 : 0;
   std::strncpy(d.name, request.name.c_str(), kDescriptorNameBytes - 1);
   return d;
 }
@@ -166,6 +167,8 @@ void check_agreement(const std::vector<Descriptor>& all, const std::vector<int>&
   require_same(all, ranks, rank, request, "dtype", [](const Descriptor& d) {
     return std::string(dtype_name(static_cast<DType>(d.dtype)));
   });
+  require_same(all, ranks, rank, request, "memory (host or CUDA device)",
+               [](const Descriptor& d) { return std::string(d.on_device ? "CUDA" : "host"); });
   const OpKind kind = request.kind;
   if (kind == OpKind::kAllreduce || kind == OpKind::kReducescatter) {
     require_same(all, ranks, rank, request, "reduce op", [](const Descriptor& d) {

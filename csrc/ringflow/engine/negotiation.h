@@ -28,7 +28,7 @@ enum class OpKind : uint8_t {
 const char* op_kind_name(OpKind kind);
 
 constexpr int kMaxDims = 8;
-constexpr size_t kDescriptorNameBytes = 72;
+constexpr size_t kDescriptorNameBytes = 71;
 constexpr int32_t kPointToPointSet = -1;  // process_set of send/recv: just the two ranks
 
 // The negotiable part of a request. Plain data, sent as is between ranks of one job.
@@ -45,6 +45,7 @@ struct Request {
   double postscale = 1.0;
   uint64_t group_hash = 0;  // grouped_*: every member of one group carries the group's hash
   uint32_t group_size = 0;
+  bool on_device = false;  // a CUDA tensor (staged or reduced on the device), not host memory
   // Non-empty when this rank's input is unusable; the other ranks are told so.
   std::string invalid_reason;
 };
@@ -65,6 +66,7 @@ struct Descriptor {
   double postscale;
   uint64_t name_hash;
   uint64_t group_hash;
+  uint8_t on_device;                // 1: a CUDA tensor; every member must agree
   char name[kDescriptorNameBytes];  // for messages; matching uses name_hash of the full name
 };
 #pragma pack(pop)
