@@ -63,43 +63,62 @@ void PinnedPool::give_back(Slot slot) {
   free_.push_back(std::move(slot));
 }
 
-DeviceStaging::DeviceStaging(PinnedPool& pool, const DeviceTensor& tensor, size_t in_bytes,
-                             bool writes_in)
-    : pool_(pool), tensor_(tensor), in_bytes_(in_bytes), writes_in_(writes_in) {
-  cuda::DeviceScope scope(tensor.device);
-  in_ = pool.take(tensor.device, in_bytes);
-  if (tensor.out != nullptr && tensor.out != tensor.in) {
-    out_ = pool.take(tensor.device, tensor.out_bytes);
-  }
-  cuda::memcpy_async(in_.buffer->data(), tensor.in, in_bytes, tensor.stream);
-  in_.last_use->record(tensor.stream);
+cuda::Stream& DeviceStreams::on(int device) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (by_device_.size() <= static_cast<size_t>(device)) by_device_.resize(device + 1);
+  if (!by_device_[device]) by_device_[device] = std::make_unique<cuda::Stream>(device);
+  return *by_device_[device];
+}
+
+DeviceStaging::DeviceStaging(const DeviceTensor& tensor, size_t in_bytes, bool writes_in)
+    : tensor_(tensor),
+      in_bytes_(in_bytes),
+      writes_in_(writes_in),
+      ready_(tensor.device),
+      done_(tensor.device) {
+  ready_.record(tensor.stream);
 }
 
 DeviceStaging::~DeviceStaging() {
-  pool_.give_back(std::move(in_));
-  pool_.give_back(std::move(out_));
+  if (!pool_) return;
+  pool_->give_back(std::move(in_));
+  pool_->give_back(std::move(out_));
+}
+
+void* DeviceStaging::stage_in(PinnedPool& pool, cuda::Stream& stream) {
+  if (in_.buffer) return in_.buffer->data();
+  cuda::DeviceScope scope(tensor_.device);
+  pool_ = &pool;
+  in_ = pool.take(tensor_.device, in_bytes_);
+  if (tensor_.out != nullptr && tensor_.out != tensor_.in) {
+    out_ = pool.take(tensor_.device, tensor_.out_bytes);
+  }
+  ready_.make_wait(stream.handle());
+  cuda::memcpy_async(in_.buffer->data(), tensor_.in, in_bytes_, stream.handle());
+  in_.last_use->record(stream.handle());
+  in_.last_use->synchronize();
+  return in_.buffer->data();
 }
 
 void* DeviceStaging::host_out() const {
-  return out_.buffer ? out_.buffer->data() : in_.buffer->data();
+  if (out_.buffer) return out_.buffer->data();
+  return host_in();
 }
 
-void DeviceStaging::wait_for_input() {
-  if (input_ready_) return;
-  in_.last_use->synchronize();
-  input_ready_ = true;
-}
-
-void DeviceStaging::return_result() {
+void DeviceStaging::return_result(cuda::Stream& stream) {
   cuda::DeviceScope scope(tensor_.device);
-  if (writes_in_) {
-    cuda::memcpy_async(tensor_.in, in_.buffer->data(), in_bytes_, tensor_.stream);
-    in_.last_use->record(tensor_.stream);
-  } else if (tensor_.out != nullptr) {
-    PinnedPool::Slot& from = out_.buffer ? out_ : in_;
-    cuda::memcpy_async(tensor_.out, from.buffer->data(), tensor_.out_bytes, tensor_.stream);
-    from.last_use->record(tensor_.stream);
+  if (in_.buffer) {  // the host path: the result is in pinned memory
+    if (writes_in_) {
+      cuda::memcpy_async(tensor_.in, in_.buffer->data(), in_bytes_, stream.handle());
+      in_.last_use->record(stream.handle());
+    } else if (tensor_.out != nullptr) {
+      PinnedPool::Slot& from = out_.buffer ? out_ : in_;
+      cuda::memcpy_async(tensor_.out, from.buffer->data(), tensor_.out_bytes, stream.handle());
+      from.last_use->record(stream.handle());
+    }
   }
+  done_.record(stream.handle());
+  done_.make_wait(tensor_.stream);
 }
 
 }  // namespace rf

@@ -44,29 +44,45 @@ class PinnedPool {
   std::vector<Slot> free_;
 };
 
+// The engine's own stream on each device it has met: staging copies and device collectives run
+// there, ordered against callers' streams with events.
+class DeviceStreams {
+ public:
+  cuda::Stream& on(int device);
+
+ private:
+  std::mutex mutex_;
+  std::vector<std::unique_ptr<cuda::Stream>> by_device_;
+};
+
 class DeviceStaging {
  public:
-  // In the caller's thread, at submission: queues the input's copy to the host on the caller's
-  // stream. `writes_in`: the operation's result lands in the input itself (broadcast, recv).
-  DeviceStaging(PinnedPool& pool, const DeviceTensor& tensor, size_t in_bytes, bool writes_in);
+  // In the caller's thread, at submission: marks the point on the caller's stream after which
+  // the input is complete. `writes_in`: the result lands in the input itself (broadcast, recv).
+  DeviceStaging(const DeviceTensor& tensor, size_t in_bytes, bool writes_in);
   ~DeviceStaging();
   DeviceStaging(const DeviceStaging&) = delete;
   DeviceStaging& operator=(const DeviceStaging&) = delete;
 
-  void* host_in() const { return in_.buffer->data(); }
+  const DeviceTensor& tensor() const { return tensor_; }
+  // The engine, on the host path: copies the input to pinned host memory (after the caller's
+  // pending work) and returns where it is; host_out() is where the result goes.
+  void* stage_in(PinnedPool& pool, cuda::Stream& stream);
+  void* host_in() const { return in_.buffer ? in_.buffer->data() : nullptr; }
   void* host_out() const;
-  // The engine, before it reads the input: waits until the copy to the host has finished.
-  void wait_for_input();
-  // The engine, when the operation succeeded: queues the result's copy back to the device on
-  // the caller's stream (nothing for outputs the engine allocates: allgather, alltoall).
-  void return_result();
+  // The engine, on a device path: work queued on `stream` after this starts after the input.
+  void order_after_input(void* stream) const { ready_.make_wait(stream); }
+  // The engine, when the operation succeeded: the host path copies the result back; then the
+  // caller's stream is made to wait for everything queued on `stream` (its result).
+  void return_result(cuda::Stream& stream);
 
  private:
-  PinnedPool& pool_;
   DeviceTensor tensor_;
   size_t in_bytes_;
   bool writes_in_;
-  bool input_ready_ = false;
+  cuda::Event ready_;  // recorded on the caller's stream at submission
+  cuda::Event done_;   // recorded on the engine's stream after the result
+  PinnedPool* pool_ = nullptr;
   PinnedPool::Slot in_;
   PinnedPool::Slot out_;  // empty for in-place operations
 };

@@ -404,7 +404,6 @@ void Engine::run_round() {
   // Small allreduces travel with their announcement, up to what Bruck would carry in one go.
   size_t inline_budget = env_config().bruck_max_bytes / std::max(1, size_ - 1);
   for (Local& local : fresh) {
-    if (local.staging) local.staging->wait_for_input();  // on the host before anything reads it
     const TensorKey key = key_of(local.own);
     const std::vector<int> members = members_of(local.own);
     const int index =
@@ -418,7 +417,7 @@ void Engine::run_round() {
     const Request& request = local.submission.request;
     const size_t bytes = descriptor_elements(local.own) * dtype_size(request.dtype);
     if (request.kind == OpKind::kAllreduce && request.invalid_reason.empty() &&
-        bytes <= inline_budget &&
+        !local.staging && bytes <= inline_budget &&
         choose_allreduce(bytes, static_cast<int>(members.size())) == AllreduceAlgorithm::kBruck) {
       const char* data = static_cast<const char*>(local.submission.in);
       mine.inline_data.push_back(InlineData{key, std::vector<char>(data, data + bytes)});

@@ -143,8 +143,10 @@ class Engine {
   // Frees the tensor's name, then completes (error null) or fails its handle; a CUDA tensor's
   // result is queued back to its device first.
   void settle(Local& local, const Error* error);
-  // A CUDA tensor's input starts its copy to pinned host memory; in / out are pointed there.
+  // At submission: a CUDA tensor's staging (the point on the caller's stream to wait for).
   void stage_device_input(Local& local);
+  // A bucket of CUDA tensors on the host path: inputs copied to pinned memory, in / out there.
+  void stage_bucket_in(std::vector<Ready>& bucket);
   // Fails the engine for good: adds what the store knows (first failure, heartbeats) to the
   // error, tells the peers, fails every handle and reports the flight recorder.
   void poison(const Error& error);
@@ -164,7 +166,9 @@ class Engine {
   const double cycle_time_ms_;
   Timeline timeline_;
   FlightRecorder recorder_;
-  PinnedPool pinned_pool_;  // before every Local: their staging returns buffers to it
+  // Before every Local: their staging returns buffers to the pool and uses the streams.
+  PinnedPool pinned_pool_;
+  DeviceStreams device_streams_;
   std::unique_ptr<Heartbeat> heartbeat_;  // null: one rank, RINGFLOW_HEARTBEAT_INTERVAL=0, no store
 
   // Submissions not yet announced, and this rank's pending names (duplicates are an error).

@@ -120,7 +120,8 @@ void Engine::settle(Local& local, const Error* error) {
   }
   if (local.staging) {
     try {
-      local.staging->return_result();  // queued on the caller's stream before it can look
+      // Queued before the handle is done, so the caller's stream is ordered after it.
+      local.staging->return_result(device_streams_.on(local.submission.device.device));
     } catch (const Error& failure) {
       local.handle->fail(failure);
       return;
@@ -136,10 +137,17 @@ void Engine::stage_device_input(Local& local) {
   // Broadcast and a receive write their result over the input itself.
   const bool writes_in = request.kind == OpKind::kBroadcast ||
                          (request.kind == OpKind::kPointToPoint && request.peer == rank_);
-  local.staging = std::make_unique<DeviceStaging>(pinned_pool_, local.submission.device, in_bytes,
-                                                  writes_in);
-  local.submission.in = local.staging->host_in();
-  local.submission.out = local.staging->host_out();
+  local.staging = std::make_unique<DeviceStaging>(local.submission.device, in_bytes, writes_in);
+}
+
+void Engine::stage_bucket_in(std::vector<Ready>& bucket) {
+  for (Ready& item : bucket) {
+    Local& local = *item.local;
+    if (!local.staging) continue;  // a joined rank's zeros
+    const int device = local.submission.device.device;
+    local.submission.in = local.staging->stage_in(pinned_pool_, device_streams_.on(device));
+    local.submission.out = local.staging->host_out();
+  }
 }
 
 void Engine::complete_control(Ready& item) {
@@ -205,6 +213,7 @@ void Engine::execute(std::vector<Ready>& bucket, uint64_t tag) {
   const Request& first = bucket[0].local->submission.request;
   recorder_.set_activity(op_kind_name(first.kind), tag, first.name, bytes);
   try {
+    stage_bucket_in(bucket);
     switch (first.kind) {
       case OpKind::kAllreduce:
         execute_allreduce(bucket, ctx);
