@@ -88,6 +88,8 @@ EnvConfig read_env() {
   config.segment_bytes = positive_bytes("RINGFLOW_SEGMENT_BYTES", config.segment_bytes);
   config.kernel_isa = parse_choice("RINGFLOW_KERNEL_ISA", env_string("RINGFLOW_KERNEL_ISA", "auto"),
                                    {"auto", "generic"});
+  config.cuda_ipc_bytes = static_cast<size_t>(
+      env_int("RINGFLOW_CUDA_IPC_BYTES", static_cast<long long>(config.cuda_ipc_bytes)));
   config.fusion_threshold = static_cast<size_t>(
       env_int("RINGFLOW_FUSION_THRESHOLD", static_cast<long long>(config.fusion_threshold)));
   config.cycle_time_ms = env_number("RINGFLOW_CYCLE_TIME", config.cycle_time_ms);

@@ -37,6 +37,9 @@ struct EnvConfig {
   double heartbeat_interval_s = 1.0;     // RINGFLOW_HEARTBEAT_INTERVAL (seconds; 0: no heartbeat)
   std::string flight_recorder_dir;       // RINGFLOW_FLIGHT_RECORDER: write rank<r>.json there
   size_t flight_recorder_entries = 256;  // RINGFLOW_FLIGHT_RECORDER_ENTRIES (0: keep none)
+  // CUDA tensors (collectives/cuda_ipc_allreduce.h): the most device memory each rank maps to
+  // its same-host peers for allreduce; 0 sends device tensors through host memory instead.
+  size_t cuda_ipc_bytes = 256 << 20;  // RINGFLOW_CUDA_IPC_BYTES
 };
 
 // Parsed on first use; a malformed value throws rf::Error naming the variable.

@@ -15,6 +15,7 @@
 #pragma once
 
 #include <atomic>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -24,6 +25,7 @@
 #include <unordered_set>
 #include <vector>
 
+#include "ringflow/collectives/cuda_ipc_allreduce.h"
 #include "ringflow/common/error.h"
 #include "ringflow/common/scratch_buffer.h"
 #include "ringflow/common/unique_fd.h"
@@ -147,6 +149,9 @@ class Engine {
   void stage_device_input(Local& local);
   // A bucket of CUDA tensors on the host path: inputs copied to pinned memory, in / out there.
   void stage_bucket_in(std::vector<Ready>& bucket);
+  // execute_device.cc: an allreduce of CUDA tensors over CUDA IPC, when every member can; false
+  // (on every member alike) when the bucket takes the host path instead.
+  bool try_device_allreduce(std::vector<Ready>& bucket, const CollectiveContext& ctx);
   // Fails the engine for good: adds what the store knows (first failure, heartbeats) to the
   // error, tells the peers, fails every handle and reports the flight recorder.
   void poison(const Error& error);
@@ -187,6 +192,8 @@ class Engine {
   std::vector<bool> joined_;  // ranks that called join() and wait for the others
   ResponseCache cache_;
   ScratchBuffer fusion_buffer_;
+  // Per member list: the CUDA buffers they map from each other (or that they cannot).
+  std::map<std::vector<int>, std::unique_ptr<IpcPeerBuffers>> ipc_peers_;
   uint64_t next_tag_ = 1;
   uint64_t round_tag_ = 0;  // the tag of the round being applied (inline allreduces run in it)
   std::mutex sets_mutex_;   // also read by submitting threads

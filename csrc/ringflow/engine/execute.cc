@@ -213,8 +213,11 @@ void Engine::execute(std::vector<Ready>& bucket, uint64_t tag) {
   const Request& first = bucket[0].local->submission.request;
   recorder_.set_activity(op_kind_name(first.kind), tag, first.name, bytes);
   try {
-    stage_bucket_in(bucket);
-    switch (first.kind) {
+    const bool on_device = first.on_device && try_device_allreduce(bucket, ctx);
+    if (!on_device) stage_bucket_in(bucket);
+    switch (on_device ? OpKind::kBarrier : first.kind) {
+      case OpKind::kBarrier:  // done on the device
+        break;
       case OpKind::kAllreduce:
         execute_allreduce(bucket, ctx);
         break;

@@ -44,6 +44,7 @@ std::vector<Setting> plan_settings() {
       {"RINGFLOW_BROADCAST_ALGORITHM", choice_code(env.broadcast_algorithm)},
       {"RINGFLOW_CHAIN_MIN_BYTES", env.chain_min_bytes},
       {"RINGFLOW_SEGMENT_BYTES", env.segment_bytes},
+      {"RINGFLOW_CUDA_IPC_BYTES", env.cuda_ipc_bytes},
   };
 }
 
