@@ -490,6 +490,23 @@ PYBIND11_MODULE(_core, m) {
       py::arg("host"), py::arg("port"), py::arg("secret"), py::arg("job_id"), py::arg("rank"),
       py::arg("timeout_s") = 10.0,
       "Performs the peer handshake against a data port; raises ringflow.Error if refused.");
+  // --- Test-only (issue 14, the device check): pinned staging against plain copies. ---
+  m.def(
+      "_cuda_staging_times",
+      [](int device, uintptr_t address, size_t bytes, int iterations) {
+        rf::StagingTimes times;
+        {
+          py::gil_scoped_release release;
+          times = rf::time_staging(device, reinterpret_cast<void*>(address), bytes, iterations);
+        }
+        py::dict out;
+        out["memcpy_d2h_s"] = times.memcpy_d2h_s;
+        out["memcpy_h2d_s"] = times.memcpy_h2d_s;
+        out["staged_round_trip_s"] = times.staged_round_trip_s;
+        return out;
+      },
+      py::arg("device"), py::arg("address"), py::arg("bytes"), py::arg("iterations") = 10,
+      "Seconds per copy of a device buffer to pinned memory and back, plain and staged.");
   // --- Test-only (issue 6, hostile input): the real TcpPair fed raw bytes. Not public API. ---
   m.def(
       "_probe_frames",

@@ -1,5 +1,6 @@
 #include "ringflow/engine/device_staging.h"
 
+#include <chrono>
 #include <utility>
 
 namespace rf {
@@ -119,6 +120,51 @@ void DeviceStaging::return_result(cuda::Stream& stream) {
   }
   done_.record(stream.handle());
   done_.make_wait(tensor_.stream);
+}
+
+StagingTimes time_staging(int device, void* device_buffer, size_t bytes, int iterations) {
+  using Clock = std::chrono::steady_clock;
+  auto seconds = [](Clock::time_point since) {
+    return std::chrono::duration<double>(Clock::now() - since).count();
+  };
+  StagingTimes times;
+  cuda::DeviceScope scope(device);
+  cuda::Stream stream(device);
+  cuda::PinnedBuffer pinned(bytes);
+  PinnedPool pool;
+  DeviceStreams streams;
+  DeviceTensor tensor;
+  tensor.device = device;
+  tensor.stream = stream.handle();
+  tensor.in = tensor.out = device_buffer;
+  tensor.out_bytes = bytes;
+  for (int warm = 0; warm < 2; ++warm) {  // first use: pool, streams, driver mappings
+    DeviceStaging staging(tensor, bytes, false);
+    staging.stage_in(pool, streams.on(device));
+    staging.return_result(streams.on(device));
+    stream.synchronize();
+  }
+  Clock::time_point start = Clock::now();
+  for (int i = 0; i < iterations; ++i) {
+    cuda::memcpy_async(pinned.data(), device_buffer, bytes, stream.handle());
+    stream.synchronize();
+  }
+  times.memcpy_d2h_s = seconds(start) / iterations;
+  start = Clock::now();
+  for (int i = 0; i < iterations; ++i) {
+    cuda::memcpy_async(device_buffer, pinned.data(), bytes, stream.handle());
+    stream.synchronize();
+  }
+  times.memcpy_h2d_s = seconds(start) / iterations;
+  start = Clock::now();
+  for (int i = 0; i < iterations; ++i) {
+    DeviceStaging staging(tensor, bytes, false);
+    staging.stage_in(pool, streams.on(device));
+    staging.return_result(streams.on(device));
+    stream.synchronize();
+  }
+  times.staged_round_trip_s = seconds(start) / iterations;
+  return times;
 }
 
 }  // namespace rf

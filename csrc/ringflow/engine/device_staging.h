@@ -87,6 +87,16 @@ class DeviceStaging {
   PinnedPool::Slot out_;  // empty for in-place operations
 };
 
+// Seconds per transfer of `bytes` between `device_buffer` and pinned memory, averaged over
+// `iterations`: plain cudaMemcpyAsync each way, and a DeviceStaging round trip (in and back),
+// for the device check's staging-rate figure.
+struct StagingTimes {
+  double memcpy_d2h_s = 0;
+  double memcpy_h2d_s = 0;
+  double staged_round_trip_s = 0;
+};
+StagingTimes time_staging(int device, void* device_buffer, size_t bytes, int iterations);
+
 // The device tensor's memory ("host" or "cuda:<device>") for messages.
 std::string memory_name(int device);
 
