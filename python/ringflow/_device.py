@@ -32,7 +32,7 @@ _BY_NAME = {
     "bool": _D.bool,
 }
 # How a bfloat16 result travels through numpy (which has no bfloat16): as its bits.
-_HOST_DTYPE = {"bfloat16": np.dtype(np.uint16)}
+_HOST_DTYPE = {"bfloat16": np.dtype(np.int16)}
 
 
 class DeviceArray:
@@ -69,7 +69,7 @@ class DeviceArray:
 
     @property
     def dtype(self) -> np.dtype:
-        """The numpy dtype of results copied through the host (bfloat16 as uint16 bits)."""
+        """The numpy dtype of results copied through the host (bfloat16 as int16 bits)."""
         return _HOST_DTYPE.get(self.dtype_name) or np.dtype(self.dtype_name)
 
     def problem(self, writable: bool) -> str:

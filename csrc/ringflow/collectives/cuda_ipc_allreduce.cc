@@ -109,6 +109,7 @@ void cuda_ipc_allreduce(const CollectiveContext& ctx, const IpcPeerBuffers& peer
   for (const DevicePart& part : parts) total += part.count;
   const size_t per_pass = peers.capacity() / elem;
   RF_CHECK(per_pass > 0, kInternal) << "CUDA IPC buffer smaller than one element";
+  cuda::DeviceScope scope(peers.device());  // kernels launch on the buffers' device
 
   for (size_t done = 0; done < total; done += per_pass) {
     const size_t count = std::min(per_pass, total - done);
