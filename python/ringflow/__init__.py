@@ -94,6 +94,7 @@ __all__ = [
     "broadcast_async_",
     "cross_rank",
     "cross_size",
+    "cuda_available",
     "cuda_built",
     "engine_stats",
     "flight_recorder",
@@ -212,6 +213,11 @@ def cross_size() -> int:
 def cuda_built() -> bool:
     """Whether this build of ringflow contains its CUDA parts."""
     return bool(_core.cuda_built())
+
+
+def cuda_available() -> bool:
+    """Whether this build has its CUDA parts and this process sees a GPU (and its driver)."""
+    return bool(_core.cuda_available())
 
 
 def start_timeline(path: str) -> None:

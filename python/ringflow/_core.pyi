@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+from collections.abc import Sequence
 from enum import Enum
 from typing import Any
 
@@ -48,12 +49,66 @@ def reduce(
 ) -> None: ...
 def reduce_kernel_isa() -> str: ...
 def cuda_built() -> bool: ...
-def cuda_device_count() -> int: ...
-def cuda_available() -> bool: ...
-def cuda_device_of(address: int) -> int: ...
+def cuda_device_of(address: int) -> int:
+    """The CUDA device an address belongs to; -1 for host memory (or without CUDA)."""
+
 def _cuda_staging_times(
     device: int, address: int, bytes: int, iterations: int = 10
-) -> dict[str, float]: ...
+) -> dict[str, float]:
+    """Test-only: seconds per copy of a device buffer to pinned memory and back, plain
+    (memcpy_d2h_s, memcpy_h2d_s) and through the engine's staging (staged_round_trip_s)."""
+
+def cuda_device_count() -> int:
+    """GPUs this process can use; 0 without a driver or a GPU (never raises)."""
+
+def cuda_available() -> bool:
+    """cuda_built() and cuda_device_count() > 0."""
+
+def _cuda_reference(
+    name: str,
+    dst: int = 0,
+    srcs: Sequence[int] = (),
+    count: int = 0,
+    dtype: DType = ...,
+    op: ReduceOp = ...,
+    factor: float = 1.0,
+    divisor: int = 1,
+    src_dtype: DType | None = None,
+    regions: Sequence[tuple[int, int, int]] = (),
+    stream: int = 0,
+) -> None:
+    """Test-only: the host reference of CUDA kernel `name` on host addresses (e.g. numpy's
+    `a.ctypes.data`), with the kernels' element math; `stream` is ignored. Nothing checks the
+    addresses. Kernels and their arguments (counts are elements, of `dtype`):
+
+    - "reduce_fold": dst = srcs[n-1] op (... op srcs[0]), 1 <= len(srcs) <= 8; dst may be a src.
+    - "scale": dst[i] *= factor, in place (integers: float64, truncated toward zero).
+    - "divide": dst[i] /= divisor, in place (integers: x * (1.0 / divisor), truncated).
+    - "cast": dst (dtype) = srcs[0] (src_dtype), float32 <-> float16 / bfloat16 or same dtype.
+    - "batched_copy": for (dst, src, bytes) in regions: copy bytes; other arguments unused.
+
+    Raises InvalidArgumentError for an unknown name or unsupported dtype / op / arguments.
+    """
+
+def _cuda_kernel(
+    name: str,
+    dst: int = 0,
+    srcs: Sequence[int] = (),
+    count: int = 0,
+    dtype: DType = ...,
+    op: ReduceOp = ...,
+    factor: float = 1.0,
+    divisor: int = 1,
+    src_dtype: DType | None = None,
+    regions: Sequence[tuple[int, int, int]] = (),
+    stream: int = 0,
+) -> None:
+    """Test-only: CUDA kernel `name` (as `_cuda_reference`) on device addresses (e.g. CuPy's
+    `a.data.ptr`), launched on `stream` (a cudaStream_t as int; 0 = legacy default stream), then
+    waited for. Raises InvalidArgumentError when cuda_available() is False, Error when the
+    launch or the kernel fails.
+    """
+
 def probe_handshake(
     host: str, port: int, secret: bytes, job_id: str, rank: int, timeout_s: float = 10.0
 ) -> None: ...

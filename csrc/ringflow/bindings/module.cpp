@@ -13,6 +13,7 @@
 #include "ringflow/common/dtype.h"
 #include "ringflow/common/error.h"
 #include "ringflow/cuda/device.h"
+#include "ringflow/cuda/kernels.h"  // the test-only CUDA block at the end
 #include "ringflow/engine/engine.h"
 #include "ringflow/net/handshake.h"
 #include "ringflow/net/socket.h"
@@ -332,9 +333,6 @@ PYBIND11_MODULE(_core, m) {
   m.def("reduce_kernel_isa", &rf::reduce_kernel_isa,
         "Which build of the reduction kernels runs on this CPU.");
   m.def("cuda_built", &rf::cuda::built, "Whether this build contains the CUDA parts.");
-  m.def("cuda_device_count", &rf::cuda::device_count,
-        "GPUs this process can use (0 without a driver or a device).");
-  m.def("cuda_available", &rf::cuda::available, "Built with CUDA and a GPU is usable.");
   m.def(
       "cuda_device_of", [](uintptr_t address) {
         return rf::cuda::device_of(reinterpret_cast<const void*>(address));
@@ -535,4 +533,75 @@ PYBIND11_MODULE(_core, m) {
       },
       py::arg("data"), py::arg("recvs"), py::arg("peer"),
       "Feeds data to a TcpPair from `peer` and runs receives (len, tag, variable_len): test-only.");
+
+  // --- CUDA (issue 14): device queries; the kernels (on device addresses) and their host
+  // references (on host addresses) for tests/test_cuda_kernels_reference.py and
+  // tools/device_check/kernels.py. Addresses are ints; nothing checks that they are valid. ---
+  m.def("cuda_device_count", &rf::cuda::device_count,
+        "GPUs this process can use; 0 without a driver or a GPU.");
+  m.def("cuda_available", &rf::cuda::available, "Whether CUDA is built and a GPU is usable.");
+  using Region = std::tuple<uintptr_t, uintptr_t, size_t>;
+  // Kernel `name` on the device (on `stream`, then waits for it) or its host reference.
+  auto run_cuda = [](bool on_device, const std::string& name, uintptr_t dst,
+                     const std::vector<uintptr_t>& srcs, size_t count, DType dtype, ReduceOp op,
+                     double factor, int64_t divisor, std::optional<DType> src_dtype,
+                     const std::vector<Region>& regions, uintptr_t stream_int) {
+    namespace ref = rf::cuda::reference;
+    void* out = reinterpret_cast<void*>(dst);
+    void* stream = reinterpret_cast<void*>(stream_int);
+    std::vector<const void*> in;
+    for (uintptr_t src : srcs) in.push_back(reinterpret_cast<const void*>(src));
+    std::vector<rf::cuda::CopyRegion> copies;
+    for (const auto& [to, from, bytes] : regions) {
+      copies.push_back({reinterpret_cast<void*>(to), reinterpret_cast<const void*>(from), bytes});
+    }
+    if (on_device && !rf::cuda::available()) {
+      throw rf::Error(rf::ErrorKind::kInvalidArgument,
+                      std::string("no usable CUDA device for kernel '") + name + "' (" +
+                          (rf::cuda::built() ? "no driver or GPU" : "built without CUDA") + ")");
+    }
+    if (name == "cast" && (in.size() != 1 || !src_dtype)) {
+      throw rf::Error(rf::ErrorKind::kInvalidArgument, "cast needs one src and a src_dtype");
+    }
+    py::gil_scoped_release release;
+    const int n = static_cast<int>(in.size());
+    if (name == "reduce_fold") {
+      on_device ? rf::cuda::reduce_fold(out, in.data(), n, count, dtype, op, stream)
+                : ref::reduce_fold(out, in.data(), n, count, dtype, op);
+    } else if (name == "scale") {
+      on_device ? rf::cuda::scale(out, count, dtype, factor, stream)
+                : ref::scale(out, count, dtype, factor);
+    } else if (name == "divide") {
+      on_device ? rf::cuda::divide(out, count, dtype, divisor, stream)
+                : ref::divide(out, count, dtype, divisor);
+    } else if (name == "cast") {
+      on_device ? rf::cuda::cast(out, dtype, in[0], *src_dtype, count, stream)
+                : ref::cast(out, dtype, in[0], *src_dtype, count);
+    } else if (name == "batched_copy") {
+      on_device ? rf::cuda::batched_copy(copies.data(), copies.size(), stream)
+                : ref::batched_copy(copies.data(), copies.size());
+    } else {
+      throw rf::Error(rf::ErrorKind::kInvalidArgument, "no CUDA kernel named '" + name + "'");
+    }
+    if (on_device) rf::cuda::stream_synchronize(stream);
+  };
+  for (bool on_device : {false, true}) {
+    m.def(
+        on_device ? "_cuda_kernel" : "_cuda_reference",
+        [run_cuda, on_device](const std::string& name, uintptr_t dst,
+                              const std::vector<uintptr_t>& srcs, size_t count, DType dtype,
+                              ReduceOp op, double factor, int64_t divisor,
+                              std::optional<DType> src_dtype, const std::vector<Region>& regions,
+                              uintptr_t stream) {
+          run_cuda(on_device, name, dst, srcs, count, dtype, op, factor, divisor, src_dtype,
+                   regions, stream);
+        },
+        py::arg("name"), py::arg("dst") = 0, py::arg("srcs") = std::vector<uintptr_t>{},
+        py::arg("count") = 0, py::arg("dtype") = DType::kFloat32, py::arg("op") = ReduceOp::kSum,
+        py::arg("factor") = 1.0, py::arg("divisor") = 1, py::arg("src_dtype") = py::none(),
+        py::arg("regions") = std::vector<Region>{}, py::arg("stream") = 0,
+        on_device ? "CUDA kernel `name` on device addresses, on `stream`, then waits (test-only)."
+                  : "Host reference of CUDA kernel `name` on host addresses (test-only; stream "
+                    "is ignored).");
+  }
 }

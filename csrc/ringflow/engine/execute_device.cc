@@ -55,15 +55,15 @@ bool Engine::try_device_allreduce(std::vector<Ready>& bucket, const CollectiveCo
     parts.push_back(DevicePart{device.in, device.out ? device.out : device.in,
                                descriptor_elements(local.own)});
   }
-  const ReduceOp op = request.op;
-  const int set_size = static_cast<int>(members.size());
-  const double postscale = request.postscale;
+  // Average is one scaling by postscale / N, as on the host path (Horovod's rule).
+  const double factor = request.op == ReduceOp::kAverage
+                            ? request.postscale / static_cast<double>(members.size())
+                            : request.postscale;
   auto finish = [=](void* data, size_t count, void* s) {
-    if (op == ReduceOp::kAverage) cuda::divide(data, count, dtype, set_size, s);
-    cuda::scale(data, count, dtype, postscale, s);
+    cuda::scale(data, count, dtype, factor, s);
   };
   const int64_t start = Timeline::now_us();
-  cuda_ipc_allreduce(ctx, *peers, parts, dtype, op, request.prescale, finish, stream);
+  cuda_ipc_allreduce(ctx, *peers, parts, dtype, request.op, request.prescale, finish, stream);
   const int64_t end = Timeline::now_us();
   for (const Ready& item : bucket) trace(item, "CUDA_IPC_ALLREDUCE", start, end);
   return true;

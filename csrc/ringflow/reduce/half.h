@@ -1,30 +1,33 @@
 // float16 (IEEE binary16) and bfloat16 <-> float32 conversions, round to nearest even, NaN kept
 // quiet. Portable bit manipulation; the reduction loops call these per element, so they are
-// inline and branch-light enough for the compiler to vectorise the float32 side.
+// inline and branch-light enough for the compiler to vectorise the float32 side. The CUDA kernels
+// (cuda/element_math.h) use the same functions, so device and host round identically.
 #pragma once
 
 #include <cstdint>
 #include <cstring>
 
+#include "ringflow/common/host_device.h"
+
 namespace rf {
 
-inline float bits_to_float(uint32_t bits) {
+RF_HOST_DEVICE inline float bits_to_float(uint32_t bits) {
   float value;
   std::memcpy(&value, &bits, sizeof(value));
   return value;
 }
 
-inline uint32_t float_to_bits(float value) {
+RF_HOST_DEVICE inline uint32_t float_to_bits(float value) {
   uint32_t bits;
   std::memcpy(&bits, &value, sizeof(bits));
   return bits;
 }
 
-inline float bf16_to_float(uint16_t value) {
+RF_HOST_DEVICE inline float bf16_to_float(uint16_t value) {
   return bits_to_float(static_cast<uint32_t>(value) << 16);
 }
 
-inline uint16_t float_to_bf16(float value) {
+RF_HOST_DEVICE inline uint16_t float_to_bf16(float value) {
   uint32_t bits = float_to_bits(value);
   if ((bits & 0x7fffffffu) > 0x7f800000u)
     return static_cast<uint16_t>((bits >> 16) | 0x40u);  // NaN
@@ -32,7 +35,7 @@ inline uint16_t float_to_bf16(float value) {
   return static_cast<uint16_t>((bits + rounding) >> 16);
 }
 
-inline float f16_to_float(uint16_t value) {
+RF_HOST_DEVICE inline float f16_to_float(uint16_t value) {
   uint32_t sign = static_cast<uint32_t>(value & 0x8000u) << 16;
   uint32_t exponent = (value >> 10) & 0x1fu;
   uint32_t mantissa = value & 0x3ffu;
@@ -45,7 +48,7 @@ inline float f16_to_float(uint16_t value) {
   return bits_to_float(sign | ((exponent + 112) << 23) | (mantissa << 13));
 }
 
-inline uint16_t float_to_f16(float value) {
+RF_HOST_DEVICE inline uint16_t float_to_f16(float value) {
   uint32_t bits = float_to_bits(value);
   uint16_t sign = static_cast<uint16_t>((bits >> 16) & 0x8000u);
   uint32_t abs_bits = bits & 0x7fffffffu;
