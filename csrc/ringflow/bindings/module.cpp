@@ -33,8 +33,8 @@ using rf::ReduceOp;
 // it cannot be used (the other ranks are then told instead of left waiting).
 struct TensorRef {
   void* data = nullptr;
-  int device = -1;          // CUDA device of `data`; -1: host memory
-  void* stream = nullptr;   // CUDA: the caller's stream, which orders our copies
+  int device = -1;         // CUDA device of `data`; -1: host memory
+  void* stream = nullptr;  // CUDA: the caller's stream, which orders our copies
   DType dtype = DType::kUInt8;
   std::vector<int64_t> shape;
   std::string name;
@@ -334,9 +334,8 @@ PYBIND11_MODULE(_core, m) {
         "Which build of the reduction kernels runs on this CPU.");
   m.def("cuda_built", &rf::cuda::built, "Whether this build contains the CUDA parts.");
   m.def(
-      "cuda_device_of", [](uintptr_t address) {
-        return rf::cuda::device_of(reinterpret_cast<const void*>(address));
-      },
+      "cuda_device_of",
+      [](uintptr_t address) { return rf::cuda::device_of(reinterpret_cast<const void*>(address)); },
       py::arg("address"), "The CUDA device an address belongs to, -1 for host memory.");
 
   py::class_<TensorRef>(m, "Tensor")
@@ -588,11 +587,10 @@ PYBIND11_MODULE(_core, m) {
   for (bool on_device : {false, true}) {
     m.def(
         on_device ? "_cuda_kernel" : "_cuda_reference",
-        [run_cuda, on_device](const std::string& name, uintptr_t dst,
-                              const std::vector<uintptr_t>& srcs, size_t count, DType dtype,
-                              ReduceOp op, double factor, int64_t divisor,
-                              std::optional<DType> src_dtype, const std::vector<Region>& regions,
-                              uintptr_t stream) {
+        [run_cuda, on_device](
+            const std::string& name, uintptr_t dst, const std::vector<uintptr_t>& srcs,
+            size_t count, DType dtype, ReduceOp op, double factor, int64_t divisor,
+            std::optional<DType> src_dtype, const std::vector<Region>& regions, uintptr_t stream) {
           run_cuda(on_device, name, dst, srcs, count, dtype, op, factor, divisor, src_dtype,
                    regions, stream);
         },

@@ -81,7 +81,7 @@ IpcPeerBuffers::IpcPeerBuffers(const CollectiveContext& ctx, int device, size_t 
       buffers_[q] = mapped_[q]->data();
     } catch (const Error& error) {
       RF_LOG(kDebug) << "rank " << me << ": cannot map rank " << q << "'s CUDA buffer ("
-                  << error.what() << "); device tensors go through host memory";
+                     << error.what() << "); device tensors go through host memory";
       mapped = false;
     }
   }
@@ -114,12 +114,11 @@ void cuda_ipc_allreduce(const CollectiveContext& ctx, const IpcPeerBuffers& peer
   for (size_t done = 0; done < total; done += per_pass) {
     const size_t count = std::min(per_pass, total - done);
     // 1. This rank's contribution into its own buffer.
-    for_each_piece(parts, done, done + count,
-                   [&](size_t at, const DevicePart& part, size_t first, size_t n) {
-                     cuda::memcpy_async(mine + at * elem,
-                                        static_cast<const char*>(part.in) + first * elem,
-                                        n * elem, s);
-                   });
+    for_each_piece(
+        parts, done, done + count, [&](size_t at, const DevicePart& part, size_t first, size_t n) {
+          cuda::memcpy_async(mine + at * elem, static_cast<const char*>(part.in) + first * elem,
+                             n * elem, s);
+        });
     if (prescale != 1.0) cuda::scale(mine, count, dtype, prescale, s);
     stream.synchronize();
     dissemination_barrier(ctx);

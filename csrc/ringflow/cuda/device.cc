@@ -142,8 +142,7 @@ DeviceBuffer::~DeviceBuffer() {
 
 void memcpy_async(void* dst, const void* src, size_t bytes, void* stream) {
   if (bytes == 0) return;
-  check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, as_stream(stream)),
-        "cudaMemcpyAsync");
+  check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, as_stream(stream)), "cudaMemcpyAsync");
 }
 
 IpcHandle ipc_memory_handle(const DeviceBuffer& buffer) {

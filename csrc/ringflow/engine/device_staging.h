@@ -18,11 +18,11 @@ namespace rf {
 
 // A device tensor as the caller hands it over (Submission::device).
 struct DeviceTensor {
-  int device = -1;           // -1: the submission's buffers are host memory
-  void* stream = nullptr;    // the caller's stream (cudaStream_t; 0 = the legacy default)
-  void* in = nullptr;        // device addresses
-  void* out = nullptr;       // == in for in-place operations
-  size_t out_bytes = 0;      // allreduce / reducescatter output size
+  int device = -1;         // -1: the submission's buffers are host memory
+  void* stream = nullptr;  // the caller's stream (cudaStream_t; 0 = the legacy default)
+  void* in = nullptr;      // device addresses
+  void* out = nullptr;     // == in for in-place operations
+  size_t out_bytes = 0;    // allreduce / reducescatter output size
   bool on_device() const { return device >= 0; }
 };
 

@@ -416,8 +416,8 @@ void Engine::run_round() {
     }
     const Request& request = local.submission.request;
     const size_t bytes = descriptor_elements(local.own) * dtype_size(request.dtype);
-    if (request.kind == OpKind::kAllreduce && request.invalid_reason.empty() &&
-        !local.staging && bytes <= inline_budget &&
+    if (request.kind == OpKind::kAllreduce && request.invalid_reason.empty() && !local.staging &&
+        bytes <= inline_budget &&
         choose_allreduce(bytes, static_cast<int>(members.size())) == AllreduceAlgorithm::kBruck) {
       const char* data = static_cast<const char*>(local.submission.in);
       mine.inline_data.push_back(InlineData{key, std::vector<char>(data, data + bytes)});

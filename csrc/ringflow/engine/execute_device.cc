@@ -52,8 +52,8 @@ bool Engine::try_device_allreduce(std::vector<Ready>& bucket, const CollectiveCo
     Local& local = *item.local;
     local.staging->order_after_input(stream.handle());
     const DeviceTensor& device = local.submission.device;
-    parts.push_back(DevicePart{device.in, device.out ? device.out : device.in,
-                               descriptor_elements(local.own)});
+    parts.push_back(
+        DevicePart{device.in, device.out ? device.out : device.in, descriptor_elements(local.own)});
   }
   // Average is one scaling by postscale / N, as on the host path (Horovod's rule).
   const double factor = request.op == ReduceOp::kAverage
