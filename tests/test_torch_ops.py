@@ -254,16 +254,18 @@ def test_bad_device_fails_every_rank(pools):
     assert kind0 == "MismatchError" and "rank 1 passed invalid input" in message0, message0
 
 
-def test_cuda_reason():
+def test_cuda_tensors_pass_the_check():
+    """CUDA tensors reach the core (which stages or reduces them on the device); other devices
+    are refused with a reason."""
     from ringflow.torch import _tensors
 
-    class FakeCuda(torch.Tensor):  # only .device is consulted before anything is sent
+    class FakeCuda(torch.Tensor):  # only .device is consulted by the check
         @property
         def device(self):
             return torch.device("cuda", 0)
 
-    fake = torch.ones(2).as_subclass(FakeCuda)
-    assert "CUDA tensors are not supported yet" in _tensors.problem(fake)
+    assert _tensors.problem(torch.ones(2).as_subclass(FakeCuda)) == ""
+    assert "CPU and CUDA tensors only" in _tensors.problem(torch.ones(2, device="meta"))
 
 
 def _legacy_average():

@@ -152,8 +152,8 @@ def rocm_built() -> bool:
 
 
 def cuda_built() -> bool:
-    """False: ringflow.torch does not take CUDA tensors yet (whatever ringflow.cuda_built says)."""
-    return False
+    """Whether ringflow was built with CUDA, so that its collectives take CUDA tensors."""
+    return _rf.cuda_built()
 
 
 def sparse_as_dense(tensor):

@@ -74,7 +74,9 @@ def _empty_like(i: _Input, shape=None) -> tuple[torch.Tensor | None, Any]:
     """A new contiguous output for input i (None for an invalid input) and its numpy view."""
     if i.tensor is None:
         return None, None
-    out = torch.empty(i.tensor.shape if shape is None else shape, dtype=i.tensor.dtype)
+    out = torch.empty(
+        i.tensor.shape if shape is None else shape, dtype=i.tensor.dtype, device=i.tensor.device
+    )
     return out, _tensors.view(out)
 
 
@@ -140,7 +142,9 @@ def allgather(tensors, name, process_set, *, sync, grouped=False):
 
     def result(hs):
         outs = [
-            _tensors.from_numpy(h.take_output(_tensors.numpy_dtype(i.tensor.dtype)), i.tensor.dtype)
+            _tensors.from_numpy(
+                h.take_output(_tensors.numpy_dtype(i.tensor.dtype)), i.tensor.dtype, i.tensor.device
+            )
             for h, i in zip(hs, inputs)
         ]
         return outs if grouped else outs[0]
@@ -213,7 +217,8 @@ def alltoall(t, splits, name, process_set, *, sync):
 
     def result(hs):
         dtype = i.tensor.dtype
-        out = _tensors.from_numpy(hs[0].take_output(_tensors.numpy_dtype(dtype)), dtype)
+        host = hs[0].take_output(_tensors.numpy_dtype(dtype))
+        out = _tensors.from_numpy(host, dtype, i.tensor.device)
         received = torch.from_numpy(np.asarray(hs[0].received_splits, dtype=np.int32))
         return out, received
 
@@ -243,9 +248,9 @@ def sparse_allreduce(t: torch.Tensor, name, op, process_set, *, sync):
     size = len(engine().process_set_ranks(ps))
 
     def result(hs):
-        idx = _tensors.from_numpy(hs[0].take_output(np.dtype(np.int64)), torch.int64)
+        idx = _tensors.from_numpy(hs[0].take_output(np.dtype(np.int64)), torch.int64, t.device)
         vals = _tensors.from_numpy(
-            hs[1].take_output(_tensors.numpy_dtype(values.dtype)), values.dtype
+            hs[1].take_output(_tensors.numpy_dtype(values.dtype)), values.dtype, t.device
         )
         if op == Average:
             vals = vals / size

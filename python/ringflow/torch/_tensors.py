@@ -1,8 +1,9 @@
-"""torch tensors <-> the core's descriptors, with no copy for contiguous CPU tensors.
+"""torch tensors <-> the core's descriptors, with no copy for contiguous tensors.
 
-The core reads and writes a tensor's memory through a numpy view of it. bfloat16 travels as an
-int16 view (numpy has no bfloat16) labelled bfloat16 for the core. A tensor the core cannot use
-(CUDA, another device, a dtype ringflow lacks) becomes a descriptor carrying the reason, so the
+The core reads and writes a CPU tensor's memory through a numpy view of it (bfloat16 travels as
+an int16 view, numpy having no bfloat16, labelled bfloat16 for the core) and a CUDA tensor's by
+address, ordered on the current CUDA stream (`ringflow._device`). A tensor the core cannot use
+(another device, a dtype ringflow lacks) becomes a descriptor carrying the reason, so the
 collective fails on every rank with it instead of leaving the other ranks waiting.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ringflow import _core
+from ringflow import _core, _device
 
 __all__ = ["EMPTY", "described", "from_numpy", "numpy_dtype", "problem", "view"]
 
@@ -37,13 +38,8 @@ def problem(t: object) -> str:
     """Why t cannot reach the core ("" when it can, once made contiguous)."""
     if not isinstance(t, torch.Tensor):
         return f"{type(t).__name__} is not a torch.Tensor"
-    if t.device.type == "cuda":
-        return (
-            "CUDA tensors are not supported yet (GPU issue); move the tensor to the CPU "
-            "with .cpu() first"
-        )
-    if t.device.type != "cpu":
-        return f"tensors on device '{t.device}' are not supported (CPU tensors only)"
+    if t.device.type not in ("cpu", "cuda"):
+        return f"tensors on device '{t.device}' are not supported (CPU and CUDA tensors only)"
     if t.layout != torch.strided:
         return f"{t.layout} tensors are not supported here (sparse: use sparse_allreduce_async)"
     if t.dtype not in _DTYPES:
@@ -56,16 +52,23 @@ def invalid(name: str, reason: str) -> _core.Tensor:
     return _core.Tensor(EMPTY, _D.uint8, name, reason)
 
 
-def view(t: torch.Tensor) -> np.ndarray:
-    """A numpy view of the contiguous CPU tensor t (int16 for bfloat16)."""
+def view(t: torch.Tensor) -> np.ndarray | int:
+    """What the core writes t's result into: a numpy view of the contiguous CPU tensor t
+    (int16 for bfloat16), or the address of a CUDA tensor."""
+    if t.is_cuda:
+        return t.data_ptr()
     t = t.detach()
     if t.dtype == torch.bfloat16:
         t = t.view(torch.int16)
     return t.numpy()
 
 
-def described(t: torch.Tensor, name: str) -> tuple[np.ndarray, _core.Tensor]:
-    """t (valid, contiguous) as a numpy view and the core's descriptor of it."""
+def described(t: torch.Tensor, name: str) -> tuple[np.ndarray | int, _core.Tensor]:
+    """t (valid, contiguous) as `view(t)` and the core's descriptor of it."""
+    if t.is_cuda:
+        device = _device.find(t)
+        assert device is not None
+        return device.address, device.tensor(name)
     array = view(t)
     return array, _core.Tensor(array, _DTYPES[t.dtype][0], name)
 
@@ -75,7 +78,12 @@ def numpy_dtype(dtype: torch.dtype) -> np.dtype:
     return np.dtype(_DTYPES[dtype][1])
 
 
-def from_numpy(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
-    """An engine-allocated numpy output as a torch tensor of dtype, sharing its memory."""
+def from_numpy(
+    array: np.ndarray, dtype: torch.dtype, device: torch.device | None = None
+) -> torch.Tensor:
+    """An engine-allocated numpy output as a torch tensor of dtype, sharing its memory (copied
+    to `device` when that is a CUDA device)."""
     out = torch.from_numpy(array)
+    if device is not None and device.type == "cuda":
+        out = out.to(device)
     return out.view(torch.bfloat16) if dtype == torch.bfloat16 else out
