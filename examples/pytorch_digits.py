@@ -76,11 +76,13 @@ def train_epoch(
     loader: DataLoader,
     optimizer: torch.optim.Optimizer,
     bar: tqdm,
+    device: torch.device,
 ) -> float:
     """One pass over this rank's shard; the mean training loss over all ranks' samples."""
     model.train()
     loss_sum, count = 0.0, 0
     for images, labels in loader:
+        images, labels = images.to(device), labels.to(device)
         optimizer.zero_grad()
         loss = F.cross_entropy(model(images), labels)
         loss.backward()  # the hooks start each gradient's allreduce as soon as it is ready
@@ -94,11 +96,12 @@ def train_epoch(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader) -> tuple[float, float]:
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[float, float]:
     """Mean loss and accuracy over the whole test set (every rank scores its own share)."""
     model.eval()
     loss_sum, correct, count = 0.0, 0, 0
     for images, labels in loader:
+        images, labels = images.to(device), labels.to(device)
         logits = model(images)
         loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
         correct += int((logits.argmax(dim=1) == labels).sum())
@@ -116,12 +119,20 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.02, help="per-rank learning rate (0.02)")
     parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (0.9)")
     parser.add_argument("--seed", type=int, default=42, help="random seed (42)")
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cpu", help="where to train (cpu)"
+    )
     args = parser.parse_args()
 
     start = time.perf_counter()
     hvd.init()
     torch.manual_seed(args.seed)
     torch.set_num_threads(1)  # one core per rank: the ranks share the machine's cores
+    device = torch.device("cpu")
+    if args.device == "cuda":
+        # Horovod: one GPU per local rank (ranks share GPUs when there are fewer).
+        torch.cuda.set_device(hvd.local_rank() % torch.cuda.device_count())
+        device = torch.device("cuda", torch.cuda.current_device())
 
     train_set, test_set = load_split()
     # Horovod: each rank reads its own 1/size of the training set, reshuffled each epoch.
@@ -133,7 +144,7 @@ def main() -> None:
     test_share = Subset(test_set, range(hvd.rank(), len(test_set), hvd.size()))
     test_loader = DataLoader(test_share, batch_size=256)
 
-    model = Net()
+    model = Net().to(device)
     # Horovod: scale the learning rate by the number of ranks, as the global batch grows.
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr * hvd.size(), momentum=args.momentum)
     # Horovod: start every rank from rank 0's parameters and optimizer state.
@@ -160,8 +171,8 @@ def main() -> None:
             mininterval=1.0,  # few refreshes: under `ringflow run` stderr is a pipe
             dynamic_ncols=True,
         ) as bar:
-            train_loss = train_epoch(model, train_loader, optimizer, bar)
-            test_loss, accuracy = evaluate(model, test_loader)
+            train_loss = train_epoch(model, train_loader, optimizer, bar, device)
+            test_loss, accuracy = evaluate(model, test_loader, device)
             bar.set_postfix(train_loss=f"{train_loss:.4f}", test_accuracy=f"{accuracy:.4f}")
 
     if hvd.rank() == 0:
