@@ -31,6 +31,7 @@ std::string show(const Setting& setting) {
     std::memcpy(text, &setting.value, sizeof(uint64_t));
     return text;
   }
+  if (name == "RINGFLOW_JOIN_AVERAGE") return setting.value ? "contributors" : "size";
   return std::to_string(setting.value);
 }
 
@@ -44,6 +45,7 @@ std::vector<Setting> plan_settings() {
       {"RINGFLOW_BROADCAST_ALGORITHM", choice_code(env.broadcast_algorithm)},
       {"RINGFLOW_CHAIN_MIN_BYTES", env.chain_min_bytes},
       {"RINGFLOW_SEGMENT_BYTES", env.segment_bytes},
+      {"RINGFLOW_JOIN_AVERAGE", env.join_average_contributors ? 1u : 0u},
   };
 }
 
