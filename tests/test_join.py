@@ -96,6 +96,7 @@ def _init_error() -> str:
 def test_join_average_must_agree(make_job):
     job = make_job(2, auto_init=False, rank_env={1: {"RINGFLOW_JOIN_AVERAGE": "contributors"}})
     for rank, message in enumerate(job.start().call(_init_error)):
+        assert message.startswith(f"rank {rank}: init()"), message
         assert "RINGFLOW_JOIN_AVERAGE" in message, message
         assert "rank 0 size" in message and "rank 1 contributors" in message, message
 
