@@ -169,6 +169,8 @@ def _shapes(timeline: str):
     out["alltoall"] = type(hvd.alltoall(t)).__name__
     _, splits = hvd.alltoall(t, splits=[2] * n)
     out["alltoall splits"] = (splits.dtype, splits.tolist())
+    fewer, _ = hvd.alltoall(t + me, splits=[1] * n)  # Horovod sends the first sum(splits) rows
+    out["alltoall fewer rows"] = fewer.tolist()
     sparse = torch.sparse_coo_tensor([[me]], [1.0], (n,))
     handle = hvd.sparse_allreduce_async(sparse, "sparse", hvd.Sum)
     out["sparse callable"] = callable(handle)
@@ -207,6 +209,7 @@ def test_return_types(pools, n, tmp_path):
         assert out["broadcast"] == [1.0 + i for i in range(2 * n)], context
         assert out["reducescatter"] == (2,), context
         assert out["alltoall splits"] == (torch.int32, [2] * n), context
+        assert out["alltoall fewer rows"] == [float(src + rank) for src in range(n)], context
         assert out["sparse callable"] and out["sparse"] == [1.0] * n, context
         assert out["barrier"] is None and out["barrier(process_set)"] is None, context
         assert out["broadcast_object"] == 11, context  # a lambda: cloudpickle, as Horovod

@@ -415,7 +415,7 @@ def barrier(process_set: ProcessSet = _GLOBAL) -> None:
 
 def join(device: int = -1) -> int:
     """This rank has no more batches: it stands in for the others' collectives (zeros for
-    allreduce) until every rank has joined; returns the rank that joined last. device is
-    Horovod's and ignored (CPU only)."""
+    allreduce; Average still divides by the set's size, as in Horovod) until every rank has
+    joined; returns the rank that joined last. device is Horovod's and ignored (CPU only)."""
     del device
     return _rf.join()
