@@ -6,13 +6,15 @@ ringflow: ranks and the parent share it.
 
 Rounding rules (the contract the references implement):
 
-- Integers: Sum/Product wrap in the dtype; Min/Max are np.minimum/np.maximum; Average is the
-  wrapped Sum divided by N in float64 and rounded to nearest, ties to even. Pre/postscale
-  multiply in float64 and round to nearest even; a factor of exactly 1.0 leaves values untouched.
+Horovod 0.28.1's: a factor scales as ``factor * x``, integers in float64 truncated toward zero,
+floats in the accumulation type with the factor rounded to it first; a factor of exactly 1.0
+leaves values untouched. Prescale scales each rank's input; Average is the Sum scaled once by
+``postscale / N`` (Horovod's ``postscale_factor /= size``), other ops scale by ``postscale``.
+
+- Integers: Sum/Product wrap in the dtype; Min/Max are np.minimum/np.maximum.
 - bool: Min is logical and, Max is logical or; Sum/Average/Product are invalid.
 - Floats: accumulate in the accumulation type (float32 for float16/bfloat16/float32, float64 for
-  float64); float16/bfloat16 round back to the dtype after every step. Average divides the Sum by
-  N in the accumulation type, then rounds to the dtype; postscale multiplies after that.
+  float64); float16/bfloat16 round back to the dtype after every step.
 """
 
 from __future__ import annotations
@@ -109,7 +111,7 @@ def exact_input(seed: int, rank: int, shape: Sequence[int], dtype_name: str, op:
     powers of two.
 
     Integers use their full range (Sum/Product wrap), except int64 Average, kept within
-    +-2**50 so that the float64 division of the rule is exact. Float Sum/Average inputs are small
+    +-2**50 so that its sums convert to float64 exactly. Float Sum/Average inputs are small
     integers whose sums over 4 ranks (times 2) stay exactly representable: float16 has 11
     significant bits, bfloat16 8. Float Product inputs are integers in [-4, 4] (float16/bfloat16)
     or [-16, 16]: any product of four has an odd part of at most 7 bits. Float Min/Max are exact
@@ -167,13 +169,26 @@ def alltoall_splits(seed: int, rank: int, n: int, rows: int) -> list[int]:
 
 
 def scale(x: np.ndarray, factor: float) -> np.ndarray:
-    """x * factor by the contract's rounding rules (identity for a factor of exactly 1.0)."""
+    """factor * x by Horovod's rule (identity for a factor of exactly 1.0): integers in float64,
+    truncated toward zero (saturating); floats in the accumulation type."""
     if factor == 1.0:
         return x
     if is_int(x.dtype):
-        return np.rint(x.astype(np.float64) * factor).astype(x.dtype)
+        info = np.iinfo(x.dtype)
+        product = np.trunc(np.float64(factor) * x.astype(np.float64))
+        high = np.float64(info.max)  # 2**63 for int64: compare before converting
+        out = np.where(product >= high, info.max, np.where(product <= info.min, info.min, 0))
+        inside = (product < high) & (product > info.min)
+        out = out.astype(x.dtype)
+        out[inside] = product[inside].astype(x.dtype)
+        return out
     acc = acc_dtype(x.dtype)
-    return (x.astype(acc) * acc.type(factor)).astype(x.dtype)
+    return (acc.type(factor) * x.astype(acc)).astype(x.dtype)
+
+
+def finishing_factor(op: str, postscale: float, n: int) -> float:
+    """The one factor a finished reduction is scaled by: postscale / N for Average."""
+    return postscale / n if op == "Average" else postscale
 
 
 def _combine(a: np.ndarray, b: np.ndarray, op: str) -> np.ndarray:
@@ -197,22 +212,17 @@ def allreduce_exact(
     dt = inputs[0].dtype
     n = len(inputs)
     xs = [scale(x, prescale) for x in inputs]
+    factor = finishing_factor(op, postscale, n)
     if is_float(dt):
-        # The float64 reduction is exact for these inputs; only the /N rounds (in the acc type).
+        # The float64 reduction is exact for these inputs, and so is its rounding to the dtype.
         total = xs[0].astype(np.float64)
         for x in xs[1:]:
             total = _combine(total, x.astype(np.float64), op)
-        acc = acc_dtype(dt)
-        result = total.astype(acc)
-        if op == "Average":
-            result = result / acc.type(n)
-        return scale(result.astype(dt), postscale)
+        return scale(total.astype(dt), factor)
     result = xs[0].copy()
     for x in xs[1:]:
         result = _combine(result, x, op)
-    if op == "Average":
-        result = np.rint(result.astype(np.float64) / n).astype(dt)
-    return scale(result, postscale)
+    return scale(result, factor)
 
 
 def allreduce_float64(
@@ -234,9 +244,10 @@ def float_rtol(dt: np.dtype, n: int, extra_roundings: int = 0) -> float:
     partial results rounds with relative error <= u -- in the dtype for float16/bfloat16, which
     round after every step, else in the accumulation type -- whatever the order or tree shape,
     and every partial result is <= the final one, so the chain errs by <= (n-1)u. Average's
-    division in the accumulation type and the final rounding to the dtype add <= 2u, each
-    further scaling step (`extra_roundings`) u. The bound is (n+1+extra)u to first order; the
-    tolerance doubles it, (n+1+extra) eps, to cover the higher-order terms.
+    multiplication by 1/N (rounded to the accumulation type, then the product rounded) and the
+    final rounding to the dtype add <= 3u, each further scaling step (`extra_roundings`) u. The
+    bound is (n+2+extra)u to first order; the tolerance, (n+1+extra) eps = 2(n+1+extra)u,
+    covers it and the higher-order terms for every n >= 1.
     """
     return (n + 1 + extra_roundings) * eps(dt)
 

@@ -261,7 +261,7 @@ def step_input(step: Step, member: int, rank: int) -> np.ndarray:
     elif step.kind not in REDUCING or ref.is_int(dt):
         values = raw.view(dt)
         if dt == np.int64 and step.op == "Average":
-            values = raw >> (13 + step.narrow)  # +-2**50: the float64 division is exact
+            values = raw >> (13 + step.narrow)  # +-2**50: sums convert to float64 exactly
     elif step.op in ("Min", "Max"):
         values = (raw.view(np.int16)[:count] >> 4).astype(dt)  # finite, never -0.0
     elif step.op == "Product":
@@ -300,7 +300,8 @@ def ordered_reduce(inputs: list[np.ndarray], op: str) -> np.ndarray:
     """Float Sum/Average/Product in the README's order ("Float order"): the flattened array is
     cut into N nearly equal chunks (the first ``count % N`` one longer) and chunk c is reduced
     as ``x[c+N-1] + (... + (x[c+1] + x[c]))``, ranks modulo N, in the accumulation type,
-    float16/bfloat16 rounded back after every step; Average divides the sum by N."""
+    float16/bfloat16 rounded back after every step; Average multiplies the sum by 1/N rounded
+    to the accumulation type (Horovod's)."""
     n, dt = len(inputs), inputs[0].dtype
     acc_type = ref.acc_dtype(dt)
     flat = [x.reshape(-1) for x in inputs]
@@ -317,5 +318,5 @@ def ordered_reduce(inputs: list[np.ndarray], op: str) -> np.ndarray:
         result[lo:hi] = acc
         lo = hi
     if op == "Average":
-        result = result / acc_type.type(n)
+        result = acc_type.type(1.0 / n) * result
     return result.astype(dt).reshape(inputs[0].shape)

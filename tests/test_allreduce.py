@@ -168,8 +168,8 @@ def _bounded_ints(seed, rank, size, dtype_name):
 @pytest.mark.parametrize("op", ["Sum", "Average", "Min", "Product"])
 @pytest.mark.parametrize("n", [2, 3, 4])
 def test_integer_scaling(pools, n, op, dtype_name, prescale, postscale):
-    """Integers scale in float64 and round to nearest even (odd inputs x 0.5 or 2.5 make ties);
-    Average rounds before the postscale rounds again."""
+    """Integers scale as Horovod's do: factor * x in float64, truncated toward zero; prescale on
+    every rank's input, then the Sum (or Average: one scaling by postscale / N)."""
     seed = ref.seed_of("int scaling", n, dtype_name, op, prescale, postscale)
     inputs = [_bounded_ints(seed, r, 64, dtype_name) for r in range(n)]
     outputs = pools.call(n, _allreduce_given, inputs, op, prescale, postscale)
@@ -177,20 +177,22 @@ def test_integer_scaling(pools, n, op, dtype_name, prescale, postscale):
     check_allreduce(outputs, inputs, op, "exact", context, prescale, postscale)
 
 
-# -- integer Average rounding ---------------------------------------------------------------------
+# -- integer Average: Horovod's truncation --------------------------------------------------------
 
 
 @pytest.mark.parametrize("dtype_name", ref.INT_DTYPES)
 @pytest.mark.parametrize("n", [2, 3, 4])
 def test_integer_average_rounding(pools, n, dtype_name):
-    """Average of integers: wrapped Sum / N, rounded to nearest with ties to even."""
+    """Average of integers as Horovod computes it: the wrapped Sum times 1/N in float64,
+    truncated toward zero (so -1.5 gives -1, 1.5 gives 1, 2/3 of 3 gives 0.999.. -> 0 or 1 as
+    the float64 product falls)."""
     low = 0 if dtype_name == "uint8" else -6
     seed = ref.seed_of("int average", n, dtype_name)
     dt = ref.dtype(dtype_name)
     inputs = [ref.rng(seed, r).integers(low, 7, size=1000).astype(dt) for r in range(n)]
     total = np.sum(inputs, axis=0, dtype=np.int64)
     if n % 2 == 0:
-        assert np.any(total % n == n // 2), "the data has no ties to round"
+        assert np.any(total % n == n // 2), "the data has no halves to truncate"
     if low < 0:
         assert np.any((total < 0) & (total % n != 0)), "the data has no negative remainders"
     outputs = pools.call(n, _allreduce_given, inputs, "Average")
@@ -200,13 +202,13 @@ def test_integer_average_rounding(pools, n, dtype_name):
 @pytest.mark.parametrize(
     ("dtype_name", "per_rank", "expected"),
     [
-        # Sums 1, -1, 3, -3, 5, 3 halve to ties: 0.5 -> 0, -0.5 -> 0, 1.5 -> 2, -1.5 -> -2, 2.5 -> 2.
-        ("int32", [[1, -1, 3, -3, 5, 2], [0, 0, 0, 0, 0, 1]], [0, 0, 2, -2, 2, 2]),
+        # Sums 1, -1, 3, -3, 5, 3 halve and truncate toward zero: 0, 0, 1, -1, 2, 1.
+        ("int32", [[1, -1, 3, -3, 5, 2], [0, 0, 0, 0, 0, 1]], [0, 0, 1, -1, 2, 1]),
         # int8 Sum wraps first: 100 + 100 = -56 -> -28; -100 + -100 = 56 -> 28; 127 + 1 = -128.
         ("int8", [[100, -100, 127], [100, -100, 1]], [-28, 28, -64]),
-        # uint8: 200 + 100 = 44 -> 22; 255 + 0 = 255 -> 127.5 -> 128.
-        ("uint8", [[200, 255, 3], [100, 0, 0]], [22, 128, 2]),
-        ("int64", [[2**40 + 1, -(2**40) - 3], [0, 0]], [2**39, -(2**39) - 2]),
+        # uint8: 200 + 100 = 44 -> 22; 255 + 0 = 255 -> 127.5 -> 127; 3 -> 1.
+        ("uint8", [[200, 255, 3], [100, 0, 0]], [22, 127, 1]),
+        ("int64", [[2**40 + 1, -(2**40) - 3], [0, 0]], [2**39, -(2**39) - 1]),
     ],
 )
 def test_integer_average_literal(pools, dtype_name, per_rank, expected):
@@ -217,11 +219,30 @@ def test_integer_average_literal(pools, dtype_name, per_rank, expected):
         ref.assert_exact(out, np.array(expected, dtype=dt), f"rank {rank}, {dtype_name}")
 
 
+@pytest.mark.parametrize(
+    ("op", "per_rank", "prescale", "postscale", "expected"),
+    [
+        # Each rank's 39 * 0.375 = 14.625 truncates to 14 before the Sum: 28 (rounding gave 30).
+        ("Sum", [[39, -39], [39, -39]], 0.375, 1.0, [28, -28]),
+        # The Sum 27 times 0.5 truncates: 13 (not 14); -27 gives -13 (toward zero, not floor).
+        ("Sum", [[20, -20], [7, -7]], 1.0, 0.5, [13, -13]),
+        # Average at N = 2 with postscale 3: one factor 3 / 2 on the Sum 9: 13.5 -> 13.
+        ("Average", [[4, -4], [5, -5]], 1.0, 3.0, [13, -13]),
+    ],
+)
+def test_integer_scaling_literal(pools, op, per_rank, prescale, postscale, expected):
+    inputs = [np.array(values, dtype=np.int32) for values in per_rank]
+    outputs = pools.call(2, _allreduce_given, inputs, op, prescale, postscale)
+    for rank, out in enumerate(outputs):
+        ref.assert_exact(out, np.array(expected, dtype=np.int32), f"rank {rank}, {op}")
+
+
 def test_default_op_is_average(pools):
     inputs = [np.array([1, 2, 3, 4], dtype=np.int32), np.array([2, 2, 4, 4], dtype=np.int32)]
     outputs = pools.call(2, _allreduce_given, inputs)
     for rank, out in enumerate(outputs):
-        ref.assert_exact(out, np.array([2, 2, 4, 4], dtype=np.int32), f"rank {rank}")
+        # Sums 3, 4, 7, 8 halve and truncate (Horovod): 1, 2, 3, 4.
+        ref.assert_exact(out, np.array([1, 2, 3, 4], dtype=np.int32), f"rank {rank}")
 
 
 # -- special float values -------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The CUDA kernels' math on the CPU: their host reference path (`_core._cuda_reference`, which
 shares csrc/ringflow/cuda/element_math.h with the kernels) against the numpy rules in
 tests/kernel_reference.py, bit for bit; scale/divide against the CPU collectives' scale_by /
-divide_by; and the build facts (the extension imports; cuda_available() is False without a GPU).
+Average; and the build facts (the extension imports; cuda_available() is False without a GPU).
 tools/device_check/kernels.py runs the same rules against the kernels on a GPU."""
 
 from __future__ import annotations
@@ -213,16 +213,7 @@ def test_argument_errors():
 
 # -- the same math as the CPU collectives' scale_by / divide_by --------------------------------
 
-TRUNCATION_PENDING = pytest.mark.xfail(
-    strict=True,
-    reason="the CPU scale_by/divide_by still round integers to nearest; Horovod 0.28.1 (and the "
-    "kernels) truncate. Issue 12 changes the CPU rule: drop this mark when that merges.",
-)
-CPU_PATH_DTYPES = [
-    pytest.param(d, marks=TRUNCATION_PENDING) if d in kr.INT_DTYPES else d
-    for d in kr.DTYPES
-    if d != "bool"
-]
+CPU_PATH_DTYPES = [d for d in kr.DTYPES if d != "bool"]
 
 
 def _allreduce(per_rank, op, postscale=1.0):
@@ -253,16 +244,19 @@ def test_scale_matches_cpu_scale_by(pools, name):
 
 
 @pytest.mark.parametrize("name", CPU_PATH_DTYPES)
-def test_divide_matches_cpu_divide_by(pools, name):
-    """Three ranks, Average of (x, -0, -0): the CPU path is exactly divide_by(x, 3) (adding -0
-    changes no value, not even -0 itself)."""
+def test_average_is_scale_by_one_nth(pools, name):
+    """Three ranks, Average of (x, -0, -0): the CPU path finishes with scale_by(x, 1/3)
+    (Horovod's Average; adding -0 changes no value, not even -0 itself), which the device path
+    launches as the scale kernel."""
     x = _bounded(name, seed=22)
     zero = np.zeros_like(x)
     if kr.is_float(name):
         zero = kr.cast(name, np.full(x.size, -0.0, np.float32))
     cpu = pools.call(3, _allreduce, [x, zero, zero], "Average")[0]
     ours = x.copy()
-    _core._cuda_reference("divide", address(ours), count=x.size, dtype=core_dtype(name), divisor=3)
+    _core._cuda_reference(
+        "scale", address(ours), count=x.size, dtype=core_dtype(name), factor=1.0 / 3.0
+    )
     bad = kr.first_difference(ours, cpu)
     assert bad is None, f"{name} / 3: {x[bad]!r} gave {ours[bad]!r}, CPU {cpu[bad]!r}"
 

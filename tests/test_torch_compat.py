@@ -8,14 +8,16 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import ringflow.torch as hvd  # noqa: E402
+from tests.test_torch_optimizer import semantics  # noqa: E402
 
 
-def _scheduler_then_param_group() -> tuple[list, list]:
+def _scheduler_then_param_group(mode: str) -> tuple[list, list]:
     torch.manual_seed(0)
     model = torch.nn.Linear(2, 1, bias=False)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     torch.optim.lr_scheduler.StepLR(opt, 10)  # patches opt.step before the wrapping
-    opt = hvd.DistributedOptimizer(opt, named_parameters=model.named_parameters())
+    with semantics(mode):
+        opt = hvd.DistributedOptimizer(opt, named_parameters=model.named_parameters())
     x = torch.full((1, 2), float(hvd.rank() + 1))
     model(x).sum().backward()
     opt.step()
@@ -28,10 +30,14 @@ def _scheduler_then_param_group() -> tuple[list, list]:
     return first, extra.grad.tolist()
 
 
-def test_scheduler_before_wrapping_and_add_param_group(pools):
-    for rank, (first, extra) in enumerate(pools.call(2, _scheduler_then_param_group)):
+@pytest.mark.parametrize("mode", ["horovod", "ringflow"])
+def test_scheduler_before_wrapping_and_add_param_group(pools, mode):
+    """A group added after wrapping is reduced with RINGFLOW_TORCH_OPTIMIZER=ringflow; as in
+    Horovod, by default it keeps each rank's own gradient."""
+    for rank, (first, extra) in enumerate(pools.call(2, _scheduler_then_param_group, mode)):
         assert first == [[1.5, 1.5]], f"rank {rank}: gradient not averaged: {first}"
-        assert extra == [1.5, 1.5], f"rank {rank}: added group not averaged: {extra}"
+        want = [1.5, 1.5] if mode == "ringflow" else [rank + 1.0] * 2
+        assert extra == want, f"rank {rank}: added group: {extra}, want {want}"
 
 
 def _uneven_training(batches: list[int]) -> list[float]:
@@ -51,7 +57,7 @@ def _uneven_training(batches: list[int]) -> list[float]:
 
 def _expected(batches: list[int]) -> list[float]:
     """One process replaying it: each step averages the gradients of the ranks still training
-    (joined ranks stand in with zeros and Average divides by the ranks that brought data)."""
+    over the whole job, as Horovod does (joined ranks stand in with zeros)."""
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -63,7 +69,7 @@ def _expected(batches: list[int]) -> list[float]:
             model(torch.full((2, 3), float(r + step + 1))).pow(2).mean().backward()
             grads.append([p.grad.clone() for p in model.parameters()])
         for p, *gs in zip(model.parameters(), *grads):
-            p.grad = sum(gs) / len(active)
+            p.grad = sum(gs) / len(batches)
         opt.step()
     return [float(v) for v in torch.cat([p.detach().reshape(-1) for p in model.parameters()])]
 

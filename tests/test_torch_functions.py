@@ -3,7 +3,9 @@ allgather_object, SyncBatchNorm, Compression, and Horovod's names and capability
 
 from __future__ import annotations
 
+import copy
 import pickle
+import threading
 
 import pytest
 
@@ -38,7 +40,11 @@ def _model(seed: int):
 
 
 def _optimizer(name: str, model, rank: int):
-    lr = 0.01 * (rank + 1)  # differs per rank: the root's must win
+    """Options differ per rank (rank >= 0): the root's must win; rank -1: rank 0's structure
+    with the same options everywhere."""
+    if rank < 0:
+        return _optimizer(name, model, 0)
+    lr = 0.01 * (rank + 1)
     params = [
         {"params": model[0].parameters()},
         {"params": list(model[1].parameters()) + list(model[2].parameters()), "lr": lr / 2},
@@ -58,21 +64,23 @@ def _step(model, optimizer, seed: int) -> None:
     optimizer.step()
 
 
-def _broadcast_state(name: str, root: int, steps: list[int]):
-    """Ranks diverge (seeds, options, number of steps: 0 means no state yet), then take root's
-    model and optimizer; returns the optimizer state and the parameters after one more step."""
+def _broadcast_state(name: str, root: int, steps: list[int], load_root_state: bool):
+    """Ranks diverge (seeds, number of steps: 0 means no state yet; options too with
+    load_root_state), then take root's model and optimizer; returns the optimizer state and
+    the parameters after one more step."""
     me = hvd.rank()
     model = _model(me)
-    optimizer = _optimizer(name, model, me)
+    optimizer = _optimizer(name, model, me if load_root_state else -1)
     for i in range(steps[me]):
         _step(model, optimizer, 100 * me + i)
-    for p in model[0].parameters():  # a scalar (non-tensor) state entry of our own
-        if p in optimizer.state:
-            optimizer.state[p]["custom"] = 7 + me
-    before = optimizer.state_dict()
+    if load_root_state:
+        for p in model[0].parameters():  # a scalar (non-tensor) state entry of our own
+            if p in optimizer.state:
+                optimizer.state[p]["custom"] = 7 + me
+    before = copy.deepcopy(optimizer.state_dict())
     hvd.broadcast_parameters(model.state_dict(), root_rank=root)
-    hvd.broadcast_optimizer_state(optimizer, root_rank=root)
-    after = optimizer.state_dict()
+    hvd.broadcast_optimizer_state(optimizer, root_rank=root, load_root_state=load_root_state)
+    after = copy.deepcopy(optimizer.state_dict())
     _step(model, optimizer, 999)  # the same batch everywhere: the loaded state must be usable
     return before, after, [p.detach().clone() for p in model.parameters()]
 
@@ -101,13 +109,34 @@ def _same(a, b, where: str) -> None:
     [(1, [0, 2, 1]), (0, [0, 0, 0])],
     ids=["root-stepped-others-fresh-or-behind", "all-fresh"],
 )
-def test_broadcast_optimizer_state(pools, name, root, steps):
-    results = _shipped(_broadcast_state)(pools, 3, name, root, steps)
+def test_broadcast_optimizer_state_load_root_state(pools, name, root, steps):
+    """The opt-in: root's state loaded as it is, no step on zero gradients."""
+    results = _shipped(_broadcast_state)(pools, 3, name, root, steps, True)
     root_before = results[root][0]
     if steps[root]:
         assert root_before["state"], "the root should have state to give"
     for rank, (_, after, params) in enumerate(results):
         _same(after, root_before, f"rank {rank}, {name} state_dict")
+        for i, (p, q) in enumerate(zip(params, results[root][2])):
+            assert torch.equal(p, q), f"rank {rank}: parameter {i} differs from the root's"
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW", "RMSprop"])
+@pytest.mark.parametrize(
+    ("root", "steps"),
+    [(1, [1, 2, 1]), (0, [0, 0, 0])],
+    ids=["all-stepped", "all-fresh"],
+)
+def test_broadcast_optimizer_state_horovod(pools, name, root, steps):
+    """Horovod's default: fresh optimizers step once on zero gradients (the root too), then
+    root's state tensors and options overwrite everyone's. (Options alike on every rank: with
+    per-rank weight decay, fresh ranks' parameters decay differently, as in Horovod; with a
+    different state structure, Horovod's ranks wait for tensors the others never send.)"""
+    results = _shipped(_broadcast_state)(pools, 3, name, root, steps, False)
+    root_after = results[root][1]
+    assert root_after["state"], "every optimizer here keeps state"
+    for rank, (_, after, params) in enumerate(results):
+        _same(after, root_after, f"rank {rank}, {name} state_dict")
         for i, (p, q) in enumerate(zip(params, results[root][2])):
             assert torch.equal(p, q), f"rank {rank}: parameter {i} differs from the root's"
 
@@ -156,7 +185,7 @@ def test_objects(pools):
 def _unpicklable(which: str):
     me = hvd.rank()
     outcome = []
-    obj = (lambda: 1) if me == 1 else 1
+    obj = threading.Lock() if me == 1 else 1  # lambdas pickle (cloudpickle), locks do not
     for call in (
         lambda: hvd.broadcast_object(obj, root_rank=1),
         lambda: hvd.allgather_object(obj),
@@ -170,7 +199,7 @@ def _unpicklable(which: str):
 
 
 def test_unpicklable_object_fails_every_rank(pools):
-    for rank, (bcast, gather) in enumerate(pools.call(2, _unpicklable, "lambda")):
+    for rank, (bcast, gather) in enumerate(pools.call(2, _unpicklable, "lock")):
         assert "cannot be pickled" in bcast, f"rank {rank}: {bcast}"
         assert "ranks [1]" in gather, f"rank {rank}: {gather}"
 
@@ -283,19 +312,22 @@ def test_horovod_names():
     for query in (
         "mpi_built",
         "mpi_enabled",
-        "mpi_threads_supported",
         "gloo_built",
         "gloo_enabled",
-        "nccl_built",
         "ddl_built",
         "ccl_built",
         "rocm_built",
     ):
         assert getattr(hvd, query)() is False, query
     assert hvd.cuda_built() is rf.cuda_built()
+    assert hvd.nccl_built() == 0 and type(hvd.nccl_built()) is int  # Horovod: NCCL's version
+    with pytest.raises(ValueError, match="MPI is not enabled"):
+        hvd.mpi_threads_supported()
     missing = [name for name in hvd.__all__ if not hasattr(hvd, name)]
     assert not missing, missing
-    assert hvd.Average is rf.Average and hvd.ProcessSet is rf.ProcessSet
+    ops = (hvd.Average, hvd.Sum, hvd.Adasum, hvd.Min, hvd.Max, hvd.Product)
+    assert ops == (0, 1, 2, 3, 4, 5), ops  # Horovod's integers
+    assert hvd.ProcessSet is rf.ProcessSet
     assert hvd.sparse_as_dense(torch.eye(2).to_sparse()).layout == torch.strided
 
 

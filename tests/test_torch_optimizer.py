@@ -12,7 +12,9 @@ identical parameters: they all apply the same reduced gradients.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import os
 
 import numpy as np
 import pytest
@@ -211,6 +213,20 @@ def test_compression(pools, compression, tol):
     _check_same_everywhere(results, compression)
 
 
+@contextlib.contextmanager
+def semantics(mode: str):
+    """DistributedOptimizers built inside follow RINGFLOW_TORCH_OPTIMIZER=mode."""
+    old = os.environ.get("RINGFLOW_TORCH_OPTIMIZER")
+    os.environ["RINGFLOW_TORCH_OPTIMIZER"] = mode
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["RINGFLOW_TORCH_OPTIMIZER"]
+        else:
+            os.environ["RINGFLOW_TORCH_OPTIMIZER"] = old
+
+
 # -- parameters that change: requires_grad, unused, groups ---------------------------------------
 
 
@@ -228,8 +244,8 @@ def _frozen_schedule(step: int) -> set[int]:
 
 
 def _changing(seed, groups_spec):
-    """requires_grad toggled between steps (a frozen parameter has no gradient, so weight
-    decay and momentum must not move it), a branch only rank 0 uses (the others send zeros),
+    """With RINGFLOW_TORCH_OPTIMIZER=ringflow: requires_grad toggled between steps (a frozen
+    parameter has no gradient, so weight decay and momentum must not move it), a branch only rank 0 uses (the others send zeros),
     and optionally groups (counted with a spy on the grouped allreduce). The reference adds up
     the shards' losses / n on one model."""
     rank, n = hvd.rank(), hvd.size()
@@ -247,9 +263,10 @@ def _changing(seed, groups_spec):
     elif groups_spec == "int":
         groups = 2
     named = [*model.named_parameters(), *(("extra." + k, v) for k, v in extra.named_parameters())]
-    opt = hvd.DistributedOptimizer(
-        _optimizer("sgd", [*params, *extra.parameters()]), named_parameters=named, groups=groups
-    )
+    with semantics("ringflow"):
+        opt = hvd.DistributedOptimizer(
+            _optimizer("sgd", [*params, *extra.parameters()]), named_parameters=named, groups=groups
+        )
     ref_opt = _optimizer("sgd", [*ref_params, *extra_ref.parameters()])
     grouped_calls = []
     real = optimizer_module.grouped_allreduce_async_

@@ -25,6 +25,7 @@ from tests.test_torch_optimizer import (  # noqa: E402
     _max_diff,
     _model,
     _pair,
+    semantics,
 )
 
 # -- the wrapper ----------------------------------------------------------------------------------
@@ -147,17 +148,20 @@ def _clipping(seed):
     return _max_diff(model, ref), _arrays(model)
 
 
-def _step_after_synchronize(seed):
-    """step() after a manual synchronize() warns (Horovod's text) and, with op=Sum, the
-    gradients are not summed a second time: the result equals n times the mean gradient."""
+def _step_after_synchronize(seed, mode):
+    """step() after a manual synchronize() warns (Horovod's text) and, with op=Sum, sums the
+    gradients a second time as Horovod does (n times the sum); with
+    RINGFLOW_TORCH_OPTIMIZER=ringflow not: the result equals n times the mean gradient."""
     rank, n = hvd.rank(), hvd.size()
     x, y = _data(seed, n, torch.float64)
-    ref, ref_opt, model, opt = _pair(seed, "sgd", op=hvd.Sum)
+    with semantics(mode):
+        ref, ref_opt, model, opt = _pair(seed, "sgd", op=hvd.Sum)
+    factor = n if mode == "ringflow" else n * n
     mine = slice(rank * BATCH, (rank + 1) * BATCH)
     caught = []
     for step in range(3):
         ref_opt.zero_grad()
-        (_loss(ref, x[step], y[step]) * n).backward()
+        (_loss(ref, x[step], y[step]) * factor).backward()
         ref_opt.step()
         opt.zero_grad()
         _loss(model, x[step][mine], y[step][mine]).backward()
@@ -176,8 +180,9 @@ def test_clipping_between_synchronize_and_step(pools):
     _check_same_everywhere([(d, a, None) for d, a in results], "clipping")
 
 
-def test_step_after_manual_synchronize_warns_and_reduces_once(pools):
-    for rank, (diff, caught) in enumerate(pools.call(2, _step_after_synchronize, 31)):
+@pytest.mark.parametrize("mode", ["horovod", "ringflow"])
+def test_step_after_manual_synchronize_warns_and_reduces_again(pools, mode):
+    for rank, (diff, caught) in enumerate(pools.call(2, _step_after_synchronize, 31, mode)):
         assert diff <= TOL, f"rank {rank}: {diff:.3g} from the single process (reduced twice?)"
         assert len(caught) == 3, f"rank {rank}: warnings {caught}"
         assert all("skip_synchronize() context after" in w for w in caught), caught

@@ -73,9 +73,10 @@ def allreduce_(
 ) -> Any:
     """Reduce x over the ranks (of process_set) in place and return x itself.
 
-    Average divides the sum by the set's size: floats in their type (float32 for 16-bit
-    floats), integers rounding to nearest, ties to even. prescale_factor multiplies the input
-    first, postscale_factor the result.
+    Average is the sum scaled by 1/size, as Horovod computes it: floats multiply by 1/size
+    rounded to their type (float32 for 16-bit floats), integers multiply in float64 and
+    truncate toward zero. prescale_factor multiplies each rank's input first (the same rule),
+    postscale_factor the result (in one multiplication by postscale_factor/size for Average).
     """
     return _allreduce(
         x, op, name, prescale_factor, postscale_factor, process_set, in_place=True, sync=True

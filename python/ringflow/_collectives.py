@@ -192,9 +192,12 @@ def _check_splits(splits: Any, rows: int, world: int) -> tuple[list[int], str]:
     values = [int(s) for s in np.asarray(splits).reshape(-1)]
     if len(values) != world:
         return [0] * world, f"splits has {len(values)} entries, expected one per rank ({world})"
-    if any(v < 0 for v in values) or sum(values) != rows:
+    if any(v < 0 for v in values):
+        return [0] * world, f"splits {values} must be non-negative"
+    if sum(values) > rows:  # Horovod's words; fewer rows than the first dimension is fine
         return [0] * world, (
-            f"splits {values} must be non-negative and sum to the first dimension {rows}"
+            f"Sum of splits entries is greater than the first dimension of tensor "
+            f"({sum(values)} > {rows})"
         )
     return values, ""
 
@@ -210,6 +213,8 @@ def _alltoall(x, splits, name, process_set, sync):
         array = _arrays.EMPTY
         tensor = _core.Tensor(array, _core.DType.uint8, name, reason)
         send_splits = [0] * world
+    elif sum(send_splits) < rows:  # as Horovod: the rows after the splits are not sent
+        array, tensor = _arrays.describe(array[: sum(send_splits)], name)
     handles = _submit(_K.alltoall, [tensor], [None], ps=ps, splits=send_splits, sync=sync)
 
     def result(hs):
@@ -221,7 +226,8 @@ def _alltoall(x, splits, name, process_set, sync):
 def alltoall(x: Any, splits: Any = None, name=None, process_set=None):
     """Send splits[i] rows of x to rank i; returns (rows received in rank order, received splits).
 
-    Without splits, x's first dimension is divided evenly and must be divisible by the set size.
+    Without splits, x's first dimension is divided evenly and must be divisible by the set size;
+    splits may add up to fewer rows than x has (the rest is not sent), as in Horovod.
     """
     return _alltoall(x, splits, name, process_set, True)
 
@@ -243,7 +249,8 @@ def barrier(process_set: ProcessSet | None = None, name: str | None = None) -> N
 def join() -> int:
     """This rank has no more data (uneven batches): until every rank has joined, it takes part
     in the others' collectives with zeros (allreduce, reducescatter), no rows (allgather) or no
-    rows to send (alltoall); Average divides by the ranks that brought data. Blocks until every
+    rows to send (alltoall); Average still divides by the set's size, as in Horovod
+    (RINGFLOW_JOIN_AVERAGE=contributors: by the ranks that brought data). Blocks until every
     rank has joined and returns the rank that joined last."""
     tensor = _core.Tensor(_arrays.EMPTY, _core.DType.uint8, auto_name("join", None))
     handles = _submit(_K.join, [tensor], [None], sync=True)

@@ -33,6 +33,10 @@ class Handle:
     def done(self) -> bool:
         return all(h.done() for h in self._core)
 
+    def __call__(self) -> Any:
+        """``handle()`` is `synchronize(handle)`: Horovod's sparse allreduce returns a callable."""
+        return synchronize(self)
+
 
 def poll(handle: Handle) -> bool:
     """Whether the operation has finished (successfully or not); never blocks or raises."""

@@ -31,17 +31,26 @@ class ProcessSet:
             return list(range(engine().size))
         return list(self._ranks)
 
-    def size(self) -> int:
+    def size(self) -> int | None:
+        """How many ranks the set has; None until it is registered (as in Horovod)."""
+        if self.process_set_id is None:
+            return None
         return len(self.ranks)
 
-    def rank(self) -> int:
-        """This process' rank within the set, or -1 when it is not a member."""
+    def rank(self) -> int | None:
+        """This process' rank within the set; None until it is registered. Raises ValueError
+        on a rank outside the set (Horovod's message)."""
+        if self.process_set_id is None:
+            return None
         me = engine().rank
         ranks = self.ranks
-        return ranks.index(me) if me in ranks else -1
+        if me not in ranks:
+            raise ValueError("Process is not part of provided process set.")
+        return ranks.index(me)
 
     def included(self) -> bool:
-        return self.rank() >= 0
+        """Whether this process is one of the set's ranks."""
+        return engine().rank in self.ranks
 
     def __repr__(self) -> str:
         return f"ProcessSet(process_set_id={self.process_set_id}, ranks={self.ranks})"
@@ -96,11 +105,12 @@ def add_process_set(process_set: ProcessSet | Iterable[int]) -> ProcessSet:
     return process_set
 
 
-def remove_process_set(process_set: ProcessSet) -> None:
-    """Unregister a set on every rank (all ranks call it, alike)."""
-    ident = set_id(process_set)
-    if ident == 0:
-        raise _core.InvalidArgumentError("the global process set cannot be removed")
+def remove_process_set(process_set: ProcessSet) -> bool:
+    """Unregister a set on every rank (all ranks call it, alike). Returns whether it was
+    removed: False, as in Horovod, for the global set or a set that is not registered."""
+    ident = process_set.process_set_id
+    if ident is None or ident == 0:
+        return False
     tensor = _core.Tensor(_EMPTY, _core.DType.uint8, f"process_set.remove:{ident}")
     (handle,) = engine().submit(
         _core.OpKind.remove_process_set, [tensor], [None], root=ident, synchronous=True
@@ -108,3 +118,4 @@ def remove_process_set(process_set: ProcessSet) -> None:
     engine().wait(handle)
     handle.rethrow()
     process_set.process_set_id = None
+    return True

@@ -98,6 +98,9 @@ EnvConfig read_env() {
   config.cache_capacity = static_cast<size_t>(
       env_int("RINGFLOW_CACHE_CAPACITY", static_cast<long long>(config.cache_capacity)));
   config.timeline = env_string("RINGFLOW_TIMELINE", "");
+  config.join_average_contributors =
+      parse_choice("RINGFLOW_JOIN_AVERAGE", env_string("RINGFLOW_JOIN_AVERAGE", "size"),
+                   {"size", "contributors"}) == "contributors";
   config.heartbeat_interval_s =
       env_number("RINGFLOW_HEARTBEAT_INTERVAL", config.heartbeat_interval_s);
   config.flight_recorder_dir = env_string("RINGFLOW_FLIGHT_RECORDER", "");

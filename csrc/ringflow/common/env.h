@@ -33,6 +33,9 @@ struct EnvConfig {
   double stall_shutdown_s = -1.0;      // RINGFLOW_STALL_SHUTDOWN_TIME (-1: RINGFLOW_TIMEOUT)
   size_t cache_capacity = 1024;        // RINGFLOW_CACHE_CAPACITY (entries; 0: no response cache)
   std::string timeline;                // RINGFLOW_TIMELINE: Chrome trace written from init
+  // RINGFLOW_JOIN_AVERAGE=size|contributors: what Average divides by while ranks have joined:
+  // the set's size (Horovod: joined ranks count as zeros) or the ranks that brought data.
+  bool join_average_contributors = false;
   // Failure reporting (engine/heartbeat.h, engine/flight_recorder.h).
   double heartbeat_interval_s = 1.0;     // RINGFLOW_HEARTBEAT_INTERVAL (seconds; 0: no heartbeat)
   std::string flight_recorder_dir;       // RINGFLOW_FLIGHT_RECORDER: write rank<r>.json there

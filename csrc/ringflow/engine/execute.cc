@@ -8,6 +8,7 @@
 
 #include "ringflow/collectives/select.h"
 #include "ringflow/common/check.h"
+#include "ringflow/common/env.h"
 #include "ringflow/engine/engine.h"
 #include "ringflow/engine/fusion.h"
 #include "ringflow/reduce/reduce.h"
@@ -31,6 +32,13 @@ size_t planned_bytes(const PendingTensor& tensor) {
     return rows * row_elements(d) * dtype_size(static_cast<DType>(d.dtype));
   }
   return descriptor_elements(d) * dtype_size(static_cast<DType>(d.dtype));
+}
+
+// What Average divides by while ranks have joined: the whole set, joined ranks counting as
+// zeros (Horovod); with RINGFLOW_JOIN_AVERAGE=contributors, the ranks that brought data.
+int64_t average_divisor(const PendingTensor& tensor) {
+  if (env_config().join_average_contributors) return tensor.contributors();
+  return static_cast<int64_t>(tensor.members.size());
 }
 
 const char* allreduce_phase(AllreduceAlgorithm algorithm) {
@@ -182,8 +190,7 @@ void Engine::execute_inline_allreduce(Ready& item) {
   }
   void* out = item.local->submission.out;
   fold_in_ring_order(contributions, out, count, request.dtype, request.op);
-  if (request.op == ReduceOp::kAverage) divide_by(out, count, request.dtype, set_size);
-  scale_by(out, count, request.dtype, request.postscale);
+  scale_by(out, count, request.dtype, finishing_factor(request.op, request.postscale, set_size));
   trace(item, "INLINE_ALLREDUCE", start, Timeline::now_us());
   {
     std::lock_guard<std::mutex> lock(stats_mutex_);
@@ -267,13 +274,8 @@ void Engine::execute_allreduce(std::vector<Ready>& bucket, const CollectiveConte
   const ReduceOp op = request.op;
   const size_t elem = dtype_size(dtype);
   const int set_size = ctx.size();
-  // Joined ranks stand in with zeros: Average is over the ranks that brought data.
-  const int contributors = bucket[0].tensor.contributors();
-  const double postscale = request.postscale;
-  auto finish = [=](void* data, size_t n) {
-    if (op == ReduceOp::kAverage) divide_by(data, n, dtype, contributors);
-    scale_by(data, n, dtype, postscale);
-  };
+  const double factor = finishing_factor(op, request.postscale, average_divisor(bucket[0].tensor));
+  auto finish = [=](void* data, size_t n) { scale_by(data, n, dtype, factor); };
   auto run = [&](const void* in, void* out, size_t count, const std::vector<size_t>& chunks) {
     const int64_t start = Timeline::now_us();
     const AllreduceAlgorithm algorithm = choose_allreduce(count * elem, set_size);
@@ -387,7 +389,7 @@ void Engine::execute_reducescatter(std::vector<Ready>& bucket, const CollectiveC
   const size_t elem = dtype_size(dtype);
   const int set_size = ctx.size();
   const int me = ctx.rank();
-  const int contributors = bucket[0].tensor.contributors();
+  const double factor = finishing_factor(op, request.postscale, average_divisor(bucket[0].tensor));
   std::vector<std::vector<size_t>> bytes;
   std::vector<const void*> sources;
   std::vector<void*> targets;
@@ -402,11 +404,8 @@ void Engine::execute_reducescatter(std::vector<Ready>& bucket, const CollectiveC
   FusedLayout layout(std::move(bytes));
   std::vector<size_t> counts = layout.slot_bytes();
   for (size_t& c : counts) c /= elem;
-  // Average's division and postscale on this rank's reduced block.
-  auto finish = [&](void* block) {
-    if (op == ReduceOp::kAverage) divide_by(block, counts[me], dtype, contributors);
-    scale_by(block, counts[me], dtype, request.postscale);
-  };
+  // Average's 1/N and postscale on this rank's reduced block.
+  auto finish = [&](void* block) { scale_by(block, counts[me], dtype, factor); };
   const int64_t start = Timeline::now_us();
   if (bucket.size() == 1) {
     const void* source = sources[0];

@@ -6,6 +6,7 @@
 #include "ringflow/common/env.h"
 #include "ringflow/cuda/kernels.h"
 #include "ringflow/engine/engine.h"
+#include "ringflow/reduce/reduce.h"
 
 namespace rf {
 
@@ -55,10 +56,10 @@ bool Engine::try_device_allreduce(std::vector<Ready>& bucket, const CollectiveCo
     parts.push_back(
         DevicePart{device.in, device.out ? device.out : device.in, descriptor_elements(local.own)});
   }
-  // Average is one scaling by postscale / N, as on the host path (Horovod's rule).
-  const double factor = request.op == ReduceOp::kAverage
-                            ? request.postscale / static_cast<double>(members.size())
-                            : request.postscale;
+  // Average is one scaling by postscale / N, as on the host path (Horovod's rule). No member
+  // has joined here, so N is the set's size whatever RINGFLOW_JOIN_AVERAGE says.
+  const double factor = finishing_factor(request.op, request.postscale,
+                                         static_cast<int64_t>(members.size()));
   auto finish = [=](void* data, size_t count, void* s) {
     cuda::scale(data, count, dtype, factor, s);
   };

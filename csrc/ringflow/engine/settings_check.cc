@@ -31,6 +31,7 @@ std::string show(const Setting& setting) {
     std::memcpy(text, &setting.value, sizeof(uint64_t));
     return text;
   }
+  if (name == "RINGFLOW_JOIN_AVERAGE") return setting.value ? "contributors" : "size";
   return std::to_string(setting.value);
 }
 
@@ -45,6 +46,7 @@ std::vector<Setting> plan_settings() {
       {"RINGFLOW_CHAIN_MIN_BYTES", env.chain_min_bytes},
       {"RINGFLOW_SEGMENT_BYTES", env.segment_bytes},
       {"RINGFLOW_CUDA_IPC_BYTES", env.cuda_ipc_bytes},
+      {"RINGFLOW_JOIN_AVERAGE", env.join_average_contributors ? 1u : 0u},
   };
 }
 

@@ -11,20 +11,27 @@
 namespace rf {
 
 // dst[i] = a[i] (op) b[i] for i < count. dst may be a or b. Average reduces like Sum;
-// divide_by() finishes it. bool supports only Min (and) / Max (or). (op) is commutative bit for
-// bit (IEEE + and * are), so which operand is "a" never changes a result.
+// scale_by(finishing_factor(...)) finishes it. bool supports only Min (and) / Max (or). (op) is
+// commutative bit for bit (IEEE + and * are), so which operand is "a" never changes a result.
 void reduce(const void* a, const void* b, void* dst, size_t count, DType dtype, ReduceOp op);
 
 // acc[i] = acc[i] (op) src[i].
 void reduce_into(void* acc, const void* src, size_t count, DType dtype, ReduceOp op);
 
-// buf[i] = buf[i] / divisor. Floats divide in their accumulation type (float32 for 16-bit
-// floats); integers round to nearest, ties to even, exactly.
-void divide_by(void* buf, size_t count, DType dtype, int64_t divisor);
-
-// buf[i] = buf[i] * factor. Floats multiply in their accumulation type; integers multiply in
-// float64, round to nearest even and saturate to the type's range.
+// buf[i] = factor * buf[i], as Horovod 0.28.1 scales (its ScaleBufferCPUImpl); a factor of
+// exactly 1.0 leaves buf untouched. Per dtype (the one definition: reduce_kernels.inc):
+//   integers          (T)trunc(factor * (double)x)  toward zero; saturating, NaN -> 0
+//   float64           factor * x
+//   float32           (float)factor * x
+//   float16/bfloat16  round_to_type((float)factor * (float)x), nearest even
 void scale_by(void* buf, size_t count, DType dtype, double factor);
+
+// The factor scale_by applies to a finished reduction: postscale, divided by the divisor for
+// Average. Horovod averages this way (postscale_factor /= size, then one multiplication), so
+// an integer Average truncates toward zero and a float one multiplies by the rounded 1/N.
+inline double finishing_factor(ReduceOp op, double postscale, int64_t divisor) {
+  return op == ReduceOp::kAverage ? postscale / static_cast<double>(divisor) : postscale;
+}
 
 // Whether (dtype, op) is a supported reduction; false for bool with Sum/Average/Product.
 bool reduction_supported(DType dtype, ReduceOp op);

@@ -40,17 +40,6 @@ void reduce_into(void* acc, const void* src, size_t count, DType dtype, ReduceOp
   reduce(acc, src, acc, count, dtype, op);
 }
 
-void divide_by(void* buf, size_t count, DType dtype, int64_t divisor) {
-  RF_CHECK(divisor > 0, kInternal) << "divide_by(" << divisor << ")";
-  if (count == 0 || divisor == 1) return;
-  bool done = false;
-#if defined(RINGFLOW_HAVE_AVX2_KERNELS)
-  if (use_avx2()) done = avx2::divide_kernel(buf, count, dtype, divisor);
-#endif
-  if (!done) done = generic::divide_kernel(buf, count, dtype, divisor);
-  RF_CHECK(done, kInternal) << "no arithmetic kernel for dtype " << dtype_name(dtype);
-}
-
 void scale_by(void* buf, size_t count, DType dtype, double factor) {
   if (count == 0 || factor == 1.0) return;
   bool done = false;

@@ -10,7 +10,6 @@
   namespace rf::ns {                                                                     \
   void reduce_kernel(const void* a, const void* b, void* dst, size_t count, DType dtype, \
                      ReduceOp op);                                                       \
-  bool divide_kernel(void* buf, size_t count, DType dtype, int64_t divisor);             \
   bool scale_kernel(void* buf, size_t count, DType dtype, double factor);                \
   }
 

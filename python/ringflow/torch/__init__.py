@@ -124,7 +124,8 @@ def mpi_enabled() -> bool:
 
 
 def mpi_threads_supported() -> bool:
-    return False
+    """Raises ValueError, as Horovod does when MPI is not enabled (ringflow has no MPI)."""
+    raise ValueError("Horovod MPI is not enabled; Please make sure it's installed and enabled.")
 
 
 def gloo_built() -> bool:
@@ -135,8 +136,9 @@ def gloo_enabled() -> bool:
     return False
 
 
-def nccl_built() -> bool:
-    return False
+def nccl_built() -> int:
+    """0: Horovod returns NCCL's version number, 0 when built without it."""
+    return 0
 
 
 def ddl_built() -> bool:

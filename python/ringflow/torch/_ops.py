@@ -213,6 +213,9 @@ def alltoall(t, splits, name, process_set, *, sync):
         if reason:  # tell every rank, like any other invalid input
             i.tensor, i.array, i.core = None, _tensors.EMPTY, _tensors.invalid(name, reason)
             send = [0] * world
+        elif sum(send) < rows:  # as Horovod: the rows after the splits are not sent
+            i.tensor = i.tensor[: sum(send)]
+            i.array, i.core = _tensors.described(i.tensor, name)
     handles = _submit(_K.alltoall, [i], [None], ps=ps, splits=send, sync=sync)
 
     def result(hs):

@@ -1,15 +1,20 @@
 """Broadcasting model and optimizer state, and moving picklable objects between ranks.
 
-Objects travel as pickles (the standard library's, not cloudpickle as in Horovod: lambdas and
-local classes do not pickle). When a rank cannot pickle its object, every rank raises instead
-of the others waiting for it.
+Objects travel as cloudpickle pickles, as in Horovod (the standard library's pickle when
+cloudpickle is not installed: then lambdas and local classes do not pickle). When a rank cannot
+pickle its object, every rank raises instead of the others waiting for it.
 """
 
 from __future__ import annotations
 
-import pickle
+import collections
 from collections.abc import Iterable
 from typing import Any
+
+try:
+    import cloudpickle as pickle
+except ImportError:  # pragma: no cover - cloudpickle comes with ringflow[torch]
+    import pickle  # type: ignore[no-redef]
 
 import numpy as np
 import torch
@@ -39,13 +44,109 @@ def broadcast_parameters(params: Any, root_rank: int, process_set=global_process
     elif isinstance(params, Iterable) and not isinstance(params, torch.Tensor):
         items = [p if isinstance(p, tuple) else (None, p) for p in params]
     else:
-        raise ValueError(f"invalid params of type {type(params).__name__}")
+        raise ValueError(f"invalid params of type: {type(params)}")  # Horovod's message
     handles = [
         broadcast_async_(p, root_rank, None if n is None else f"broadcast.{n}", process_set)
         for n, p in items
     ]
     for handle in handles:
         synchronize(handle)
+
+
+def broadcast_optimizer_state(
+    optimizer: Any,
+    root_rank: int,
+    model: Any = None,
+    process_set=global_process_set,
+    *,
+    load_root_state: bool = False,
+) -> None:
+    """Give every rank root_rank's optimizer state: per-parameter state (momentum buffers,
+    'step', …) and the param groups' options (lr, betas, …).
+
+    By default as Horovod does it: a rank whose optimizer has no state yet first creates it
+    with one step on zero gradients (which moves parameters under weight decay, and leaves
+    those zero gradients in ``p.grad``; ``model`` marks sparse embeddings for it); then each
+    state tensor is broadcast in place and the other entries and options travel pickled.
+    LBFGS raises ValueError; a stateless optimizer (plain SGD) is left alone.
+
+    ``load_root_state=True`` (ringflow's): no step; root_rank's state is loaded as it is, with
+    its structure, so a root restored from a checkpoint gives state to fresh ranks, parameters
+    never move, and any optimizer (LBFGS included) works.
+    """
+    if load_root_state:
+        return _load_root_state(optimizer, root_rank, process_set)
+    if isinstance(optimizer, torch.optim.LBFGS):
+        raise ValueError("cannot broadcast torch.optim.LBFGS state")
+    state_dict = optimizer.state_dict()
+    if not state_dict["state"]:
+        _create_state(optimizer, state_dict, _sparse_parameters(model))
+        state_dict = optimizer.state_dict()
+    if not state_dict["state"]:
+        return  # a stateless optimizer: nothing to broadcast
+    tensors: list = []
+    scalars: dict = {}
+    assign: dict = {}
+    occurrences: collections.defaultdict = collections.defaultdict(int)
+    for index, group in enumerate(state_dict["param_groups"]):
+        for option, value in group.items():
+            if option != "params":
+                scalars[f"{option}.{index}"] = value
+                assign[f"{option}.{index}"] = _setter(optimizer.param_groups[index], option)
+        for pid in group["params"]:
+            for name, value in state_dict["state"].get(pid, {}).items():
+                occurrences[name] += 1  # a name recurs once per parameter: number them
+                key = f"{name}.{occurrences[name]}"
+                if torch.is_tensor(value):
+                    tensors.append((key, value))
+                else:
+                    scalars[key] = value
+                    assign[key] = _setter(state_dict["state"][pid], name)
+    base = auto_name("broadcast_optimizer_state", None, set_id(process_set))
+    handles = [broadcast_async_(t, root_rank, f"{base}.{key}", process_set) for key, t in tensors]
+    for handle in handles:
+        synchronize(handle)
+    scalars = broadcast_object(scalars, root_rank, f"{base}.scalars", process_set)
+    for key, value in scalars.items():
+        assign[key](value)
+
+
+def _sparse_parameters(model: Any) -> set[int]:
+    """ids of the parameters of model's sparse embeddings (their gradients are sparse)."""
+    if model is None:
+        return set()
+    return {
+        id(p)
+        for m in model.modules()
+        if isinstance(m, torch.nn.Embedding) and m.sparse
+        for p in m.parameters()
+    }
+
+
+def _create_state(optimizer: Any, state_dict: dict, sparse: set[int]) -> None:
+    """Horovod's state initialisation: zero gradients and one step of the wrapped optimizer
+    (not the DistributedOptimizer's, which would reduce gradients collectively)."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.requires_grad and id(p) not in state_dict["state"]:
+                p.grad = p.data.new(p.size()).zero_()
+                if isinstance(optimizer, torch.optim.SparseAdam) or (
+                    isinstance(optimizer, torch.optim.SGD) and id(p) in sparse
+                ):
+                    p.grad = p.grad.to_sparse()
+    from ringflow.torch.optimizer import _DistributedOptimizer
+
+    if isinstance(optimizer, _DistributedOptimizer):
+        super(_DistributedOptimizer, optimizer).step()
+    else:
+        optimizer.step()
+
+
+def _setter(container: dict, key: Any):
+    def assign(value: Any) -> None:
+        container[key] = value
+
+    return assign
 
 
 def _layout(value: Any) -> tuple:
@@ -56,15 +157,8 @@ def _layout(value: Any) -> tuple:
     return ("value", value)
 
 
-def broadcast_optimizer_state(optimizer: Any, root_rank: int, process_set=global_process_set):
-    """Give every rank root_rank's optimizer state: per-parameter state (tensors such as
-    momentum buffers, and scalars such as 'step') and the param groups' options (lr, betas, …).
-
-    Unlike Horovod, ranks whose optimizer has no state yet are not stepped with zero gradients
-    to create it (which moves parameters under weight decay): root_rank's state is loaded as it
-    is, so a root restored from a checkpoint may give state to fresh ranks, and any optimizer
-    (LBFGS included) works.
-    """
+def _load_root_state(optimizer: Any, root_rank: int, process_set) -> None:
+    """root_rank's optimizer state and options loaded on every rank, structure included."""
     state_dict = optimizer.state_dict()
     skeleton = None
     if engine().rank == root_rank:
@@ -99,7 +193,7 @@ def broadcast_optimizer_state(optimizer: Any, root_rank: int, process_set=global
 
 def _pickle(obj: Any) -> tuple[bytes, BaseException | None]:
     try:
-        return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL), None
+        return pickle.dumps(obj), None
     except Exception as error:  # any pickling failure: tell the other ranks, then raise
         return b"", error
 

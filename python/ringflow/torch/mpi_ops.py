@@ -4,27 +4,37 @@ Forms: ``op`` returns a new tensor and is differentiable; ``op_`` works in place
 input; ``op_async`` / ``op_async_`` return a handle for `synchronize` (which returns what the
 blocking form would) and `poll`; ``grouped_op`` runs several tensors as one fused operation.
 
-Semantics: ``op`` defaults to Average; the legacy ``average=True/False`` means Average/Sum and
-cannot be combined with ``op``. ``root_rank`` is a rank of the job. ``process_set`` takes a
+Semantics: ``op`` defaults to Average; ops are Horovod's integers (see `_reduce_ops`, which also
+has Horovod's errors for Adasum and for ops reducescatter does not take); the legacy
+``average=True/False`` means Average/Sum and cannot be combined with ``op``. ``root_rank`` is a rank of the job. ``process_set`` takes a
 `ringflow.ProcessSet`. Every rank (of the set) calls every collective in the same order; errors
 (including a CUDA tensor on any rank) raise `ringflow.Error` subclasses on every rank.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 
 import torch
 
 import ringflow as _rf
-from ringflow import _core
 from ringflow._handles import Handle, poll, synchronize
 from ringflow._process_sets import ProcessSet, global_process_set
 from ringflow.torch import _autograd, _ops
+from ringflow.torch._reduce_ops import (
+    Adasum,
+    Average,
+    Max,
+    Min,
+    Product,
+    Sum,
+    allreduce_op,
+    reducescatter_op,
+)
 from ringflow.torch.compression import Compression
 
 __all__ = [
+    "Adasum",
     "Average",
     "Max",
     "Min",
@@ -61,44 +71,8 @@ __all__ = [
     "synchronize",
 ]
 
-Sum = _core.ReduceOp.Sum
-Average = _core.ReduceOp.Average
-Min = _core.ReduceOp.Min
-Max = _core.ReduceOp.Max
-Product = _core.ReduceOp.Product
-
 _GLOBAL = global_process_set
-
-
-class _Unsupported:
-    """An op Horovod has and ringflow does not: importable, and a clear error when used."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __repr__(self) -> str:
-        return self.name
-
-
-Adasum = _Unsupported("Adasum")
-
-
-def _op(op, average) -> _core.ReduceOp:
-    """Horovod's rule: op wins, average=True/False is the deprecated spelling, default Average."""
-    if isinstance(op, _Unsupported):
-        raise _core.InvalidArgumentError(f"op={op} is not supported by ringflow")
-    if op is not None:
-        if average is not None:
-            raise ValueError("the op parameter supersedes average; pass only one of them")
-        return op
-    if average is not None:
-        warnings.warn(
-            "average= is deprecated (as in Horovod); pass op=Average or op=Sum",
-            DeprecationWarning,
-            stacklevel=3,
-        )
-        return Average if average else Sum
-    return Average
+_op = allreduce_op
 
 
 # -- allreduce -------------------------------------------------------------------------------
@@ -126,7 +100,7 @@ def allreduce(
                 "allreduce of a sparse tensor takes no compression, prescale_factor or "
                 "postscale_factor (its indices and values are allgathered)"
             )
-        return synchronize(sparse_allreduce_async(tensor, name, op, process_set))
+        return sparse_allreduce_async(tensor, name, op, process_set)()
     compressed, ctx = compression.compress(tensor)
     (out,) = _autograd.allreduce(
         [compressed], op, name, prescale_factor, postscale_factor, process_set, grouped=False
@@ -293,9 +267,10 @@ def grouped_allreduce_async_(
 
 
 def sparse_allreduce_async(tensor, name=None, op=Average, process_set=_GLOBAL) -> Handle:
-    """Allreduce a sparse COO tensor by allgathering every rank's indices and values;
-    `synchronize` returns an uncoalesced sparse tensor (Average divides the values)."""
-    return _ops.sparse_allreduce(tensor, name, op, process_set, sync=False)
+    """Allreduce a sparse COO tensor by allgathering every rank's indices and values. Returns,
+    as Horovod does, a callable: ``handle()`` gives the uncoalesced sparse result (Average
+    divides the values); it is also a `Handle` (`synchronize`, `poll`)."""
+    return _ops.sparse_allreduce(tensor, name, _op(op, None), process_set, sync=False)
 
 
 # -- allgather -------------------------------------------------------------------------------
@@ -370,6 +345,7 @@ def reducescatter(
 ) -> torch.Tensor:
     """Reduce tensor over the ranks; this rank's block of dimension 0 (differentiable).
     Blocks as torch.tensor_split makes them: the first (rows % size) ranks get one more row."""
+    op = reducescatter_op(op)
     compressed, ctx = compression.compress(tensor)
     (out,) = _autograd.reducescatter(
         [compressed], op, name, prescale_factor, postscale_factor, process_set, grouped=False
@@ -381,7 +357,13 @@ def reducescatter_async(
     tensor, name=None, op=Average, process_set=_GLOBAL, prescale_factor=1.0, postscale_factor=1.0
 ) -> Handle:
     return _ops.reducescatter(
-        [tensor], op, name, prescale_factor, postscale_factor, process_set, sync=False
+        [tensor],
+        reducescatter_op(op),
+        name,
+        prescale_factor,
+        postscale_factor,
+        process_set,
+        sync=False,
     )
 
 
@@ -394,6 +376,7 @@ def grouped_reducescatter(
     prescale_factor=1.0,
     postscale_factor=1.0,
 ) -> list[torch.Tensor]:
+    op = reducescatter_op(op)
     pairs = [compression.compress(t) for t in tensors]
     outs = _autograd.reducescatter(
         [c for c, _ in pairs],
@@ -412,7 +395,7 @@ def grouped_reducescatter_async(
 ) -> Handle:
     return _ops.reducescatter(
         list(tensors),
-        op,
+        reducescatter_op(op),
         name,
         prescale_factor,
         postscale_factor,
@@ -432,7 +415,7 @@ def barrier(process_set: ProcessSet = _GLOBAL) -> None:
 
 def join(device: int = -1) -> int:
     """This rank has no more batches: it stands in for the others' collectives (zeros for
-    allreduce) until every rank has joined; returns the rank that joined last. device is
-    Horovod's and ignored (CPU only)."""
+    allreduce; Average still divides by the set's size, as in Horovod) until every rank has
+    joined; returns the rank that joined last. device is Horovod's and ignored (CPU only)."""
     del device
     return _rf.join()

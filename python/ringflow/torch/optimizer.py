@@ -13,25 +13,36 @@ calls it unless inside `skip_synchronize`. The engine matches tensors across ran
 the order in which ranks start them does not matter; the names come from ``named_parameters``
 or from the parameters' order in the optimizer.
 
-Differences from Horovod (each one removes a way to silently train wrong):
+By default it behaves as Horovod 0.28.1's: the parameters that require grad at construction are
+the ones reduced, for good (one frozen later still gets a zero gradient reduced and stepped;
+one unfrozen or added later is not reduced); a `synchronize` with no backward pass since the
+last one reduces the gradients again; grouped allreduces ignore ``gradient_predivide_factor``.
+``RINGFLOW_TORCH_OPTIMIZER=ringflow`` (read at construction; set it alike on every rank) opts
+into ringflow's, each one removing a way to silently train wrong:
 
-- ``requires_grad`` is read at every step, not once at construction: a parameter frozen later
-  is neither reduced nor given a zero gradient (so momentum and weight decay do not move it),
-  and a parameter unfrozen later is reduced (its hook is registered at the next
-  `zero_grad` or `synchronize`). Parameters added by ``add_param_group`` are reduced too.
+- ``requires_grad`` is read at every step: a parameter frozen later is neither reduced nor
+  given a zero gradient (so momentum and weight decay do not move it), and a parameter unfrozen
+  later is reduced (its hook is registered at the next `zero_grad` or `synchronize`).
+  Parameters added by ``add_param_group`` are reduced too.
 - `synchronize` (or `step` outside `skip_synchronize`) right after a `synchronize`, with no
   backward pass in between, does not reduce the same gradients again (Horovod does, which
   with ``op=Sum`` multiplies them); `step` still warns there as Horovod does.
+- ``gradient_predivide_factor`` applies to grouped allreduces too.
+
+Either way (not observable by a script that runs under Horovod):
+
 - Groups are formed from the optimizer's parameter order on each rank, with no broadcast from
   rank 0: every rank must build the optimizer alike.
 - The wrapper is a shallow copy of the optimizer passed in (same param-group dicts, state,
-  defaults and hooks), so any optimizer class works, whatever its constructor takes.
+  defaults and hooks), so any optimizer class works, whatever its constructor takes, and
+  state the optimizer already had is kept (Horovod's wrapper starts without it).
 - Hooks hold the optimizer weakly and are removed when it is garbage-collected, so a
   replaced optimizer stops reducing gradients.
 """
 
 from __future__ import annotations
 
+import os
 import warnings
 import weakref
 from collections.abc import Iterable, Iterator
@@ -40,8 +51,10 @@ from typing import Any
 
 import torch
 
+from ringflow import size
 from ringflow._process_sets import set_id
 from ringflow.torch import _grads
+from ringflow.torch._reduce_ops import Adasum, core_op
 from ringflow.torch.compression import Compression
 from ringflow.torch.mpi_ops import (
     Average,
@@ -116,12 +129,16 @@ class _DistributedOptimizer:
         process_set,
     ) -> None:
         self._compression = compression
+        self._track = _ringflow_semantics()  # else Horovod's: see the module docstring
+        self._average = op != Adasum and core_op(op) == core_op(Average)
         self.backward_passes_per_step = backward_passes_per_step
         self.op = op
         self.gradient_predivide_factor = gradient_predivide_factor
         self.sparse_as_dense = sparse_as_dense
         self.process_set = process_set
         params = [p for group in self.param_groups for p in group["params"]]
+        # Horovod reduces the parameters that require grad now, and only those, for good.
+        self._requires_update = {p for p in params if p.requires_grad}
         self._parameter_names = _grads.names(named_parameters, self.param_groups)
         self._bucket_of: dict[torch.Tensor, tuple] = {}
         for bucket in _grads.buckets(groups, params):
@@ -144,17 +161,24 @@ class _DistributedOptimizer:
         self._active = process_set.included() and process_set.size() > 1
         self._refresh()
 
+    def _wanted(self, p: torch.Tensor) -> bool:
+        """Whether p's gradient is reduced this step."""
+        return p.requires_grad if self._track else p in self._requires_update
+
     def _refresh(self) -> None:
-        """Adopt parameters added since (named by position) and hook those requiring grad."""
-        if not self._active:
+        """Adopt parameters added since (named by position) and hook those requiring grad
+        (with Horovod's semantics only once, at construction)."""
+        if not self._active or (not self._track and self._hooked):
             return
         for group in self.param_groups:
             for p in group["params"]:
                 if p not in self._bucket_of:
+                    if not self._track:
+                        continue  # Horovod: parameters added later are not reduced
                     self._parameter_names[p] = f"noname.{len(self._bucket_of)}"
                     self._bucket_of[p] = (p,)
                     self._delay[p] = self.backward_passes_per_step
-                if p.requires_grad and p not in self._hooked:
+                if self._wanted(p) and p not in self._hooked:
                     self._hooked.add(p)
                     hook = _hook_for(weakref.ref(self))
                     self._hook_handles.append(p.register_post_accumulate_grad_hook(hook))
@@ -182,18 +206,20 @@ class _DistributedOptimizer:
         bucket = self._bucket_of[p]
         ready = self._ready.setdefault(bucket, set())
         ready.add(p)
-        if bucket not in self._started and all(m in ready for m in bucket if m.requires_grad):
+        if bucket not in self._started and all(m in ready for m in bucket if self._wanted(m)):
             self._start(bucket)
 
     def _start(self, bucket: tuple) -> None:
         """Start the allreduce of the bucket's members that require grad; a gradient this rank
         did not compute travels as zeros (another rank may have computed it)."""
         self._started.add(bucket)
-        members = [p for p in bucket if p.requires_grad]
+        members = [p for p in bucket if self._wanted(p)]
         if not members:
             return
         prescale = postscale = 1.0
-        if self.op == Average:  # Horovod's split; the engine divides by the size on top
+        if self._average and (len(bucket) == 1 or self._track):
+            # Horovod's split (not for groups, where Horovod ignores it); the engine divides
+            # the postscale by the size.
             prescale = 1.0 / self.gradient_predivide_factor
             postscale = self.gradient_predivide_factor
         common = {
@@ -242,7 +268,7 @@ class _DistributedOptimizer:
         if not self._active:
             self._synchronized = True
             return
-        if self._synchronized and not self._dirty:
+        if self._track and self._synchronized and not self._dirty:
             return  # nothing accumulated since the last synchronize: reducing again would
             # average the average (and multiply a Sum)
         for bucket in dict.fromkeys(self._bucket_of.values()):
@@ -315,6 +341,15 @@ class _DistributedOptimizer:
 
 
 _classes: dict[type, type] = {}
+_SEMANTICS = ("horovod", "ringflow")
+
+
+def _ringflow_semantics() -> bool:
+    """Whether RINGFLOW_TORCH_OPTIMIZER opts into ringflow's semantics (default: Horovod's)."""
+    mode = os.environ.get("RINGFLOW_TORCH_OPTIMIZER", "horovod") or "horovod"
+    if mode not in _SEMANTICS:
+        raise ValueError(f"RINGFLOW_TORCH_OPTIMIZER={mode} is not one of horovod, ringflow")
+    return mode == "ringflow"
 
 
 def DistributedOptimizer(
@@ -324,6 +359,7 @@ def DistributedOptimizer(
     backward_passes_per_step: int = 1,
     op=Average,
     gradient_predivide_factor: float = 1.0,
+    num_groups: int = 0,
     groups: list | int | None = None,
     sparse_as_dense: bool = False,
     process_set: ProcessSet = global_process_set,
@@ -345,14 +381,25 @@ def DistributedOptimizer(
     op : ``Average`` (default) or ``Sum`` (or another reduction).
     gradient_predivide_factor : with ``Average``, gradients are scaled by 1/f before the sum
         and by f/size after it (``op`` must be ``Average`` when f != 1).
+    num_groups : deprecated spelling of an int ``groups`` (Horovod's; warns).
     groups : a list of lists of parameters, each reduced as one grouped allreduce, or an int:
         the parameters requiring grad split into that many contiguous groups.
     sparse_as_dense : reduce sparse gradients as dense tensors (else: allgather of indices and
         values); the optimizer gets sparse gradients back either way.
     process_set : the ranks to average over; on ranks outside it the optimizer is the plain one.
     """
-    if gradient_predivide_factor != 1.0 and op != Average:
+    if op == Adasum and size() > 1:
+        raise NotImplementedError("Adasum is not supported by ringflow; use op=Average or op=Sum")
+    if gradient_predivide_factor != 1.0 and (op == Adasum or core_op(op) != core_op(Average)):
         raise ValueError("gradient_predivide_factor not supported with op != Average")
+    if num_groups != 0:
+        warnings.warn(
+            "Parameter `num_groups` has been replaced by `groups` and will be removed in v0.23.0.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        if groups is None:
+            groups = num_groups
     if gradient_predivide_factor <= 0:
         raise ValueError("gradient_predivide_factor must be > 0")
     if backward_passes_per_step <= 0:
