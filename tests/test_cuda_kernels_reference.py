@@ -7,8 +7,11 @@ tools/device_check/kernels.py runs the same rules against the kernels on a GPU."
 from __future__ import annotations
 
 import functools
+import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -295,3 +298,35 @@ def test_kernel_without_gpu_raises():
     x = np.zeros(4, np.float32)
     with pytest.raises(rf.InvalidArgumentError, match="no usable CUDA device for kernel 'scale'"):
         _core._cuda_kernel("scale", address(x), count=4, factor=2.0)
+
+
+# -- tools/device_check/kernels.py, as far as it runs without a GPU -----------------------------
+
+KERNELS_CHECK = Path(__file__).resolve().parent.parent / "tools" / "device_check" / "kernels.py"
+
+
+def _run_kernels_check(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
+    out = tmp_path / "kernels.json"
+    proc = subprocess.run(
+        [sys.executable, str(KERNELS_CHECK), "--out", str(out), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return proc, json.loads(out.read_text())
+
+
+@pytest.mark.skipif(rf.cuda_available(), reason="a GPU is present: the check runs for real")
+def test_device_check_skips_without_gpu(tmp_path):
+    proc, result = _run_kernels_check(tmp_path)
+    assert proc.returncode == 77, proc.stdout + proc.stderr
+    assert result["status"] == "skipped"
+    assert "cuda_available() is False" in proc.stdout
+
+
+def test_device_check_logic_on_host_reference(tmp_path):
+    """The check's whole flow (variants, guards, expectations) on the host reference path."""
+    proc, result = _run_kernels_check(tmp_path, "--host", "--quick")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert result["status"] == "passed" and result["mismatch_count"] == 0
+    assert result["checks"] > 1000
