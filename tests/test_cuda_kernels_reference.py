@@ -42,7 +42,10 @@ def fold_inputs(name: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
 
 def describe(name: str, op: str, width: int, size: int, i: int, srcs, got, want) -> str:
     values = [s[i] for s in srcs[:width]]
-    return f"{name} {op} width {width} size {size}: element {i} of {values} gave {got[i]!r}, want {want[i]!r}"
+    return (
+        f"{name} {op} width {width} size {size}: element {i} of {values} gave {got[i]!r}, "
+        f"want {want[i]!r}"
+    )
 
 
 @pytest.mark.parametrize("op", kr.OPS)
@@ -63,6 +66,31 @@ def test_reduce_fold(name, op):
             )
             bad = kr.first_difference(out, want_full[:size])
             assert bad is None, describe(name, op, width, size, bad, srcs, out, want_full)
+
+
+@pytest.mark.parametrize("op", kr.OPS)
+@pytest.mark.parametrize("name", kr.FLOAT_DTYPES)
+def test_reduce_fold_float64_reference(name, op):
+    """Values whose every partial result is exact in float32 (integers in [-8, 8], at most 8 of
+    them: |product| <= 2^24): the fold equals the float64 result rounded once to the dtype."""
+    rng = np.random.default_rng(kr.OPS.index(op))
+    srcs = [rng.integers(-8, 9, 4099).astype(kr.storage(name)) for _ in range(max(WIDTHS))]
+    for width in WIDTHS:
+        out = np.empty(4099, kr.storage(name))
+        _core._cuda_reference(
+            "reduce_fold",
+            address(out),
+            [address(s) for s in srcs[:width]],
+            out.size,
+            core_dtype(name),
+            getattr(_core.ReduceOp, op),
+        )
+        exact = np.stack([s.astype(np.float64) for s in srcs[:width]])
+        fn = {"Min": np.min, "Max": np.max, "Product": np.prod}.get(op, np.sum)
+        with np.errstate(over="ignore"):
+            want = fn(exact, axis=0).astype(kr.storage(name))
+        bad = kr.first_difference(out, want)
+        assert bad is None, describe(name, op, width, out.size, bad, srcs, out, want)
 
 
 @pytest.mark.parametrize("name", ["float16", "int64", "bool"])
