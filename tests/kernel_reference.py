@@ -58,21 +58,24 @@ def inputs(name: str, count: int, n: int, seed: int) -> list[np.ndarray]:
     out = []
     for _ in range(n):
         if name == "bool":
-            x = rng.choice(np.array([0, 0, 1, 1, 2, 255], np.uint8), count)
-        elif not is_float(name):
-            info = np.iinfo(storage(name))
-            x = rng.integers(info.min, info.max, count, dtype=storage(name), endpoint=True)
-            x[: min(count, 4)] = np.array([info.min, info.max, 0, -1 if info.min else 1])[
-                : min(count, 4)
+            x = np.array([0, 0, 1, 1, 2, 255], np.uint8)[
+                np.frombuffer(rng.bytes(count), np.uint8) % 6
             ]
+        elif not is_float(name):
+            # Uniform over the whole range (random bytes), the extremes first.
+            x = np.frombuffer(rng.bytes(count * storage(name).itemsize), storage(name)).copy()
+            info = np.iinfo(storage(name))
+            edges = np.array([info.min, info.max, 0, -1 if info.min else 1], storage(name))
+            x[: min(count, 4)] = edges[: min(count, 4)]
         else:
             dt = storage(name)
             info = ml_dtypes.finfo(dt) if dt == BFLOAT16 else np.finfo(dt)
-            values = rng.standard_normal(count) * 3
+            wide = np.float64 if name == "float64" else np.float32
+            values = rng.standard_normal(count, dtype=wide) * wide(3)
             picks = [np.nan, np.inf, -np.inf, 0.0, -0.0, float(info.tiny), float(info.max)]
             picks += [-float(info.max), float(info.smallest_subnormal), 1.0, -1.0]
             special = rng.random(count) < 0.01
-            values[special] = rng.choice(np.array(picks), int(special.sum()))
+            values[special] = rng.choice(np.array(picks, wide), int(special.sum()))
             with np.errstate(over="ignore"):
                 x = values.astype(dt)
         out.append(x)
@@ -121,14 +124,14 @@ def fold(name: str, op: str, srcs: list[np.ndarray], widened: list[np.ndarray] |
 
 
 def _truncate(name: str, values: np.ndarray) -> np.ndarray:
+    """float64 -> integer dtype: toward zero, saturated, NaN -> 0 (values is overwritten)."""
     info = np.iinfo(storage(name))
-    out = np.zeros(values.shape, storage(name))
-    high = values >= float(info.max)
+    high = values >= float(info.max)  # float(int64 max) is 2^63: no cast may see it
     low = values <= float(info.min)
-    mid = ~(high | low | np.isnan(values))
+    values[high | low | np.isnan(values)] = 0
+    out = values.astype(storage(name))  # in range: truncates toward zero
     out[high] = info.max
     out[low] = info.min
-    out[mid] = np.trunc(values[mid]).astype(storage(name))
     return out
 
 
@@ -159,11 +162,10 @@ def cast(dst_name: str, x: np.ndarray) -> np.ndarray:
 
 def first_difference(got: np.ndarray, want: np.ndarray) -> int | None:
     """Index of the first element whose bits differ (NaN equals any NaN), or None."""
-    same = unsigned_view(got) == unsigned_view(want)
-    if got.dtype.kind == "f" or got.dtype == BFLOAT16:
-        wide_got = got.astype(np.float64)
-        wide_want = want.astype(np.float64)
-        same |= np.isnan(wide_got) & np.isnan(wide_want)
-    if same.all():
-        return None
-    return int(np.argmin(same))
+    differ = np.flatnonzero(unsigned_view(got) != unsigned_view(want))
+    if differ.size and (got.dtype.kind == "f" or got.dtype == BFLOAT16):
+        both_nan = np.isnan(got[differ].astype(np.float64)) & np.isnan(
+            want[differ].astype(np.float64)
+        )
+        differ = differ[~both_nan]
+    return int(differ[0]) if differ.size else None

@@ -7,8 +7,11 @@ tools/device_check/kernels.py runs the same rules against the kernels on a GPU."
 from __future__ import annotations
 
 import functools
+import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +42,10 @@ def fold_inputs(name: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
 
 def describe(name: str, op: str, width: int, size: int, i: int, srcs, got, want) -> str:
     values = [s[i] for s in srcs[:width]]
-    return f"{name} {op} width {width} size {size}: element {i} of {values} gave {got[i]!r}, want {want[i]!r}"
+    return (
+        f"{name} {op} width {width} size {size}: element {i} of {values} gave {got[i]!r}, "
+        f"want {want[i]!r}"
+    )
 
 
 @pytest.mark.parametrize("op", kr.OPS)
@@ -60,6 +66,31 @@ def test_reduce_fold(name, op):
             )
             bad = kr.first_difference(out, want_full[:size])
             assert bad is None, describe(name, op, width, size, bad, srcs, out, want_full)
+
+
+@pytest.mark.parametrize("op", kr.OPS)
+@pytest.mark.parametrize("name", kr.FLOAT_DTYPES)
+def test_reduce_fold_float64_reference(name, op):
+    """Values whose every partial result is exact in float32 (integers in [-8, 8], at most 8 of
+    them: |product| <= 2^24): the fold equals the float64 result rounded once to the dtype."""
+    rng = np.random.default_rng(kr.OPS.index(op))
+    srcs = [rng.integers(-8, 9, 4099).astype(kr.storage(name)) for _ in range(max(WIDTHS))]
+    for width in WIDTHS:
+        out = np.empty(4099, kr.storage(name))
+        _core._cuda_reference(
+            "reduce_fold",
+            address(out),
+            [address(s) for s in srcs[:width]],
+            out.size,
+            core_dtype(name),
+            getattr(_core.ReduceOp, op),
+        )
+        exact = np.stack([s.astype(np.float64) for s in srcs[:width]])
+        fn = {"Min": np.min, "Max": np.max, "Product": np.prod}.get(op, np.sum)
+        with np.errstate(over="ignore"):
+            want = fn(exact, axis=0).astype(kr.storage(name))
+        bad = kr.first_difference(out, want)
+        assert bad is None, describe(name, op, width, out.size, bad, srcs, out, want)
 
 
 @pytest.mark.parametrize("name", ["float16", "int64", "bool"])
@@ -289,3 +320,35 @@ def test_kernel_without_gpu_raises():
     x = np.zeros(4, np.float32)
     with pytest.raises(rf.InvalidArgumentError, match="no usable CUDA device for kernel 'scale'"):
         _core._cuda_kernel("scale", address(x), count=4, factor=2.0)
+
+
+# -- tools/device_check/kernels.py, as far as it runs without a GPU -----------------------------
+
+KERNELS_CHECK = Path(__file__).resolve().parent.parent / "tools" / "device_check" / "kernels.py"
+
+
+def _run_kernels_check(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
+    out = tmp_path / "kernels.json"
+    proc = subprocess.run(
+        [sys.executable, str(KERNELS_CHECK), "--out", str(out), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return proc, json.loads(out.read_text())
+
+
+@pytest.mark.skipif(rf.cuda_available(), reason="a GPU is present: the check runs for real")
+def test_device_check_skips_without_gpu(tmp_path):
+    proc, result = _run_kernels_check(tmp_path)
+    assert proc.returncode == 77, proc.stdout + proc.stderr
+    assert result["status"] == "skipped"
+    assert "cuda_available() is False" in proc.stdout
+
+
+def test_device_check_logic_on_host_reference(tmp_path):
+    """The check's whole flow (variants, guards, expectations) on the host reference path."""
+    proc, result = _run_kernels_check(tmp_path, "--host", "--quick")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert result["status"] == "passed" and result["mismatch_count"] == 0
+    assert result["checks"] > 1000

@@ -76,10 +76,11 @@ def _cuda_reference(
     src_dtype: DType | None = None,
     regions: Sequence[tuple[int, int, int]] = (),
     stream: int = 0,
+    synchronize: bool = True,
 ) -> None:
     """Test-only: the host reference of CUDA kernel `name` on host addresses (e.g. numpy's
-    `a.ctypes.data`), with the kernels' element math; `stream` is ignored. Nothing checks the
-    addresses. Kernels and their arguments (counts are elements, of `dtype`):
+    `a.ctypes.data`), with the kernels' element math; `stream` and `synchronize` are ignored.
+    Nothing checks the addresses. Kernels and their arguments (counts are elements, of `dtype`):
 
     - "reduce_fold": dst = srcs[n-1] op (... op srcs[0]), 1 <= len(srcs) <= 8; dst may be a src.
     - "scale": dst[i] *= factor, in place (integers: float64, truncated toward zero).
@@ -102,11 +103,13 @@ def _cuda_kernel(
     src_dtype: DType | None = None,
     regions: Sequence[tuple[int, int, int]] = (),
     stream: int = 0,
+    synchronize: bool = True,
 ) -> None:
     """Test-only: CUDA kernel `name` (as `_cuda_reference`) on device addresses (e.g. CuPy's
     `a.data.ptr`), launched on `stream` (a cudaStream_t as int; 0 = legacy default stream), then
-    waited for. Raises InvalidArgumentError when cuda_available() is False, Error when the
-    launch or the kernel fails.
+    waited for (with synchronize=False it returns after the launch: for timing). Raises
+    InvalidArgumentError when cuda_available() is False, Error when the launch or the kernel
+    fails.
     """
 
 def probe_handshake(

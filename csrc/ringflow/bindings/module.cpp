@@ -540,11 +540,11 @@ PYBIND11_MODULE(_core, m) {
         "GPUs this process can use; 0 without a driver or a GPU.");
   m.def("cuda_available", &rf::cuda::available, "Whether CUDA is built and a GPU is usable.");
   using Region = std::tuple<uintptr_t, uintptr_t, size_t>;
-  // Kernel `name` on the device (on `stream`, then waits for it) or its host reference.
+  // Kernel `name` on the device (on `stream`, then waits for it if `wait`) or its host reference.
   auto run_cuda = [](bool on_device, const std::string& name, uintptr_t dst,
                      const std::vector<uintptr_t>& srcs, size_t count, DType dtype, ReduceOp op,
                      double factor, int64_t divisor, std::optional<DType> src_dtype,
-                     const std::vector<Region>& regions, uintptr_t stream_int) {
+                     const std::vector<Region>& regions, uintptr_t stream_int, bool wait) {
     namespace ref = rf::cuda::reference;
     void* out = reinterpret_cast<void*>(dst);
     void* stream = reinterpret_cast<void*>(stream_int);
@@ -582,24 +582,27 @@ PYBIND11_MODULE(_core, m) {
     } else {
       throw rf::Error(rf::ErrorKind::kInvalidArgument, "no CUDA kernel named '" + name + "'");
     }
-    if (on_device) rf::cuda::stream_synchronize(stream);
+    if (on_device && wait) rf::cuda::stream_synchronize(stream);
   };
   for (bool on_device : {false, true}) {
     m.def(
         on_device ? "_cuda_kernel" : "_cuda_reference",
-        [run_cuda, on_device](
-            const std::string& name, uintptr_t dst, const std::vector<uintptr_t>& srcs,
-            size_t count, DType dtype, ReduceOp op, double factor, int64_t divisor,
-            std::optional<DType> src_dtype, const std::vector<Region>& regions, uintptr_t stream) {
+        [run_cuda, on_device](const std::string& name, uintptr_t dst,
+                              const std::vector<uintptr_t>& srcs, size_t count, DType dtype,
+                              ReduceOp op, double factor, int64_t divisor,
+                              std::optional<DType> src_dtype, const std::vector<Region>& regions,
+                              uintptr_t stream, bool synchronize) {
           run_cuda(on_device, name, dst, srcs, count, dtype, op, factor, divisor, src_dtype,
-                   regions, stream);
+                   regions, stream, synchronize);
         },
         py::arg("name"), py::arg("dst") = 0, py::arg("srcs") = std::vector<uintptr_t>{},
         py::arg("count") = 0, py::arg("dtype") = DType::kFloat32, py::arg("op") = ReduceOp::kSum,
         py::arg("factor") = 1.0, py::arg("divisor") = 1, py::arg("src_dtype") = py::none(),
         py::arg("regions") = std::vector<Region>{}, py::arg("stream") = 0,
-        on_device ? "CUDA kernel `name` on device addresses, on `stream`, then waits (test-only)."
+        py::arg("synchronize") = true,
+        on_device ? "CUDA kernel `name` on device addresses, on `stream`; waits for it unless "
+                    "synchronize=False (test-only)."
                   : "Host reference of CUDA kernel `name` on host addresses (test-only; stream "
-                    "is ignored).");
+                    "and synchronize are ignored).");
   }
 }

@@ -18,8 +18,8 @@ constexpr int kMaxFoldInputs = 8;
 // srcs is a host array of device pointers; dst may alias any of them. float16/bfloat16
 // accumulate in float32 and round once; bool: Sum/Average/Max = or, Min/Product = and;
 // Average folds as Sum (divide() finishes it).
-void reduce_fold(void* dst, const void* const* srcs, int n, size_t count, DType dtype,
-                 ReduceOp op, void* stream);
+void reduce_fold(void* dst, const void* const* srcs, int n, size_t count, DType dtype, ReduceOp op,
+                 void* stream);
 
 // data[i] *= factor (see math::scale_element: integers in float64, truncated). Not for bool.
 // factor == 1.0 does nothing, as the CPU scale_by.
@@ -31,8 +31,7 @@ void divide(void* data, size_t count, DType dtype, int64_t divisor, void* stream
 
 // dst = src converted: float32 <-> float16 / bfloat16 (round to nearest even); the same dtype
 // copies. Anything else is an InvalidArgument error.
-void cast(void* dst, DType dst_dtype, const void* src, DType src_dtype, size_t count,
-          void* stream);
+void cast(void* dst, DType dst_dtype, const void* src, DType src_dtype, size_t count, void* stream);
 
 // Many device-to-device copies in few launches (device fusion buffer pack / unpack). regions
 // is a host array; the regions must not overlap each other's destinations.
@@ -50,8 +49,7 @@ void stream_synchronize(void* stream);
 // The same operations on host memory, with the kernels' element math (element_math.h), for
 // the CPU tests. Argument checks and errors are the kernels'.
 namespace reference {
-void reduce_fold(void* dst, const void* const* srcs, int n, size_t count, DType dtype,
-                 ReduceOp op);
+void reduce_fold(void* dst, const void* const* srcs, int n, size_t count, DType dtype, ReduceOp op);
 void scale(void* data, size_t count, DType dtype, double factor);
 void divide(void* data, size_t count, DType dtype, int64_t divisor);
 void cast(void* dst, DType dst_dtype, const void* src, DType src_dtype, size_t count);

@@ -7,8 +7,7 @@ namespace rf::cuda {
 namespace {
 
 [[noreturn]] void no_cuda(const char* what) {
-  throw Error(ErrorKind::kInvalidArgument,
-              std::string(what) + ": ringflow was built without CUDA");
+  throw Error(ErrorKind::kInvalidArgument, std::string(what) + ": ringflow was built without CUDA");
 }
 
 }  // namespace

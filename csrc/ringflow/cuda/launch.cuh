@@ -38,8 +38,8 @@ inline unsigned blocks_for(size_t work) {
 inline void check_launch(const char* kernel) {
   cudaError_t status = cudaGetLastError();
   if (status != cudaSuccess) {
-    throw Error(ErrorKind::kInternal, std::string("CUDA kernel ") + kernel + " failed to launch: " +
-                                          cudaGetErrorString(status));
+    throw Error(ErrorKind::kInternal, std::string("CUDA kernel ") + kernel +
+                                          " failed to launch: " + cudaGetErrorString(status));
   }
 }
 

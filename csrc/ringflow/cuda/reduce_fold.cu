@@ -1,6 +1,6 @@
 // reduce_fold: dst = srcs[n-1] op (... op (srcs[1] op srcs[0])), elementwise, n <= 8 inputs in
 // one pass (a ring step folds a received chunk into the local one; a one-GPU ring folds every
-// rank's chunk at once). One kernel; dtype and op are dispatched at run time inside it.
+// rank's chunk at once). One kernel per dtype; the op is dispatched at run time inside it.
 #include "ringflow/cuda/element_math.h"
 #include "ringflow/cuda/kernels.h"
 #include "ringflow/cuda/launch.cuh"
@@ -14,7 +14,6 @@ struct FoldParams {
   int n;
   size_t count;
   detail::Split split;
-  DType dtype;
   ReduceOp op;
 };
 
@@ -30,7 +29,7 @@ __device__ void fold(const FoldParams& p, Op op) {
   for (size_t v = first; v < p.split.packs; v += stride) {
     const size_t base = p.split.head + v * kLanes;
     // The first two inputs are loaded together (both in flight at once); more inputs, rarer,
-    // one at a time. Unrolling over all eight would multiply the code (and build time) by 4.
+    // one at a time. Unrolling over all eight made this file build 5x slower.
     const detail::Pack<T> in0 = detail::load_pack(static_cast<const T*>(p.srcs[0]) + base);
     const detail::Pack<T> in1 =
         p.n > 1 ? detail::load_pack(static_cast<const T*>(p.srcs[1]) + base) : in0;
@@ -63,16 +62,19 @@ __device__ void fold(const FoldParams& p, Op op) {
   }
 }
 
-__global__ void __launch_bounds__(detail::kThreads) reduce_fold_kernel(FoldParams p) {
-  math::with_storage_type(p.dtype, [&](auto tag) {
-    math::with_operator(p.op, [&](auto op) { fold<decltype(tag)>(p, op); });
-  });
+// One kernel per storage type (its registers are its own: float32's a + b is not held to the
+// occupancy of float16's conversions); the op is dispatched inside, once per thread.
+// __grid_constant__: srcs[k] is indexed at run time, read in place instead of copied to a stack.
+template <typename T>
+__global__ void __launch_bounds__(detail::kThreads)
+    reduce_fold_kernel(const __grid_constant__ FoldParams p) {
+  math::with_operator(p.op, [&](auto op) { fold<T>(p, op); });
 }
 
 }  // namespace
 
-void reduce_fold(void* dst, const void* const* srcs, int n, size_t count, DType dtype,
-                 ReduceOp op, void* stream) {
+void reduce_fold(void* dst, const void* const* srcs, int n, size_t count, DType dtype, ReduceOp op,
+                 void* stream) {
   check_fold(n, dtype);
   if (count == 0) return;
   FoldParams params{};
@@ -82,11 +84,13 @@ void reduce_fold(void* dst, const void* const* srcs, int n, size_t count, DType 
   params.n = n;
   params.count = count;
   params.split = detail::split_for_packs(pointers, n + 1, count, dtype_size(dtype));
-  params.dtype = dtype;
   params.op = op;
   const size_t work = params.split.work(count, dtype_size(dtype));
-  reduce_fold_kernel<<<detail::blocks_for(work), detail::kThreads, 0,
-                       static_cast<cudaStream_t>(stream)>>>(params);
+  math::with_storage_type(dtype, [&](auto tag) {
+    reduce_fold_kernel<decltype(tag)>
+        <<<detail::blocks_for(work), detail::kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+            params);
+  });
   detail::check_launch("reduce_fold");
 }
 

@@ -28,10 +28,9 @@ void check_divide(DType dtype, int64_t divisor) {
 
 void check_cast(DType dst_dtype, DType src_dtype) {
   auto narrow = [](DType d) { return d == DType::kFloat16 || d == DType::kBFloat16; };
-  const bool ok = dst_dtype == src_dtype
-                      ? dtype_is_valid(static_cast<int>(dst_dtype))
-                      : (dst_dtype == DType::kFloat32 && narrow(src_dtype)) ||
-                            (src_dtype == DType::kFloat32 && narrow(dst_dtype));
+  const bool ok = dst_dtype == src_dtype ? dtype_is_valid(static_cast<int>(dst_dtype))
+                                         : (dst_dtype == DType::kFloat32 && narrow(src_dtype)) ||
+                                               (src_dtype == DType::kFloat32 && narrow(dst_dtype));
   RF_CHECK(ok, kInvalidArgument) << "cast: " << dtype_name(src_dtype) << " to "
                                  << dtype_name(dst_dtype)
                                  << " is not supported (float32 <-> float16 / bfloat16)";
@@ -92,7 +91,8 @@ void cast(void* dst, DType dst_dtype, const void* src, DType src_dtype, size_t c
   };
   using math::BFloat16;
   using math::Half;
-  if (dst_dtype == DType::kFloat16) return convert(static_cast<Half*>(dst), static_cast<const float*>(src));
+  if (dst_dtype == DType::kFloat16)
+    return convert(static_cast<Half*>(dst), static_cast<const float*>(src));
   if (dst_dtype == DType::kBFloat16)
     return convert(static_cast<BFloat16*>(dst), static_cast<const float*>(src));
   if (src_dtype == DType::kFloat16)
