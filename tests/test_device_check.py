@@ -136,7 +136,13 @@ def test_bench_figures_and_targets(tmp_path: Path) -> None:
     )
     stages = tmp_path / "stages.tsv"
     stages.write_text("bench\tpassed\t10.0\t150\t\nstaging\tpassed\t5.0\t40\t\n")
-    found = summarize.targets(summarize._stages(stages, fig), None)
+    kernels = {"bandwidth": {"copy_GBps": 4000, "float32": {"reduce_GBps": 3600, "ratio": 0.9}}}
+    found = summarize.targets(summarize._stages(stages, fig), kernels)
+    assert found["kernel_a_plus_b_float32"] == {
+        "of_copy_rate": 0.9,
+        "target": ">= 0.85",
+        "met": True,
+    }
     # 256 MiB in 1 ms at N = 2: 5 x 1 x 256 MiB / 1 ms = 1342 GB/s, a third of 4000 GB/s
     assert found["allreduce_256M_n2"]["hbm_model_gbps"] == pytest.approx(5 * big / 1e-3 / 1e9)
     assert found["allreduce_256M_n2"]["met"] is False

@@ -69,6 +69,11 @@ def select_device(local_rank: int) -> int:
     return index
 
 
+def torch_device(index: int) -> str:
+    """torch's name of CUDA device `index`."""
+    return f"cuda:{index}"
+
+
 def _torch_dtype(torch: Any, dtype_name: str) -> Any:
     return getattr(torch, dtype_name)
 

@@ -74,6 +74,37 @@ def _compare(problems: list[str], what: str, got, expected, device: int) -> None
         problems.append(f"{what}: {wrong} of {a.size} elements differ from the host path")
 
 
+def _outcome(call) -> tuple[Any, BaseException | None]:
+    """(value, None) or (None, the exception); errors that poison the job propagate."""
+    try:
+        return call(), None
+    except (rf.PeerFailureError, rf.TimeoutError):
+        raise
+    except Exception as error:
+        return None, error
+
+
+def _same_as_host(problems: list[str], what: str, on_device, on_host, device: int) -> Any:
+    """Run a call on the CUDA tensors, then on their CPU copies: the same values, or the same
+    kind of error (e.g. an op Horovod refuses); returns the device result (None on errors)."""
+    got, got_error = _outcome(on_device)
+    want, want_error = _outcome(on_host)
+    if got_error is not None or want_error is not None:
+        if type(got_error) is not type(want_error):
+            problems.append(
+                f"{what}: device path {type(got_error).__name__}: {got_error} but host path "
+                f"{type(want_error).__name__}: {want_error}"
+            )
+        return None
+    if isinstance(want, tuple):  # alltoall with splits: (output, received splits)
+        _compare(problems, what, got[0], want[0], device)
+        if _as_numpy(got[1]).tolist() != _as_numpy(want[1]).tolist():
+            problems.append(f"{what}: received splits differ from the host path")
+    else:
+        _compare(problems, what, got, want, device)
+    return got
+
+
 def ops_match_host(dtype_name: str, size: int) -> list[str]:
     """Every ringflow.torch op on a CUDA tensor == the same op on the CPU copy, bit for bit."""
     hvd, torch = _hvd(), _torch()
@@ -83,82 +114,61 @@ def ops_match_host(dtype_name: str, size: int) -> list[str]:
     problems: list[str] = []
     tag = f"{dtype_name} size {size}"
 
-    def pair(host: np.ndarray):
-        return _cuda(host, device), _host_tensor(host)
+    def check(what: str, call, host: np.ndarray) -> Any:
+        """call(tensor, name) on a CUDA copy of host and on a CPU copy of it."""
+        dev, cpu = _cuda(host, device), _host_tensor(host)
+        name = f"t.{what}.{tag}".replace(" ", "_")
+        result = _same_as_host(
+            problems,
+            f"{what} {tag}",
+            lambda: call(dev, name),
+            lambda: call(cpu, name + ".h"),
+            device,
+        )
+        if what.split()[0].endswith("_") and result is not None and result is not dev:
+            problems.append(f"{what} {tag}: did not return its argument")
+        return result
 
     for op_name in ref.OPS:
         op = getattr(hvd, op_name)
-        dev, cpu = pair(ref.exact_input(seed, rank, (size,), dtype_name, op_name))
-        name = f"t.allreduce.{op_name}.{tag}"
-        _compare(
-            problems,
-            f"allreduce {op_name} {tag}",
-            hvd.allreduce(dev, op=op, name=name),
-            hvd.allreduce(cpu, op=op, name=name + ".host"),
-            device,
+        exact = ref.exact_input(seed, rank, (size,), dtype_name, op_name)
+        check(f"allreduce {op_name}", lambda t, nm, o=op: hvd.allreduce(t, op=o, name=nm), exact)
+        check(f"allreduce_ {op_name}", lambda t, nm, o=op: hvd.allreduce_(t, op=o, name=nm), exact)
+        check(
+            f"reducescatter {op_name}",
+            lambda t, nm, o=op: hvd.reducescatter(t, op=o, name=nm),
+            exact,
         )
-        returned = hvd.allreduce_(dev, op=op, name=name + "_")
-        hvd.allreduce_(cpu, op=op, name=name + "_.host")
-        if returned is not dev:
-            problems.append(f"allreduce_ {op_name} {tag}: did not return its argument")
-        _compare(problems, f"allreduce_ {op_name} {tag}", dev, cpu, device)
-        dev, cpu = pair(ref.exact_input(seed, rank, (size,), dtype_name, op_name))
-        _compare(
-            problems,
-            f"reducescatter {op_name} {tag}",
-            hvd.reducescatter(dev, op=op, name=f"t.rs.{op_name}.{tag}"),
-            hvd.reducescatter(cpu, op=op, name=f"t.rs.{op_name}.{tag}.host"),
-            device,
-        )
-    if dtype_name in ("float32", "float64", "float16", "bfloat16"):
-        for scaling in ({"prescale_factor": 0.5}, {"postscale_factor": 4.0}):
-            dev, cpu = pair(ref.exact_input(seed, rank, (size,), dtype_name, "Sum"))
-            name = f"t.scaled.{sorted(scaling)}.{tag}"
-            _compare(
-                problems,
-                f"allreduce {scaling} {tag}",
-                hvd.allreduce(dev, op=hvd.Sum, name=name, **scaling),
-                hvd.allreduce(cpu, op=hvd.Sum, name=name + ".host", **scaling),
-                device,
+    if dtype_name in ref.FLOAT_DTYPES:
+        exact = ref.exact_input(seed, rank, (size,), dtype_name, "Sum")
+        for factor in ("prescale_factor", "postscale_factor"):
+            scaling = {factor: 0.5 if factor == "prescale_factor" else 4.0}
+            check(
+                f"allreduce {factor}",
+                lambda t, nm, sc=scaling: hvd.allreduce(t, op=hvd.Sum, name=nm, **sc),
+                exact,
             )
+
     hosts = [ref.exact_input(seed + i, rank, (size + i,), dtype_name, "Sum") for i in range(3)]
     devs, cpus = [_cuda(h, device) for h in hosts], [_host_tensor(h) for h in hosts]
-    got = hvd.grouped_allreduce(devs, op=hvd.Sum, name=f"t.grouped.{tag}")
-    want = hvd.grouped_allreduce(cpus, op=hvd.Sum, name=f"t.grouped.{tag}.host")
-    for i, (a, b) in enumerate(zip(got, want)):
-        _compare(problems, f"grouped_allreduce[{i}] {tag}", a, b, device)
-
-    rows = ref.bit_patterns(seed, rank, (size + rank, 2), dtype_name)  # uneven first dimension
-    dev, cpu = pair(rows)
-    _compare(
-        problems,
-        f"allgather {tag}",
-        hvd.allgather(dev, name=f"t.ag.{tag}"),
-        hvd.allgather(cpu, name=f"t.ag.{tag}.host"),
-        device,
+    got, error = _outcome(lambda: hvd.grouped_allreduce(devs, op=hvd.Sum, name=f"t.g.{tag}"))
+    want, host_error = _outcome(
+        lambda: hvd.grouped_allreduce(cpus, op=hvd.Sum, name=f"t.g.{tag}.h")
     )
+    if error or host_error:
+        problems.append(f"grouped_allreduce {tag}: device {error!r}, host {host_error!r}")
+    else:
+        for i, (a, b) in enumerate(zip(got, want)):
+            _compare(problems, f"grouped_allreduce[{i}] {tag}", a, b, device)
+
+    uneven = ref.bit_patterns(seed, rank, (size + rank, 2), dtype_name)
+    check("allgather", lambda t, nm: hvd.allgather(t, name=nm), uneven)
+    patterns = ref.bit_patterns(seed, rank, (size,), dtype_name)
     root = n - 1
-    dev, cpu = pair(ref.bit_patterns(seed, rank, (size,), dtype_name))
-    _compare(
-        problems,
-        f"broadcast {tag}",
-        hvd.broadcast(dev, root, name=f"t.bc.{tag}"),
-        hvd.broadcast(cpu, root, name=f"t.bc.{tag}.host"),
-        device,
-    )
-    returned = hvd.broadcast_(dev, root, name=f"t.bc_.{tag}")
-    hvd.broadcast_(cpu, root, name=f"t.bc_.{tag}.host")
-    if returned is not dev:
-        problems.append(f"broadcast_ {tag}: did not return its argument")
-    _compare(problems, f"broadcast_ {tag}", dev, cpu, device)
-
-    splits = ref.alltoall_splits(seed, rank, n, size)
-    dev, cpu = pair(ref.bit_patterns(seed, rank, (size,), dtype_name))
-    got, got_splits = hvd.alltoall(dev, splits=torch.tensor(splits), name=f"t.a2a.{tag}")
-    want, want_splits = hvd.alltoall(cpu, splits=torch.tensor(splits), name=f"t.a2a.{tag}.host")
-    _compare(problems, f"alltoall {tag}", got, want, device)
-    if _as_numpy(got_splits).tolist() != _as_numpy(want_splits).tolist():
-        problems.append(f"alltoall {tag}: received splits differ from the host path")
+    check("broadcast", lambda t, nm: hvd.broadcast(t, root, name=nm), patterns)
+    check("broadcast_", lambda t, nm: hvd.broadcast_(t, root, name=nm), patterns)
+    splits = torch.tensor(ref.alltoall_splits(seed, rank, n, size))
+    check("alltoall", lambda t, nm: hvd.alltoall(t, splits=splits, name=nm), patterns)
     return problems
 
 
@@ -194,7 +204,7 @@ def _model(seed: int, device: str):
 
 def _train(kind: str, seed: int, passes: int, compression: str) -> tuple[float, Any]:
     torch, hvd = _torch(), _hvd()
-    device = f"cuda:{arrays.select_device(rf.local_rank())}"
+    device = arrays.torch_device(arrays.select_device(rf.local_rank()))
     n, rank = rf.size(), rf.rank()
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(STEPS, n * BATCH, 6, generator=gen, dtype=torch.float64).to(device)
@@ -227,7 +237,8 @@ def _train(kind: str, seed: int, passes: int, compression: str) -> tuple[float, 
             (loss(model(xs), ys) / passes).backward()
         opt.step()
     diff = max(
-        float((p - q).abs().max()) for p, q in zip(model.parameters(), reference.parameters())
+        float((p - q).detach().abs().max())
+        for p, q in zip(model.parameters(), reference.parameters())
     )
     params = np.concatenate([p.detach().double().cpu().numpy().ravel() for p in model.parameters()])
     return diff, params

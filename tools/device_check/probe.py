@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,7 @@ def versions() -> dict[str, Any]:
         "nvcc": release.group(1) if release else nvcc.splitlines()[-1] if nvcc else "",
         "cmake": _run("cmake", "--version").splitlines()[0],
         "openssl_headers": Path("/usr/include/openssl/hmac.h").exists(),
+        "python_headers": Path(sysconfig.get_paths()["include"], "Python.h").exists(),
         "devdeps_carried": Path(__file__).resolve().parents[2].joinpath(".devdeps").is_dir(),
     }
     for part in (_nvidia_smi(), _torch(), _cupy()):

@@ -232,6 +232,7 @@ def _run_all(
         if system != "ringflow":
             why = peers.why_missing(system)
             why = why or peers.unsupported(system, spec.collective, spec.dtype, op, spec.device)
+            why = why or peers.crowded(system, args.num_proc)
         runs.append(launch.SystemRun(system, status="skipped", reason=why))
         if not why:
             todo.append(len(runs) - 1)

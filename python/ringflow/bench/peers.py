@@ -30,6 +30,7 @@ __all__ = [
     "GlooBackend",
     "MpiBackend",
     "NcclBackend",
+    "crowded",
     "main",
     "unsupported",
     "why_missing",
@@ -54,6 +55,25 @@ def why_missing(system: str) -> str:
             return "mpi4py is not importable (apt-get install libopenmpi-dev; pip install mpi4py)"
         if shutil.which("mpirun") is None:
             return "mpirun not found on PATH (apt-get install openmpi-bin)"
+    return ""
+
+
+def crowded(system: str, nranks: int) -> str:
+    """Why nccl cannot run nranks ranks on this host's GPUs, or '' (several ranks on one GPU
+    need NCCL >= 2.30: older ones refuse with "Duplicate GPU detected")."""
+    if system != "nccl":
+        return ""
+    import torch
+
+    gpus = torch.cuda.device_count()
+    if nranks <= gpus:
+        return ""
+    version = torch.cuda.nccl.version()
+    if isinstance(version, int):  # old torch: 2.18.3 as 21803
+        version = (version // 10000, version // 100 % 100, version % 100)
+    if tuple(version) < (2, 30):
+        shown = ".".join(map(str, version))
+        return f"NCCL {shown} cannot put {nranks} ranks on {gpus} GPU(s) (needs NCCL >= 2.30)"
     return ""
 
 
