@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ringflow.bench import data
+from ringflow.bench import data, device, peers
 from ringflow.bench.spec import bus_factor, layout, parse_size, size_range
 from tests.harness import clean_env
 
@@ -60,7 +60,7 @@ def assert_clean(result: subprocess.CompletedProcess[str]) -> None:
 def test_allreduce_sweep_table_csv_json_and_skipped_peers(tmp_path: Path) -> None:
     result = ringflow_bench(
         "allreduce", "-np", "2", "-b", "8", "-e", "4K", "-f", "4", "-w", "1", "-n", "3",
-        "--csv", "out.csv", "--json", "out.json", "--peers", "nonsense,mpi",
+        "--csv", "out.csv", "--json", "out.json", "--peers", "nonsense,mpi,nccl",
         tmp_path=tmp_path,
     )  # fmt: skip
     assert_clean(result)
@@ -68,7 +68,7 @@ def test_allreduce_sweep_table_csv_json_and_skipped_peers(tmp_path: Path) -> Non
     assert [int(row[0]) for row in rows] == [8, 32, 128, 512, 2048], result.stdout
     assert all(row[2] == "float32" and row[7] == "0" for row in rows), result.stdout  # #wrong
     skipped = [line for line in result.stdout.splitlines() if ": skipped: " in line]
-    assert [line.split(":")[0] for line in skipped] == ["# nonsense", "# mpi"], result.stdout
+    assert [line.split(":")[0] for line in skipped] == ["# nonsense", "# mpi", "# nccl"]
 
     with (tmp_path / "out.csv").open(newline="") as f:
         records = list(csv.DictReader(f))
@@ -87,6 +87,8 @@ def test_allreduce_sweep_table_csv_json_and_skipped_peers(tmp_path: Path) -> Non
     assert [row["wrong"] for row in systems["ringflow"]["rows"]] == [0] * 5
     assert systems["nonsense"]["status"] == systems["mpi"]["status"] == "skipped"
     assert systems["mpi"]["reason"] and "\n" not in systems["mpi"]["reason"]
+    assert systems["nccl"]["status"] == "skipped" and "\n" not in systems["nccl"]["reason"]
+    assert document["config"]["device"] == "cpu" and document["config"]["transport"] == "tcp"
 
 
 @pytest.mark.timeout(60)
@@ -146,3 +148,31 @@ def test_average_rounds_to_nearest_even() -> None:
     got = data.reduced_pattern("avg", 2, np.dtype(np.int32))
     sums = np.array([(k % 7 + 1) + ((k + 1) % 7 + 1) for k in range(data.PERIOD)])
     assert got.tolist() == np.round(sums / 2).astype(int).tolist()
+
+
+@pytest.mark.timeout(60)
+def test_device_cuda_without_a_gpu_fails_in_one_line(tmp_path: Path) -> None:
+    import ringflow
+
+    if getattr(ringflow, "cuda_available", lambda: False)():
+        pytest.skip("a GPU is here: --device cuda runs (the device check measures it)")
+    result = ringflow_bench("allreduce", "--device", "cuda", tmp_path=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "--device cuda needs a GPU" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_peers_say_which_device_they_need() -> None:
+    assert peers.unsupported("nccl", "allreduce", "float32", "sum", "cpu").startswith("nccl runs")
+    assert peers.unsupported("mpi", "allreduce", "float32", "sum", "cuda").startswith("the MPI")
+    assert peers.unsupported("nccl", "allreduce", "bool", "max", "cuda") == "nccl has no bool"
+    assert peers.unsupported("gloo", "allreduce", "float32", "sum", "cuda") == ""
+    assert peers.unsupported("nccl", "allreduce", "bfloat16", "avg", "cuda") == ""
+
+
+def test_cpu_buffers_are_used_as_they_are() -> None:
+    inp = np.arange(4, dtype=np.float32)
+    placed_inp, placed_out = device.place(inp, inp, "cpu")
+    assert placed_inp is inp and placed_out is inp
+    assert device.to_host(inp) is inp
+    assert device.why_unusable("cpu") == ""
+    device.synchronizer("cpu")()

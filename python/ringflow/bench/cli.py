@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ringflow._argtypes import int_at_least, positive_seconds
-from ringflow.bench import launch, peers, report
+from ringflow.bench import device, launch, peers, report
 from ringflow.bench.spec import (
     COLLECTIVES,
     DTYPES,
@@ -35,6 +35,10 @@ wrong elements (inputs are chosen so that the exact result is known). ringflow r
 torch.distributed's gloo backend and with Open MPI (mpi4py, mpirun over TCP) and prints the
 ratio ringflow busbw / peer busbw (> 1: ringflow is faster). A peer that is not installed is
 skipped with its reason.
+
+--device cuda measures torch CUDA tensors on the GPUs of this host (several ranks may share one
+GPU); the peers are then gloo on CUDA tensors (through host memory) and torch's nccl backend
+(--peers gloo,nccl), and ringflow's transport defaults to auto.
 
 bytes follow nccl-tests: the per-rank buffer for allreduce and broadcast, the gathered output for
 allgather, the input for reducescatter and the send buffer for alltoall; sizes are rounded down
@@ -139,10 +143,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"comma-separated peers to run too: {','.join(peers.PEERS)}",
     )
     add(
+        "--device",
+        choices=device.DEVICES,
+        default="cpu",
+        help="where the buffers live: cpu (numpy arrays) or cuda (torch CUDA tensors, rank r "
+        "on GPU r mod the GPU count; every timed call ends with a device synchronisation)",
+    )
+    add(
         "--transport",
         choices=("tcp", "auto", "shm"),
-        default="tcp",
-        help="RINGFLOW_TRANSPORT for ringflow's ranks (default tcp)",
+        default=None,
+        help="RINGFLOW_TRANSPORT for ringflow's ranks (default tcp with --device cpu, auto with "
+        "--device cuda: the same-host GPU path)",
     )
     add("--csv", metavar="FILE", help="write one row per system and size")
     add("--json", metavar="FILE", help="write the configuration, machine and every row")
@@ -191,7 +203,7 @@ def _problem(args: argparse.Namespace, op: str) -> str:
         return "bfloat16 needs ml_dtypes (pip install ml_dtypes)"
     if args.plot and importlib.util.find_spec("matplotlib") is None:
         return "--plot needs matplotlib (pip install matplotlib)"
-    return ""
+    return device.why_unusable(args.device)
 
 
 def _peer_names(text: str) -> list[str]:
@@ -219,7 +231,8 @@ def _run_all(
         why = ""
         if system != "ringflow":
             why = peers.why_missing(system)
-            why = why or peers.unsupported(system, spec.collective, spec.dtype, op)
+            why = why or peers.unsupported(system, spec.collective, spec.dtype, op, spec.device)
+            why = why or peers.crowded(system, args.num_proc)
         runs.append(launch.SystemRun(system, status="skipped", reason=why))
         if not why:
             todo.append(len(runs) - 1)
@@ -281,7 +294,10 @@ def main(args: argparse.Namespace) -> int:
         iters=args.iters,
         root=args.root,
         check=bool(args.check),
+        device=args.device,
     )
+    if args.transport is None:
+        args.transport = "tcp" if args.device == "cpu" else "auto"
     if not spec.points(args.num_proc):
         print("ringflow bench: error: every size is below one element per rank", file=sys.stderr)
         return 2
@@ -304,6 +320,7 @@ def main(args: argparse.Namespace) -> int:
         "iters": spec.iters,
         "check": spec.check,
         "transport": args.transport,
+        "device": spec.device,
         "sizes": list(spec.sizes),
         "command": shlex.join(sys.argv),
         "cpus": os.cpu_count(),

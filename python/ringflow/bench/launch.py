@@ -1,6 +1,6 @@
 """The parent's side: start one system's ranks, follow their progress, collect their rows.
 
-ringflow and gloo ranks are started by ``python -m ringflow.run`` (it tears the job down when a
+ringflow, gloo and nccl ranks are started by ``python -m ringflow.run`` (it tears the job down when a
 rank fails); MPI ranks by ``mpirun`` over TCP only. Rank 0 appends one JSON line per size to a
 result file in a temporary directory and prints a progress marker on its stdout; the parent
 reads the job's output (stdout and stderr merged), advances the progress bar on each marker and
@@ -84,13 +84,15 @@ def command_for(
     if system == "ringflow":
         command = [*ringflow_run, "--", py, "-m", "ringflow.bench.sweep", *worker]
         return command, _environment({"RINGFLOW_TRANSPORT": transport})
-    if system == "gloo":
-        command = [*ringflow_run, "--", py, "-m", "ringflow.bench.peers", "gloo", *worker]
+    if system in ("gloo", "nccl"):
+        command = [*ringflow_run, "--", py, "-m", "ringflow.bench.peers", system, *worker]
         extra = {
             "MASTER_ADDR": "127.0.0.1",
             "MASTER_PORT": str(_free_port()),
             "GLOO_SOCKET_IFNAME": "lo",
         }
+        if system == "nccl":  # several ranks on one GPU (NCCL >= 2.30); the user's value wins
+            extra["NCCL_MULTI_RANK_GPU_ENABLE"] = os.environ.get("NCCL_MULTI_RANK_GPU_ENABLE", "1")
         return command, _environment(extra)
     mpirun = ["mpirun", "-np", str(nranks), "--oversubscribe"]
     mpirun += ["--bind-to", "core:overload-allowed"]

@@ -1,10 +1,13 @@
-"""The peers' workers: the same sweep with torch.distributed (gloo) and with MPI (mpi4py).
+"""The peers' workers: the same sweep with torch.distributed (gloo, nccl) and with MPI (mpi4py).
 
-``python -m ringflow.bench.peers gloo|mpi --spec JSON --result FILE`` runs one rank. gloo ranks
-are started by ``ringflow run`` (rank and size from ``RINGFLOW_RANK``/``RINGFLOW_SIZE``) and meet
-at ``tcp://MASTER_ADDR:MASTER_PORT``, with CPU tensors that share the numpy buffers' memory.
-MPI ranks are started by ``mpirun`` (launch.py) over TCP only. Nothing here is imported by the
-parent except `PEERS`, `why_missing` and `unsupported`, which import neither torch nor mpi4py.
+``python -m ringflow.bench.peers gloo|nccl|mpi --spec JSON --result FILE`` runs one rank. gloo
+and nccl ranks are started by ``ringflow run`` (rank and size from ``RINGFLOW_RANK`` /
+``RINGFLOW_SIZE``) and meet at ``tcp://MASTER_ADDR:MASTER_PORT``. gloo works on CPU tensors that
+share the numpy buffers' memory, or with ``--device cuda`` on the CUDA tensors themselves (gloo
+copies them through host memory); nccl only on CUDA tensors (several ranks on one GPU need
+NCCL >= 2.30 and ``NCCL_MULTI_RANK_GPU_ENABLE=1``, which launch.py sets). MPI ranks are started by
+``mpirun`` (launch.py) over TCP only, with host buffers. Nothing here is imported by the parent
+except `PEERS`, `why_missing` and `unsupported`; only `why_missing("nccl")` imports torch.
 """
 
 from __future__ import annotations
@@ -18,20 +21,35 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ringflow.bench import device
 from ringflow.bench.spec import REDUCING, SweepSpec
 from ringflow.bench.sweep import Call, run_sweep, worker_parser
 
-__all__ = ["PEERS", "GlooBackend", "MpiBackend", "main", "unsupported", "why_missing"]
+__all__ = [
+    "PEERS",
+    "GlooBackend",
+    "MpiBackend",
+    "NcclBackend",
+    "crowded",
+    "main",
+    "unsupported",
+    "why_missing",
+]
 
-PEERS = ("gloo", "mpi")
+PEERS = ("gloo", "mpi", "nccl")
 
 
 def why_missing(system: str) -> str:
     """Why this peer cannot run on this machine, or '' when it can."""
     if system not in PEERS:
         return f"unknown peer (known: {', '.join(PEERS)})"
-    if system == "gloo" and importlib.util.find_spec("torch") is None:
+    if system in ("gloo", "nccl") and importlib.util.find_spec("torch") is None:
         return "torch is not importable (pip install torch==2.13.0, a CPU build)"
+    if system == "nccl":
+        import torch.distributed
+
+        if not torch.distributed.is_nccl_available():
+            return "this torch has no NCCL (a CPU build?)"
     if system == "mpi":
         if importlib.util.find_spec("mpi4py") is None:
             return "mpi4py is not importable (apt-get install libopenmpi-dev; pip install mpi4py)"
@@ -40,9 +58,34 @@ def why_missing(system: str) -> str:
     return ""
 
 
-def unsupported(system: str, collective: str, dtype: str, op: str) -> str:
-    """Why this peer cannot run this sweep (dtype or op it lacks), or '' when it can."""
+def crowded(system: str, nranks: int) -> str:
+    """Why nccl cannot run nranks ranks on this host's GPUs, or '' (several ranks on one GPU
+    need NCCL >= 2.30: older ones refuse with "Duplicate GPU detected")."""
+    if system != "nccl":
+        return ""
+    import torch
+
+    gpus = torch.cuda.device_count()
+    if nranks <= gpus:
+        return ""
+    version = torch.cuda.nccl.version()
+    if isinstance(version, int):  # old torch: 2.18.3 as 21803
+        version = (version // 10000, version // 100 % 100, version % 100)
+    if tuple(version) < (2, 30):
+        shown = ".".join(map(str, version))
+        return f"NCCL {shown} cannot put {nranks} ranks on {gpus} GPU(s) (needs NCCL >= 2.30)"
+    return ""
+
+
+def unsupported(system: str, collective: str, dtype: str, op: str, device: str = "cpu") -> str:
+    """Why this peer cannot run this sweep (device, dtype or op it lacks), or '' when it can."""
     reduces = collective in REDUCING
+    if system == "nccl" and device != "cuda":
+        return "nccl runs on CUDA tensors only (use --device cuda)"
+    if system == "mpi" and device != "cpu":
+        return "the MPI peer takes host buffers only (no CUDA-aware MPI here)"
+    if system == "nccl" and dtype == "bool":
+        return "nccl has no bool"
     if system == "mpi" and dtype in ("float16", "bfloat16"):
         return f"MPI has no {dtype} datatype"
     if system == "mpi" and reduces and op == "avg":
@@ -65,6 +108,8 @@ def _returning(call: Callable[[], object], out: np.ndarray) -> Call:
 class GlooBackend:
     """torch.distributed with the gloo backend, on CPU tensors viewing the numpy buffers."""
 
+    backend = "gloo"
+
     def __init__(self) -> None:
         import torch
         import torch.distributed as dist
@@ -73,19 +118,21 @@ class GlooBackend:
         self.rank = int(os.environ["RINGFLOW_RANK"])
         self.size = int(os.environ["RINGFLOW_SIZE"])
         address = f"tcp://{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
-        dist.init_process_group("gloo", init_method=address, rank=self.rank, world_size=self.size)
+        dist.init_process_group(
+            self.backend, init_method=address, rank=self.rank, world_size=self.size
+        )
         ops = dist.ReduceOp
         self._ops = {"sum": ops.SUM, "avg": ops.AVG, "min": ops.MIN, "max": ops.MAX}
         self._ops["prod"] = ops.PRODUCT
 
-    def _tensor(self, array: np.ndarray) -> Any:
+    def _tensor(self, array: Any) -> Any:
+        if isinstance(array, self._torch.Tensor):  # --device cuda: the CUDA tensor itself
+            return array
         if array.dtype.name == "bfloat16":
             return self._torch.from_numpy(array.view(np.int16)).view(self._torch.bfloat16)
         return self._torch.from_numpy(array)
 
-    def prepare(
-        self, collective: str, inp: np.ndarray, out: np.ndarray, op: str, root: int
-    ) -> Call:
+    def prepare(self, collective: str, inp: Any, out: Any, op: str, root: int) -> Call:
         """See `sweep.Backend.prepare`."""
         dist, reduce_op = self._dist, self._ops[op]
         tin, tout = self._tensor(inp), self._tensor(out)
@@ -120,6 +167,28 @@ class GlooBackend:
     def close(self) -> None:
         """Leave the process group."""
         self._dist.destroy_process_group()
+
+
+class NcclBackend(GlooBackend):
+    """torch.distributed with the nccl backend, on the sweep's CUDA tensors (--device cuda)."""
+
+    backend = "nccl"
+
+    def barrier(self) -> None:
+        """See `sweep.Backend.barrier`."""
+        self._dist.barrier(device_ids=[self._torch.cuda.current_device()])
+
+    def max_over_ranks(self, values: np.ndarray) -> np.ndarray:
+        """See `sweep.Backend.max_over_ranks` (through the GPU: nccl has no host tensors)."""
+        result = self._torch.from_numpy(values.copy()).cuda()
+        self._dist.all_reduce(result, op=self._dist.ReduceOp.MAX)
+        return result.cpu().numpy()
+
+    def sum_over_ranks(self, value: int) -> int:
+        """See `sweep.Backend.sum_over_ranks`."""
+        total = self._torch.tensor([value], dtype=self._torch.int64, device="cuda")
+        self._dist.all_reduce(total)
+        return int(total.item())
 
 
 class MpiBackend:
@@ -178,9 +247,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = worker_parser("python -m ringflow.bench.peers")
     parser.add_argument("system", choices=PEERS)
     args = parser.parse_args(argv)
-    backend = GlooBackend() if args.system == "gloo" else MpiBackend()
+    spec = SweepSpec.from_json(args.spec)
+    device.select(spec.device)
+    backends = {"gloo": GlooBackend, "nccl": NcclBackend, "mpi": MpiBackend}
+    backend = backends[args.system]()
     try:
-        run_sweep(backend, SweepSpec.from_json(args.spec), args.result, args.system)
+        run_sweep(backend, spec, args.result, args.system)
     finally:
         backend.close()
     return 0

@@ -54,7 +54,7 @@ def _heading(config: dict[str, Any]) -> list[str]:
     return [
         f"# ringflow bench {collective}: {config['nranks']} ranks, {config['dtype']}, op {op}"
         f"{root}, warmup {config['warmup']}, iters {config['iters']}, "
-        f"ringflow transport {config['transport']}",
+        f"ringflow transport {config['transport']}, buffers on {config.get('device', 'cpu')}",
         "# time: median over iterations of the slowest rank; algbw = bytes / time; "
         f"busbw = algbw x {_BUS.get(collective, '(N-1)/N')} (nccl-tests)",
         f"# machine: {config['cpus']} cpus, 1-minute load average {start:.2f} at start, "
@@ -187,7 +187,8 @@ def write_plot(path: str, runs: Sequence[SystemRun], config: dict[str, Any]) -> 
         axis.legend()
     figure.suptitle(
         f"{config['collective']}, {config['nranks']} ranks, {config['dtype']}, "
-        f"{config['op']}, TCP on one host"
+        f"{config['op']}, "
+        + ("TCP on one host" if config.get("device", "cpu") == "cpu" else "CUDA buffers, one host")
     )
     figure.tight_layout()
     figure.savefig(path, dpi=120)

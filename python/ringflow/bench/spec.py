@@ -119,6 +119,7 @@ class SweepSpec:
     iters: int
     root: int = 0
     check: bool = True
+    device: str = "cpu"  # where the buffers live: cpu (numpy) or cuda (torch CUDA tensors)
 
     def points(self, nranks: int) -> list[tuple[int, int]]:
         """The distinct (bytes, count) measured on nranks ranks, skipping sizes below one element."""

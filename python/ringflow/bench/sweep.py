@@ -9,7 +9,9 @@ MPI in peers.py, through the same `Backend` interface):
    array) and the median of those: "the median over iterations of the slowest rank".
 
 Timed calls work in place where the API allows it, on the same buffers every time, so values
-drift (sums grow, maybe to inf): only the check call's result is compared. Rank 0 appends one JSON
+drift (sums grow, maybe to inf): only the check call's result is compared. With ``--device
+cuda`` the buffers are torch CUDA tensors and every call is followed by a device synchronisation
+(device.py). Rank 0 appends one JSON
 line per size to the result file and prints a progress marker for the parent.
 """
 
@@ -25,7 +27,7 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from ringflow.bench import data
+from ringflow.bench import data, device
 from ringflow.bench.spec import SweepSpec, bus_factor, numpy_dtype
 
 __all__ = ["PROGRESS_MARKER", "Backend", "RingflowBackend", "main", "run_sweep", "worker_parser"]
@@ -33,11 +35,12 @@ __all__ = ["PROGRESS_MARKER", "Backend", "RingflowBackend", "main", "run_sweep",
 PROGRESS_MARKER = "ringflow-bench-progress"
 """Rank 0 prints this, then the index of the size just finished, on a line of its own."""
 
-Call = Callable[[], np.ndarray]
+Call = Callable[[], Any]
 
 
 class Backend(Protocol):
-    """A communication library as the sweep sees it: numpy buffers in, numpy results out."""
+    """A communication library as the sweep sees it: buffers in (numpy arrays, or torch CUDA
+    tensors with ``--device cuda``; see device.py), results of the same kind out."""
 
     rank: int
     size: int
@@ -123,18 +126,23 @@ def measure(backend: Backend, spec: SweepSpec, nbytes: int, count: int) -> dict[
     dtype = numpy_dtype(spec.dtype)
     args = (spec.collective, backend.rank, backend.size, count, spec.op, dtype, spec.root)
     inp, out = _buffers(spec.collective, count, backend.size, dtype)
-    call = backend.prepare(spec.collective, inp, out, spec.op, spec.root)
-    wrong = 0
     if spec.check:
         data.fill(inp, data.input_segments(*args))
-        wrong = data.count_wrong(call(), data.expected_output(*args))
+    inp, out = device.place(inp, out, spec.device)
+    call = backend.prepare(spec.collective, inp, out, spec.op, spec.root)
+    sync = device.synchronizer(spec.device)
+    wrong = 0
+    if spec.check:
+        wrong = data.count_wrong(device.to_host(call()), data.expected_output(*args))
     for _ in range(spec.warmup):
         call()
+    sync()
     backend.barrier()
     times = np.empty(spec.iters, np.float64)
     start = time.perf_counter()
     for i in range(spec.iters):
         call()
+        sync()
         now = time.perf_counter()
         times[i], start = now - start, now
     slowest = backend.max_over_ranks(times)
@@ -182,9 +190,11 @@ def worker_parser(prog: str) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of one ringflow rank."""
     args = worker_parser("python -m ringflow.bench.sweep").parse_args(argv)
+    spec = SweepSpec.from_json(args.spec)
+    device.select(spec.device)
     backend = RingflowBackend()
     try:
-        run_sweep(backend, SweepSpec.from_json(args.spec), args.result, "ringflow")
+        run_sweep(backend, spec, args.result, "ringflow")
     finally:
         backend.close()
     return 0

@@ -1,0 +1,1 @@
+"""GPU tests: they run where ringflow.cuda_available() is True and skip cleanly elsewhere."""
