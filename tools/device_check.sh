@@ -249,7 +249,7 @@ run_stage() {
   esac
   printf '===== stage %s: %s in %ss %s\n' "$name" "$status" "$seconds" "$why" >>"$LOG"
   record "$name" "$status" "$seconds" "$limit" "$why"
-  if [ "$name" = build ]; then BUILD_STATE=$status; fi
+  if [ "$name" = build ]; then if [ "$status" = passed ]; then BUILD_STATE=ok; else BUILD_STATE=$status; fi; fi
 }
 
 for stage in "${STAGES[@]}"; do
