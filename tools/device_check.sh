@@ -89,9 +89,27 @@ stage_build() {
   fi
   mkdir -p "$BUILD_ROOT"
   printf '%s\n' "$runtime" >"$BUILD_ROOT/runtime.env"
-  CUDAARCHS=90-real RINGFLOW_CUDA=ON CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
-    "$PY" -m pip install --no-build-isolation --no-deps --no-index --upgrade --target "$SITE" \
-    -Cbuild-dir="$BUILD_ROOT/cmake" "${args[@]}" "$REPO" || return 1
+  # The image's compiler flags (CMake takes LDFLAGS as its linker flags) once linked libstdc++
+  # statically into _core, whose own iostreams then crashed: build with the plain toolchain and
+  # require the shared libstdc++.
+  echo "toolchain: $(command -v c++) $(c++ --version | head -1); LDFLAGS='${LDFLAGS:-}'" \
+    "CXXFLAGS='${CXXFLAGS:-}' CXX='${CXX:-}' CMAKE_ARGS='${CMAKE_ARGS:-}'"
+  local attempt compiler=()
+  for attempt in plain g++; do
+    [ "$attempt" = g++ ] && compiler=(CXX=/usr/bin/g++ CC=/usr/bin/gcc) && rm -rf "$BUILD_ROOT/cmake"
+    env -u LDFLAGS -u CXXFLAGS -u CFLAGS -u CPPFLAGS -u CXX -u CC -u CMAKE_ARGS "${compiler[@]}" \
+      CUDAARCHS=90-real RINGFLOW_CUDA=ON CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
+      "$PY" -m pip install --no-build-isolation --no-deps --no-index --upgrade --target "$SITE" \
+      -Cbuild-dir="$BUILD_ROOT/cmake" "${args[@]}" \
+      "-Ccmake.define.CMAKE_MODULE_LINKER_FLAGS=-Wl,--no-as-needed -lstdc++ -Wl,--as-needed" \
+      "$REPO" || return 1
+    ldd "$SITE"/ringflow/_core*.so | grep -E "stdc|crypto"
+    ldd "$SITE"/ringflow/_core*.so | grep -q "libstdc++" && break
+  done
+  if ! ldd "$SITE"/ringflow/_core*.so | grep -q "libstdc++"; then
+    reason "_core links libstdc++ statically (its iostreams crash next to the process's own)"
+    return 1
+  fi
   gpu_env
   "$PY" "$HERE/probe.py" --build-figures "$WORK/fig/build.ringflow.json"
 }
@@ -166,7 +184,7 @@ fi
 
 # --- the driver ------------------------------------------------------------------------------
 
-STAGES=(probe build kernels staging bench streams collectives_n1 collectives_n2 collectives_n4
+STAGES=(probe build kernels staging streams collectives_n1 collectives_n2 collectives_n4 bench
   pytest_gpu)
 declare -A CAP=([probe]=60 [build]=240 [kernels]=75 [staging]=40 [bench]=150 [streams]=60
   [collectives_n1]=60 [collectives_n2]=90 [collectives_n4]=120 [pytest_gpu]=240)
