@@ -93,15 +93,19 @@ stage_build() {
   # statically into _core, whose own iostreams then crashed: build with the plain toolchain and
   # require the shared libstdc++.
   echo "toolchain: $(command -v c++) $(c++ --version | head -1); LDFLAGS='${LDFLAGS:-}'" \
-    "CXXFLAGS='${CXXFLAGS:-}' CXX='${CXX:-}' CMAKE_ARGS='${CMAKE_ARGS:-}'"
-  local attempt compiler=()
-  for attempt in plain g++; do
-    [ "$attempt" = g++ ] && compiler=(CXX=/usr/bin/g++ CC=/usr/bin/gcc) && rm -rf "$BUILD_ROOT/cmake"
-    env -u LDFLAGS -u CXXFLAGS -u CFLAGS -u CPPFLAGS -u CXX -u CC -u CMAKE_ARGS "${compiler[@]}" \
+    "CXXFLAGS='${CXXFLAGS:-}' CXX='${CXX:-}' CMAKE_ARGS='${CMAKE_ARGS:-}'" \
+    "LIBRARY_PATH='${LIBRARY_PATH:-}' libstdc++.so: $(c++ -print-file-name=libstdc++.so)"
+  local attempt shared=-lstdc++
+  for attempt in plain by-path; do
+    if [ "$attempt" = by-path ]; then  # name the shared library itself
+      shared=$(ldconfig -p | awk '/libstdc\+\+\.so\.6 .*x86-64/ {print $NF; exit}')
+      rm -rf "$BUILD_ROOT/cmake"
+    fi
+    env -u LDFLAGS -u CXXFLAGS -u CFLAGS -u CPPFLAGS -u CXX -u CC -u CMAKE_ARGS -u LIBRARY_PATH \
       CUDAARCHS=90-real RINGFLOW_CUDA=ON CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
       "$PY" -m pip install --no-build-isolation --no-deps --no-index --upgrade --target "$SITE" \
       -Cbuild-dir="$BUILD_ROOT/cmake" "${args[@]}" \
-      "-Ccmake.define.CMAKE_MODULE_LINKER_FLAGS=-Wl,--no-as-needed -lstdc++ -Wl,--as-needed" \
+      "-Ccmake.define.CMAKE_MODULE_LINKER_FLAGS=-Wl,--no-as-needed $shared -Wl,--as-needed" \
       "$REPO" || return 1
     ldd "$SITE"/ringflow/_core*.so | grep -E "stdc|crypto"
     ldd "$SITE"/ringflow/_core*.so | grep -q "libstdc++" && break
