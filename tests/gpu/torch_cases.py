@@ -173,20 +173,29 @@ def ops_match_host(dtype_name: str, size: int) -> list[str]:
 
 
 def compression_matches_host(compression: str) -> list[str]:
-    """float32 CUDA tensors through fp16/bf16 compression == the host path, bit for bit."""
+    """float32 CUDA tensors through fp16/bf16 compression == the host path: bit for bit at two
+    ranks, within the compression tolerance beyond."""
     hvd = _hvd()
     device = arrays.select_device(rf.local_rank())
     seed = ref.seed_of("torch-cuda-compression", compression, rf.size())
     host = ref.positive_input(seed, rf.rank(), (1023,), "float32")
     chosen = getattr(hvd.Compression, compression)
     problems: list[str] = []
-    _compare(
-        problems,
-        f"allreduce compression={compression}",
-        hvd.allreduce(_cuda(host, device), compression=chosen, name=f"t.comp.{compression}"),
-        hvd.allreduce(_host_tensor(host), compression=chosen, name=f"t.comp.{compression}.host"),
-        device,
+    what = f"allreduce compression={compression}"
+    got = hvd.allreduce(_cuda(host, device), compression=chosen, name=f"t.comp.{compression}")
+    expected = hvd.allreduce(
+        _host_tensor(host), compression=chosen, name=f"t.comp.{compression}.host"
     )
+    if rf.size() <= 2:
+        _compare(problems, what, got, expected, device)
+        return problems
+    # Beyond two ranks the 16-bit sums differ in their last bits: the device path folds every
+    # rank in float32 and rounds once, the host ring rounds after each addition (README, "GPU").
+    a, b = _as_numpy(got).astype(np.float64), _as_numpy(expected).astype(np.float64)
+    tolerance = COMPRESSION_TOL if compression == "fp16" else 16 * 2.0**-10  # 2 bf16 ulps
+    if not np.allclose(a, b, rtol=tolerance, atol=0):
+        worst = float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-30)))
+        problems.append(f"{what}: relative difference {worst:.2e} from the host path")
     return problems
 
 
