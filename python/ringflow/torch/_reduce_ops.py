@@ -68,7 +68,8 @@ def allreduce_op(op, average) -> _core.ReduceOp:
             raise ValueError(_OP_AND_AVERAGE)
         return core_op(op)
     if average is not None:
-        warnings.warn(_DEPRECATED_AVERAGE, DeprecationWarning, stacklevel=3)
+        # stacklevel 1, as Horovod: attributed to the library, so hidden by default filters.
+        warnings.warn(_DEPRECATED_AVERAGE, DeprecationWarning, stacklevel=1)
         return _R.Average if average else _R.Sum
     return _R.Average
 

@@ -315,7 +315,7 @@ class _DistributedOptimizer:
         """Synchronize the gradients (unless in `skip_synchronize`), then the wrapped step."""
         if self._should_synchronize:
             if self._synchronized:
-                warnings.warn(_STEP_AFTER_SYNCHRONIZE, stacklevel=2)
+                warnings.warn(_STEP_AFTER_SYNCHRONIZE, stacklevel=1)  # Horovod's location
             self.synchronize()
         self._synchronized = False
         return super().step(closure)
@@ -396,7 +396,7 @@ def DistributedOptimizer(
         warnings.warn(
             "Parameter `num_groups` has been replaced by `groups` and will be removed in v0.23.0.",
             DeprecationWarning,
-            stacklevel=2,
+            stacklevel=1,  # as Horovod: attributed to the library, hidden by default filters
         )
         if groups is None:
             groups = num_groups
