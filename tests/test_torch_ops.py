@@ -1,5 +1,6 @@
 """ringflow.torch collectives against numpy: every dtype x op x form (blocking, in place, async,
-grouped) x size (0, 1, odd, not divisible by N) at N = 2 and 3 (autograd: test_torch_autograd).
+grouped) x size (0, 1, odd, not divisible by N) at N = 2 and 3 (gradients:
+test_horovod_conformance_gradients).
 
 One request per (N, dtype) runs the whole matrix inside the ranks (one torch import per rank
 process, persistent pools); the parent rebuilds every rank's input and checks exactly.

@@ -14,6 +14,7 @@ Product = 5``); ringflow's own `ringflow.ReduceOp` values are accepted too. Horo
 
 from __future__ import annotations
 
+import numbers
 import warnings
 
 from ringflow import _core
@@ -49,7 +50,8 @@ def core_op(op) -> _core.ReduceOp:
     """The core's op for a Horovod op (an int) or a `ringflow.ReduceOp`."""
     if isinstance(op, _R):
         return op
-    if isinstance(op, int) and not isinstance(op, bool):
+    if isinstance(op, numbers.Integral) and not isinstance(op, bool):
+        op = int(op)
         if op == Adasum:
             raise NotImplementedError(
                 "Adasum is not supported by ringflow; use op=Average or op=Sum"
@@ -66,7 +68,8 @@ def allreduce_op(op, average) -> _core.ReduceOp:
             raise ValueError(_OP_AND_AVERAGE)
         return core_op(op)
     if average is not None:
-        warnings.warn(_DEPRECATED_AVERAGE, DeprecationWarning, stacklevel=3)
+        # stacklevel 1, as Horovod: attributed to the library, so hidden by default filters.
+        warnings.warn(_DEPRECATED_AVERAGE, DeprecationWarning, stacklevel=1)
         return _R.Average if average else _R.Sum
     return _R.Average
 
@@ -74,6 +77,6 @@ def allreduce_op(op, average) -> _core.ReduceOp:
 def reducescatter_op(op) -> _core.ReduceOp:
     """reducescatter's op: Horovod's core takes Average and Sum (ringflow also Min, Max and
     Product); anything else is the HorovodInternalError Horovod raises."""
-    if isinstance(op, int) and not isinstance(op, bool) and op == Adasum:
+    if isinstance(op, numbers.Integral) and not isinstance(op, bool) and op == Adasum:
         raise _core.Error(_REDUCESCATTER_OPS)
     return core_op(op)

@@ -16,7 +16,7 @@ or from the parameters' order in the optimizer.
 By default it behaves as Horovod 0.28.1's: the parameters that require grad at construction are
 the ones reduced, for good (one frozen later still gets a zero gradient reduced and stepped;
 one unfrozen or added later is not reduced); a `synchronize` with no backward pass since the
-last one reduces the gradients again; grouped allreduces ignore ``gradient_predivide_factor``.
+last one reduces the gradients again; with ``groups``, ``gradient_predivide_factor`` is ignored.
 ``RINGFLOW_TORCH_OPTIMIZER=ringflow`` (read at construction; set it alike on every rank) opts
 into ringflow's, each one removing a way to silently train wrong:
 
@@ -27,7 +27,8 @@ into ringflow's, each one removing a way to silently train wrong:
 - `synchronize` (or `step` outside `skip_synchronize`) right after a `synchronize`, with no
   backward pass in between, does not reduce the same gradients again (Horovod does, which
   with ``op=Sum`` multiplies them); `step` still warns there as Horovod does.
-- ``gradient_predivide_factor`` applies to grouped allreduces too.
+- ``gradient_predivide_factor`` applies to groups too (Horovod ignores it when ``groups`` is
+  given, except for what `synchronize` reduces because backward did not complete its group).
 
 Either way (not observable by a script that runs under Horovod):
 
@@ -141,6 +142,7 @@ class _DistributedOptimizer:
         self._requires_update = {p for p in params if p.requires_grad}
         self._parameter_names = _grads.names(named_parameters, self.param_groups)
         self._bucket_of: dict[torch.Tensor, tuple] = {}
+        self._grouping = groups is not None
         for bucket in _grads.buckets(groups, params):
             for p in bucket:
                 self._bucket_of[p] = bucket
@@ -207,9 +209,10 @@ class _DistributedOptimizer:
         ready = self._ready.setdefault(bucket, set())
         ready.add(p)
         if bucket not in self._started and all(m in ready for m in bucket if self._wanted(m)):
-            self._start(bucket)
+            # Horovod ignores the predivide factor for a group its hooks completed.
+            self._start(bucket, predivide=self._track or not self._grouping)
 
-    def _start(self, bucket: tuple) -> None:
+    def _start(self, bucket: tuple, predivide: bool = True) -> None:
         """Start the allreduce of the bucket's members that require grad; a gradient this rank
         did not compute travels as zeros (another rank may have computed it)."""
         self._started.add(bucket)
@@ -217,9 +220,7 @@ class _DistributedOptimizer:
         if not members:
             return
         prescale = postscale = 1.0
-        if self._average and (len(bucket) == 1 or self._track):
-            # Horovod's split (not for groups, where Horovod ignores it); the engine divides
-            # the postscale by the size.
+        if self._average and predivide:  # Horovod's split; the engine divides by the size
             prescale = 1.0 / self.gradient_predivide_factor
             postscale = self.gradient_predivide_factor
         common = {
@@ -315,7 +316,7 @@ class _DistributedOptimizer:
         """Synchronize the gradients (unless in `skip_synchronize`), then the wrapped step."""
         if self._should_synchronize:
             if self._synchronized:
-                warnings.warn(_STEP_AFTER_SYNCHRONIZE, stacklevel=2)
+                warnings.warn(_STEP_AFTER_SYNCHRONIZE, stacklevel=1)  # Horovod's location
             self.synchronize()
         self._synchronized = False
         return super().step(closure)
@@ -396,7 +397,7 @@ def DistributedOptimizer(
         warnings.warn(
             "Parameter `num_groups` has been replaced by `groups` and will be removed in v0.23.0.",
             DeprecationWarning,
-            stacklevel=2,
+            stacklevel=1,  # as Horovod: attributed to the library, hidden by default filters
         )
         if groups is None:
             groups = num_groups
