@@ -8,10 +8,10 @@
 // exchanges and no thread hand-off. Whoever holds comm_mutex_ drives; rounds are started by
 // whichever rank has news, and idle ranks join when their sockets turn readable.
 //
-// Failure: an I/O error or timeout poisons the engine — peers are told why, every pending
-// handle and every later call raises the first error. The error names where the failure began
-// (the job's first failure, recorded in the store), the ranks whose heartbeat stopped and what
-// each rank was doing (heartbeat.h); the flight recorder is printed or written to a file.
+// Failure (failure.cc): an I/O error or timeout poisons the engine — peers are told why, every
+// pending handle and every later call raises the first error. The error names where the failure
+// began (the job's first failure, recorded in the store), the ranks whose heartbeat stopped and
+// what each rank was doing (heartbeat.h); the flight recorder is printed or written to a file.
 #pragma once
 
 #include <atomic>
