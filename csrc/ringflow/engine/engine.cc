@@ -13,6 +13,7 @@
 #include "ringflow/collectives/select.h"
 #include "ringflow/common/check.h"
 #include "ringflow/common/env.h"
+#include "ringflow/engine/deadlock.h"
 #include "ringflow/engine/fusion.h"
 #include "ringflow/engine/settings_check.h"
 
@@ -59,9 +60,12 @@ Engine::Engine(const RuntimeOptions& options)
       cache_(env_config().cache_capacity),
       fusion_buffer_(0),
       sets_(options.size),
+      departed_(options.size, false),
+      waits_(options.size),
       wake_fd_(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {
   RF_CHECK(wake_fd_.valid(), kInternal) << "eventfd: " << std::strerror(errno);
-  peer_fds_ = runtime_->transport().peer_fds();
+  for (int r = 0; r < size_; ++r) live_.push_back(r);
+  refresh_peer_fds();
   if (size_ > 1) {
     CollectiveContext ctx{runtime_->transport(), next_tag_++, Deadline::after_seconds(timeout_s_)};
     check_settings_agree(ctx);
@@ -70,7 +74,7 @@ Engine::Engine(const RuntimeOptions& options)
     start_timeline(env_config().timeline);
   }
   if (size_ > 1 && env_config().heartbeat_interval_s > 0) {
-    HeartbeatOptions beat{runtime_->store_client_options(),  options.generation, rank_, size_,
+    HeartbeatOptions beat{runtime_->store_client_options(),  runtime_->generation(), rank_, size_,
                           env_config().heartbeat_interval_s, options.host_store};
     try {
       heartbeat_ = std::make_unique<Heartbeat>(beat, [this] { return status_line(); });
@@ -93,10 +97,16 @@ void Engine::close() {
   stopping_ = true;
   wake();
   if (thread_.joinable()) thread_.join();
-  if (heartbeat_) heartbeat_->stop();
   std::lock_guard<std::mutex> lock(comm_mutex_);
   fail_all(Error(ErrorKind::kInvalidArgument,
                  rank_prefix(rank_) + "ringflow was shut down before this operation finished"));
+  leave();  // unless the engine failed
+  if (heartbeat_) {
+    heartbeat_->stop();
+    std::lock_guard<std::mutex> queue_lock(queue_mutex_);
+    // A failed rank's last heartbeat stays as it was: what it was doing when it failed.
+    if (!broken_) heartbeat_->record_departure();
+  }
   runtime_->close();
   timeline_.stop();
 }
@@ -147,6 +157,8 @@ std::vector<HandlePtr> Engine::submit(std::vector<Submission> batch, bool synchr
     local.own = describe(request);  // throws for too many dimensions
     local.submission = std::move(submission);
     local.handle = std::make_shared<Handle>();
+    local.handle->process_set = local.own.process_set;
+    local.handle->name_hash = local.own.name_hash;
     local.submitted_us = Timeline::now_us();
     locals.push_back(std::move(local));
   }
@@ -190,6 +202,7 @@ std::vector<HandlePtr> Engine::submit(std::vector<Submission> batch, bool synchr
 
 void Engine::wait(const HandlePtr& handle) {
   if (handle->done()) return;
+  begin_wait(*handle);
   drivers_.fetch_add(1);
   while (!handle->done()) {
     {
@@ -210,20 +223,37 @@ void Engine::wait(const HandlePtr& handle) {
   }
   last_driven_us_.store(Timeline::now_us());
   drivers_.fetch_sub(1);
+  end_wait(*handle);
 }
 
 bool Engine::peers_readable(int timeout_ms) {
-  if (peer_fds_.empty() || broken()) return false;
+  if (broken()) return false;
   // Called on every pass of the progress loop, from callers and the background thread: one
-  // array per thread, filled once, instead of an allocation per call (poll only writes revents).
+  // array per thread, filled when the list changes (a peer left, another engine after a later
+  // init()), instead of an allocation per call (poll only writes revents).
   thread_local std::vector<pollfd> fds;
-  bool same = fds.size() == peer_fds_.size();
-  for (size_t i = 0; same && i < fds.size(); ++i) same = fds[i].fd == peer_fds_[i];
-  if (!same) {  // another engine (a later init()) on this thread
+  thread_local uint64_t version = 0;
+  const uint64_t current = peer_fds_version_.load(std::memory_order_acquire);
+  if (version != current) {
+    std::lock_guard<std::mutex> lock(fds_mutex_);
     fds.clear();
     for (int fd : peer_fds_) fds.push_back(pollfd{fd, POLLIN, 0});
+    version = current;
   }
+  if (fds.empty()) return false;
   return ::poll(fds.data(), fds.size(), timeout_ms) > 0;
+}
+
+void Engine::refresh_peer_fds() {
+  // Versions are unique in the process, so a later engine never matches an earlier one's list.
+  static std::atomic<uint64_t> versions{0};
+  std::lock_guard<std::mutex> lock(fds_mutex_);
+  peer_fds_.clear();
+  for (int r : live_) {
+    const int fd = runtime_->transport().peer_fd(r);
+    if (r != rank_ && fd >= 0) peer_fds_.push_back(fd);
+  }
+  peer_fds_version_.store(++versions, std::memory_order_release);
 }
 
 bool Engine::broken() {
@@ -281,6 +311,7 @@ void Engine::wait_for_activity() {
   const bool callers_drive =
       drivers_.load() > 0 || Timeline::now_us() - last_driven_us_.load() < kBlindMs * 1000;
   if (!callers_drive && !broken()) {
+    std::lock_guard<std::mutex> lock(fds_mutex_);
     for (int fd : peer_fds_) fds.push_back(pollfd{fd, POLLIN, 0});
   }
   // Waiting tensors need the stall inspector now and then.
@@ -325,7 +356,8 @@ void Engine::progress_locked(const Handle* until) {
       std::lock_guard<std::mutex> lock(queue_mutex_);
       news = !queue_.empty();
     }
-    news = news || runtime_->transport().has_buffered_input() || peers_readable(0);
+    news =
+        news || runtime_->transport().has_buffered_input() || peers_readable(0) || waits_overdue();
     if (!news) break;
     try {
       run_round();
@@ -356,18 +388,27 @@ std::vector<int> Engine::members_of(const Descriptor& d) {
   return sets_.ranks(d.process_set);
 }
 
-void Engine::run_round() {
+void Engine::run_round(bool leaving) {
   std::vector<Local> fresh;
+  Announcement mine;
+  mine.leaving = leaving;
   {
+    // Waits travel with (or after) the submissions made before them: never ahead of one.
     std::lock_guard<std::mutex> lock(queue_mutex_);
     fresh.swap(queue_);
+    mine.waits.swap(new_waits_);
   }
-  Announcement mine;
   // Small allreduces travel with their announcement, up to what Bruck would carry in one go.
   size_t inline_budget = env_config().bruck_max_bytes / std::max(1, size_ - 1);
   for (Local& local : fresh) {
     const TensorKey key = key_of(local.own);
     const std::vector<int> members = members_of(local.own);
+    if (needs_departed(members)) {
+      const Error error = departed_error(op_kind_name(local.submission.request.kind),
+                                         local.submission.request.name, members);
+      settle(local, &error);
+      continue;
+    }
     const int index =
         static_cast<int>(std::lower_bound(members.begin(), members.end(), rank_) - members.begin());
     auto id = cache_.lookup(key, index, local.own);
@@ -388,11 +429,27 @@ void Engine::run_round() {
     announced_[key] = std::make_unique<Local>(std::move(local));
   }
   round_tag_ = next_tag_++;
-  recorder_.set_activity("negotiation round", round_tag_);
-  CollectiveContext ctx{runtime_->transport(), round_tag_, Deadline::after_seconds(timeout_s_)};
+  recorder_.set_activity(leaving ? "leaving the job (shutdown)" : "negotiation round", round_tag_);
+  // Once ranks have left, rounds run among the ranks still there (renumbered 0 … k-1).
+  std::optional<SubsetTransport> among_live;
+  if (live_.size() < static_cast<size_t>(size_)) {
+    const auto me = std::lower_bound(live_.begin(), live_.end(), rank_) - live_.begin();
+    among_live.emplace(runtime_->transport(), live_, static_cast<int>(me));
+  }
+  Transport& transport = among_live ? *among_live : runtime_->transport();
+  CollectiveContext ctx{transport, round_tag_, Deadline::after_seconds(timeout_s_)};
   RoundResult round;
   try {
     round = exchange_announcements(ctx, mine);
+    if (among_live) {
+      RoundResult by_global_rank;
+      by_global_rank.bytes = round.bytes;
+      by_global_rank.by_rank.resize(size_);
+      for (size_t i = 0; i < live_.size(); ++i) {
+        by_global_rank.by_rank[live_[i]] = std::move(round.by_rank[i]);
+      }
+      round = std::move(by_global_rank);
+    }
   } catch (const Error& error) {
     std::ostringstream waiting;
     size_t listed = 0;
@@ -411,9 +468,17 @@ void Engine::run_round() {
     stats_.negotiation_bytes += round.bytes;
     stats_.cache_hits += mine.cache_ids.size();
   }
+  if (leaving) return;  // this rank is gone: it applies and runs nothing more
   apply_announcements(round);
+  note_departures(round);
+  drop_departed();
+  note_waits(round);
   execute_ready(table_.take_ready(joined_));
+  prune_waits();
   timeline_.flush();
+  if (auto deadlock = find_deadlock(table_, waits_, joined_, rank_)) {
+    throw Error(ErrorKind::kMismatch, *deadlock);  // progress_locked poisons the engine
+  }
 }
 
 void Engine::apply_announcements(const RoundResult& round) {
