@@ -290,7 +290,7 @@ class Job:
         call `carry_on_without_the_dead` first."""
         proc = self._procs[rank]
         assert self._carry_on, "call carry_on_without_the_dead() before replacing a rank"
-        assert proc.poll() is not None, f"rank {rank} is still running"
+        proc.wait(timeout=30)  # it was killed, or exits
         assert rank not in self._pending, f"rank {rank} has a request outstanding"
         self._conns.pop(rank).close()
         del self._procs[rank]
