@@ -53,6 +53,9 @@ std::optional<std::string> find_deadlock(const TensorTable& table,
                                          const std::vector<std::vector<TensorKey>>& waits,
                                          const std::vector<bool>& joined, int rank) {
   const int size = static_cast<int>(waits.size());
+  int waiting = 0;  // it takes two (a rank never waits on a tensor only it must submit)
+  for (const std::vector<TensorKey>& keys : waits) waiting += keys.empty() ? 0 : 1;
+  if (waiting < 2) return std::nullopt;
   // For each waiting rank, what each of its waited tensors still misses.
   std::vector<std::vector<const PendingTensor*>> waited(size);
   std::vector<std::vector<std::vector<int>>> missing(size);
