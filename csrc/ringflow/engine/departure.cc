@@ -29,6 +29,26 @@ void Engine::leave() {
   }
 }
 
+RoundResult Engine::exchange_among_live(const Announcement& mine) {
+  const Deadline deadline = Deadline::after_seconds(timeout_s_);
+  if (live_.size() == static_cast<size_t>(size_)) {
+    return exchange_announcements(CollectiveContext{runtime_->transport(), round_tag_, deadline},
+                                  mine);
+  }
+  // Renumbered 0 … k-1, as a process set is; the result goes back to job ranks.
+  const auto me = std::lower_bound(live_.begin(), live_.end(), rank_) - live_.begin();
+  SubsetTransport among_live(runtime_->transport(), live_, static_cast<int>(me));
+  RoundResult round =
+      exchange_announcements(CollectiveContext{among_live, round_tag_, deadline}, mine);
+  RoundResult by_job_rank;
+  by_job_rank.bytes = round.bytes;
+  by_job_rank.by_rank.resize(size_);
+  for (size_t i = 0; i < live_.size(); ++i) {
+    by_job_rank.by_rank[live_[i]] = std::move(round.by_rank[i]);
+  }
+  return by_job_rank;
+}
+
 void Engine::note_departures(const RoundResult& round) {
   bool any = false;
   for (int r = 0; r < size_; ++r) {

@@ -430,26 +430,9 @@ void Engine::run_round(bool leaving) {
   }
   round_tag_ = next_tag_++;
   recorder_.set_activity(leaving ? "leaving the job (shutdown)" : "negotiation round", round_tag_);
-  // Once ranks have left, rounds run among the ranks still there (renumbered 0 … k-1).
-  std::optional<SubsetTransport> among_live;
-  if (live_.size() < static_cast<size_t>(size_)) {
-    const auto me = std::lower_bound(live_.begin(), live_.end(), rank_) - live_.begin();
-    among_live.emplace(runtime_->transport(), live_, static_cast<int>(me));
-  }
-  Transport& transport = among_live ? *among_live : runtime_->transport();
-  CollectiveContext ctx{transport, round_tag_, Deadline::after_seconds(timeout_s_)};
   RoundResult round;
   try {
-    round = exchange_announcements(ctx, mine);
-    if (among_live) {
-      RoundResult by_global_rank;
-      by_global_rank.bytes = round.bytes;
-      by_global_rank.by_rank.resize(size_);
-      for (size_t i = 0; i < live_.size(); ++i) {
-        by_global_rank.by_rank[live_[i]] = std::move(round.by_rank[i]);
-      }
-      round = std::move(by_global_rank);
-    }
+    round = exchange_among_live(mine);
   } catch (const Error& error) {
     std::ostringstream waiting;
     size_t listed = 0;

@@ -130,6 +130,8 @@ class Engine {
   void run_round(bool leaving = false);
   // departure.cc: this rank's last round, with comm_mutex_ held and nothing left pending.
   void leave();
+  // The round's exchange, among the ranks still in the job; by_rank is indexed by job rank.
+  RoundResult exchange_among_live(const Announcement& mine);
   // Records the ranks that announced their departure this round; stops polling their sockets.
   void note_departures(const RoundResult& round);
   // Fails (on this rank) the tensors that need a rank that has left.
