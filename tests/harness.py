@@ -284,6 +284,23 @@ class Job:
         self._dead |= {rank for rank, proc in self._procs.items() if proc.poll() is not None}
         self._carry_on = True
 
+    def replace(self, rank: int) -> None:
+        """Start a new process for a rank whose process has died (a replacement joining the
+        job: it does not init() until asked, whatever auto_init says). The job stays broken:
+        call `carry_on_without_the_dead` first."""
+        proc = self._procs[rank]
+        assert self._carry_on, "call carry_on_without_the_dead() before replacing a rank"
+        proc.wait(timeout=30)  # it was killed, or exits
+        assert rank not in self._pending, f"rank {rank} has a request outstanding"
+        self._conns.pop(rank).close()
+        del self._procs[rank]
+        auto_init, self.auto_init = self.auto_init, False
+        try:
+            self.start([rank])
+        finally:
+            self.auto_init = auto_init
+        self._dead.discard(rank)
+
     def close(self, deadline: float = 30.0) -> None:
         """Ask every live rank to shut down and exit; kill whatever is left at the deadline.
 

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.test_shutdown import assert_ends_clean
+
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "logistic_regression.py"
 EPOCHS = 15
 TIMEOUT = 120
@@ -40,6 +42,7 @@ def test_four_ranks_equal_one_process(tmp_path):
     single = run([sys.executable, *args, "--save-weights", str(tmp_path / "one.npy")])
     launch = [sys.executable, "-m", "ringflow.run", "-np", "4", "--"]
     multi = run([*launch, sys.executable, *args, "--save-weights", str(tmp_path / "four.npy")])
+    assert_ends_clean(multi)  # no ERROR or WARNING line either
     one, four = np.load(tmp_path / "one.npy"), np.load(tmp_path / "four.npy")
     assert one.shape == four.shape == (65, 10)
     np.testing.assert_allclose(four, one, rtol=0, atol=1e-6)

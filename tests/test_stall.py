@@ -3,10 +3,11 @@
 With RINGFLOW_STALL_CHECK_TIME=1 and RINGFLOW_STALL_SHUTDOWN_TIME=3, rank 0 submits a named
 tensor that rank 1 never submits. Rank 0 warns on stderr (a line starting "ringflow WARNING:"
 with "stalled", the tensor and the missing rank) and, after the shutdown time, every rank fails:
-rank 0's synchronize raises rf.Error saying "stalled", naming the tensor and rank 1. Rank 1 either
-stays out of ringflow until then (waiting in the store) or is blocked in a collective only it
-called (so also stalled, missing rank 0), which raises as well; later calls raise on both. The
-wait for the stall times is inherent; the harness deadline bounds it.
+rank 0's synchronize raises rf.Error saying "stalled", naming the tensor and rank 1. Rank 1 stays
+out of ringflow until then (waiting in the store), so it may still submit: a stall, not a
+deadlock. Later calls raise on both. The wait for the stall times is inherent; the harness
+deadline bounds it. (Rank 1 blocked in a collective only it called would be a deadlock, found
+at once: tests/test_deadlock.py.)
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import secrets
 import time
 
 import numpy as np
-import pytest
 
 import ringflow as rf
 from tests import harness
@@ -43,10 +43,9 @@ def _outcome(fn):
     return "returned", repr(value)[:200], False, time.monotonic() - start
 
 
-def _stall(scenario, token):
-    """Rank 0 waits on "lonely.grad", which rank 1 never submits. Rank 1 either stays out of
-    ringflow until rank 0's call returned (it waits in the store: "idle"), or waits in a
-    collective only it called ("pending"). Then both make one more call."""
+def _stall(token):
+    """Rank 0 waits on "lonely.grad", which rank 1 never submits. Rank 1 stays out of ringflow
+    until rank 0's call returned (it waits in the store). Then both make one more call."""
     rank = rf.rank()
     store = harness.rank_store()
     rf.allreduce(np.ones(4, np.float32), op=rf.Sum, name="stall.warm-up")
@@ -58,8 +57,6 @@ def _stall(scenario, token):
             polled = rf.poll(handle)
         finally:
             store.set(f"{token}/rank0-returned", b"1")
-    elif scenario == "pending":
-        first = _outcome(lambda: rf.allreduce(np.ones(8, np.int32), op=rf.Sum, name="rank1.alone"))
     else:
         store.get(f"{token}/rank0-returned", timeout_s=SHUTDOWN_S + 2 * SLACK_S)
     later = _outcome(lambda: rf.allreduce(np.ones(2, np.float64), op=rf.Sum, name="stall.later"))
@@ -71,31 +68,26 @@ def _stall(scenario, token):
 MISSING_RANK_1 = re.compile(r"\brank[s]?\W*\[?1\b")
 
 
-@pytest.mark.parametrize("scenario", ["idle", "pending"])
-def test_stall_shutdown(make_job, scenario):
+def test_stall_shutdown(make_job):
     job = make_job(2, env=ENV).start()
     token = secrets.token_hex(8)
-    results = job.call(_stall, scenario, token, deadline=SHUTDOWN_S + 2 * SLACK_S + 30)
-    # With rank 1 pending, "rank1.alone" (missing rank 0) is stalled as well: either may be the
-    # tensor named. With rank 1 idle, only "lonely.grad" is.
-    tensors = ("lonely.grad", "rank1.alone") if scenario == "pending" else ("lonely.grad",)
+    results = job.call(_stall, token, deadline=SHUTDOWN_S + 2 * SLACK_S + 30)
     for rank, (first, polled, later) in enumerate(results):
         if first is not None:
             kind, message, is_rf, elapsed = first
-            context = f"rank {rank}, {scenario}: {kind}: {message!r} after {elapsed:.1f} s"
+            context = f"rank {rank}: {kind}: {message!r} after {elapsed:.1f} s"
             assert is_rf, f"{context}: not an rf.Error"
             assert "stalled" in message.lower(), f"{context}: does not say 'stalled'"
-            assert any(t in message for t in tensors), f"{context}: names none of {tensors}"
+            assert "lonely.grad" in message, f"{context}: does not name 'lonely.grad'"
             assert SHUTDOWN_S - 0.5 <= elapsed < SHUTDOWN_S + SLACK_S, f"{context}: wrong time"
-            if rank == 0 and scenario == "idle":
-                assert MISSING_RANK_1.search(message), f"{context}: names no missing rank 1"
+            assert MISSING_RANK_1.search(message), f"{context}: names no missing rank 1"
         if rank == 0:
             assert polled is True, f"rank 0: poll() of the failed handle gave {polled!r}"
         kind, message, is_rf, _ = later
-        context = f"rank {rank}, {scenario}: a call after the stall shutdown: {kind}: {message!r}"
+        context = f"rank {rank}: a call after the stall shutdown: {kind}: {message!r}"
         assert is_rf, f"{context}: not an rf.Error"
         assert "stalled" in message.lower(), f"{context}: does not say 'stalled'"
-        assert any(t in message for t in tensors), f"{context}: names none of {tensors}"
+        assert "lonely.grad" in message, f"{context}: does not name 'lonely.grad'"
 
     log = job.log_tail(0)
     warnings = [line for line in log.splitlines() if line.startswith("ringflow WARNING:")]

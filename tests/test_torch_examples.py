@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.test_shutdown import assert_ends_clean
+
 pytest.importorskip("torch")
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -28,7 +30,7 @@ def run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
         cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=TIMEOUT + 30
     )
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert_ends_clean(result)  # exit status 0, and no ERROR or WARNING line
     return result
 
 

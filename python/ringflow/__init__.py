@@ -12,7 +12,9 @@ anything numpy can view without copying (buffer protocol, CPU DLPack).
 
 from __future__ import annotations
 
+import atexit
 import json
+import os
 from typing import Any
 
 from ringflow import _core, _environment
@@ -139,17 +141,24 @@ def init() -> None:
     """Join the job described by the environment (``ringflow run``, torchrun, Open MPI, Slurm).
 
     Without any launcher variables this process is a job of one. Calling it again while
-    initialised does nothing; after `shutdown` it joins a new job.
+    initialised does nothing (after a failure it raises, saying how to recover); after
+    `shutdown` it joins a new job.
     """
     if _state.engine is not None:
+        failure = json.loads(_state.engine.flight_recorder_json())["error"]
+        if failure:
+            raise Error(
+                "ringflow.init(): this process's ringflow failed earlier and cannot run more "
+                "operations; call ringflow.shutdown() and then ringflow.init() to join a new job. "
+                f"The failure: {failure}"
+            )
         return
     try:
         config = _environment.detect()
     except ValueError as error:  # a malformed launcher environment: say so as a ringflow error
         raise InvalidArgumentError(f"ringflow.init(): {error}") from error
-    generation = _state.generation
-    _state.generation += 1
     _state.unnamed.clear()
+    _state.pid = os.getpid()
     _state.engine = _core.Engine(
         rank=config.rank,
         size=config.size,
@@ -160,19 +169,31 @@ def init() -> None:
         host_store=not config.store_external,
         secret=config.secret,
         job_id=config.job_id,
-        generation=generation,
+        used_store=_state.store_instance,
         timeout_s=config.timeout_s,
     )
+    _state.store_instance = _state.engine.store_instance
 
 
 def shutdown() -> None:
-    """Leave the job: stop the engine and close every connection. Safe when not initialised."""
+    """Leave the job: stop the engine, tell the other ranks (an orderly leave: a rank that
+    still waits on a collective with this one raises at once, the others go on) and close every
+    connection. Safe when not initialised; runs at interpreter exit if the script did not call
+    it."""
     engine, _state.engine = _state.engine, None
     if engine is not None:
         # Closed now, not when the last reference goes: a saved exception's traceback may keep
         # the object alive, and its ports open, past a following init().
         engine.close()
     _state.inflight.clear()
+
+
+@atexit.register
+def _shutdown_at_exit() -> None:
+    # As Horovod does: a script that ends without shutdown() still leaves in order. Not in a
+    # forked child that inherited the engine: its connections belong to the parent.
+    if _state.engine is not None and _state.pid == os.getpid():
+        shutdown()
 
 
 def is_initialized() -> bool:

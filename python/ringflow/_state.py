@@ -11,7 +11,10 @@ from ringflow import _core
 class State:
     def __init__(self) -> None:
         self.engine: _core.Engine | None = None
-        self.generation = 0  # how many times init() ran; namespaces the store keys
+        # The rank-0-hosted store of the last init() (0: none or the launcher's): a later
+        # init() waits for rank 0's next store rather than join that one again.
+        self.store_instance = 0
+        self.pid = 0  # the process that called init() (a forked child must not shut it down)
         # Per (kind, process set): ranks outside a set do not count its collectives.
         self.unnamed: defaultdict[tuple[str, int], itertools.count] = defaultdict(itertools.count)
         # Handles not yet synchronized keep their arrays alive while the engine uses them.

@@ -154,7 +154,7 @@ void register_exceptions(py::module_& m) {
 std::unique_ptr<rf::Engine> make_engine(int rank, int size, int local_rank, int local_size,
                                         const std::string& store_host, int store_port,
                                         bool host_store, const py::bytes& secret,
-                                        const std::string& job_id, uint32_t generation,
+                                        const std::string& job_id, uint32_t used_store,
                                         double timeout_s) {
   rf::RuntimeOptions options;
   options.rank = rank;
@@ -166,7 +166,7 @@ std::unique_ptr<rf::Engine> make_engine(int rank, int size, int local_rank, int 
   options.host_store = host_store;
   options.secret = std::string(secret);
   options.job_id = job_id;
-  options.generation = generation;
+  options.used_store = used_store;
   options.timeout_s = timeout_s;
   py::gil_scoped_release release;  // the rendezvous waits for every other rank
   return std::make_unique<rf::Engine>(options);
@@ -373,12 +373,14 @@ PYBIND11_MODULE(_core, m) {
   py::class_<rf::Engine>(m, "Engine")
       .def(py::init(&make_engine), py::arg("rank"), py::arg("size"), py::arg("local_rank"),
            py::arg("local_size"), py::arg("store_host"), py::arg("store_port"),
-           py::arg("host_store"), py::arg("secret"), py::arg("job_id"), py::arg("generation"),
+           py::arg("host_store"), py::arg("secret"), py::arg("job_id"), py::arg("used_store"),
            py::arg("timeout_s"))
       .def("close", &rf::Engine::close, Release(),
            "Stop the engine and close every connection; pending and later calls raise.")
       .def_property_readonly("rank", &rf::Engine::rank)
       .def_property_readonly("size", &rf::Engine::size)
+      .def_property_readonly("generation", &rf::Engine::generation)
+      .def_property_readonly("store_instance", &rf::Engine::store_instance)
       .def_property_readonly("local_rank",
                              [](const rf::Engine& e) { return e.topology().local_rank; })
       .def_property_readonly("local_size",

@@ -13,8 +13,11 @@ struct AnnouncementHeader {
   uint32_t cache_ids;
   uint32_t inline_count;
   uint32_t inline_bytes;  // the data of all inline entries together
+  uint32_t waits;
+  uint32_t flags;  // kLeaving
 };
-static_assert(sizeof(AnnouncementHeader) == 16, "part of the wire format");
+static_assert(sizeof(AnnouncementHeader) == 24, "part of the wire format");
+constexpr uint32_t kLeaving = 1;
 
 #pragma pack(push, 1)
 struct InlineHeader {
@@ -22,19 +25,25 @@ struct InlineHeader {
   uint32_t bytes;
   uint64_t name_hash;
 };
+struct WaitEntry {
+  int32_t process_set;
+  uint64_t name_hash;
+};
 #pragma pack(pop)
 static_assert(sizeof(InlineHeader) == 16, "part of the wire format");
+static_assert(sizeof(WaitEntry) == 12, "part of the wire format");
 
 // More than any real step submits; a larger count can only come from a broken peer.
 constexpr uint32_t kMaxEntries = 1u << 20;
 
 size_t payload_bytes(const AnnouncementHeader& h) {
   RF_CHECK(h.descriptors <= kMaxEntries && h.cache_ids <= kMaxEntries &&
-               h.inline_count <= kMaxEntries && h.inline_bytes <= (1u << 30),
+               h.inline_count <= kMaxEntries && h.inline_bytes <= (1u << 30) &&
+               h.waits <= kMaxEntries && (h.flags & ~kLeaving) == 0,
            kPeerFailure)
       << "received a malformed negotiation message";
   return h.descriptors * sizeof(Descriptor) + h.cache_ids * sizeof(uint32_t) +
-         h.inline_count * sizeof(InlineHeader) + h.inline_bytes;
+         h.inline_count * sizeof(InlineHeader) + h.inline_bytes + h.waits * sizeof(WaitEntry);
 }
 
 }  // namespace
@@ -44,9 +53,10 @@ RoundResult exchange_announcements(const CollectiveContext& ctx, const Announcem
   for (const InlineData& data : mine.inline_data) {
     inline_bytes += static_cast<uint32_t>(data.bytes.size());
   }
-  AnnouncementHeader header{static_cast<uint32_t>(mine.descriptors.size()),
-                            static_cast<uint32_t>(mine.cache_ids.size()),
-                            static_cast<uint32_t>(mine.inline_data.size()), inline_bytes};
+  AnnouncementHeader header{
+      static_cast<uint32_t>(mine.descriptors.size()), static_cast<uint32_t>(mine.cache_ids.size()),
+      static_cast<uint32_t>(mine.inline_data.size()), inline_bytes,
+      static_cast<uint32_t>(mine.waits.size()),       mine.leaving ? kLeaving : 0u};
   std::vector<char> payload(payload_bytes(header));
   char* cursor = payload.data();
   auto put = [&cursor](const void* data, size_t bytes) {
@@ -61,6 +71,10 @@ RoundResult exchange_announcements(const CollectiveContext& ctx, const Announcem
     put(&h, sizeof(h));
   }
   for (const InlineData& data : mine.inline_data) put(data.bytes.data(), data.bytes.size());
+  for (const TensorKey& key : mine.waits) {
+    WaitEntry entry{key.process_set, key.name_hash};
+    put(&entry, sizeof(entry));
+  }
   GatherBlock block;
   block.header.assign(reinterpret_cast<const char*>(&header),
                       reinterpret_cast<const char*>(&header) + sizeof(header));
@@ -109,6 +123,13 @@ RoundResult exchange_announcements(const CollectiveContext& ctx, const Announcem
       out.inline_data[i].bytes.resize(inline_headers[i].bytes);
       take(out.inline_data[i].bytes.data(), inline_headers[i].bytes);
     }
+    out.waits.resize(h.waits);
+    for (uint32_t i = 0; i < h.waits; ++i) {
+      WaitEntry entry;
+      take(&entry, sizeof(entry));
+      out.waits[i] = TensorKey{entry.process_set, entry.name_hash};
+    }
+    out.leaving = (h.flags & kLeaving) != 0;
     for (const Descriptor& d : out.descriptors) validate_descriptor(d);
   }
   return result;

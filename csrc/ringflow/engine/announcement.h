@@ -2,7 +2,8 @@
 // full descriptors for new tensors, or the ids of response-cache entries for tensors whose
 // descriptors the ranks already agreed on — in one Bruck allgather (ceil(log2 N) steps).
 // Small allreduces also carry their data: when every member's data has arrived, each rank
-// reduces locally and the tensor needs no exchange of its own.
+// reduces locally and the tensor needs no exchange of its own. A rank also says which tensors
+// its callers began to wait on (deadlock.h) and, in its last round, that it leaves the job.
 #pragma once
 
 #include <cstdint>
@@ -23,6 +24,8 @@ struct Announcement {
   std::vector<Descriptor> descriptors;  // new (uncached) requests, in submission order
   std::vector<uint32_t> cache_ids;      // requests the response cache knows
   std::vector<InlineData> inline_data;  // the data of small allreduces among them
+  std::vector<TensorKey> waits;         // pending tensors a caller began to wait on since
+  bool leaving = false;                 // this rank shuts down after this round
 };
 
 struct RoundResult {

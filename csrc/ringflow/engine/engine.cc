@@ -3,18 +3,17 @@
 #include <poll.h>
 #include <sched.h>
 #include <sys/eventfd.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
-#include <fstream>
 #include <sstream>
 
 #include "ringflow/collectives/select.h"
 #include "ringflow/common/check.h"
 #include "ringflow/common/env.h"
+#include "ringflow/engine/deadlock.h"
 #include "ringflow/engine/fusion.h"
 #include "ringflow/engine/settings_check.h"
 
@@ -61,9 +60,12 @@ Engine::Engine(const RuntimeOptions& options)
       cache_(env_config().cache_capacity),
       fusion_buffer_(0),
       sets_(options.size),
+      departed_(options.size, false),
+      waits_(options.size),
       wake_fd_(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {
   RF_CHECK(wake_fd_.valid(), kInternal) << "eventfd: " << std::strerror(errno);
-  peer_fds_ = runtime_->transport().peer_fds();
+  for (int r = 0; r < size_; ++r) live_.push_back(r);
+  refresh_peer_fds();
   if (size_ > 1) {
     CollectiveContext ctx{runtime_->transport(), next_tag_++, Deadline::after_seconds(timeout_s_)};
     check_settings_agree(ctx);
@@ -72,7 +74,7 @@ Engine::Engine(const RuntimeOptions& options)
     start_timeline(env_config().timeline);
   }
   if (size_ > 1 && env_config().heartbeat_interval_s > 0) {
-    HeartbeatOptions beat{runtime_->store_client_options(),  options.generation, rank_, size_,
+    HeartbeatOptions beat{runtime_->store_client_options(),  runtime_->generation(), rank_, size_,
                           env_config().heartbeat_interval_s, options.host_store};
     try {
       heartbeat_ = std::make_unique<Heartbeat>(beat, [this] { return status_line(); });
@@ -95,10 +97,16 @@ void Engine::close() {
   stopping_ = true;
   wake();
   if (thread_.joinable()) thread_.join();
-  if (heartbeat_) heartbeat_->stop();
   std::lock_guard<std::mutex> lock(comm_mutex_);
   fail_all(Error(ErrorKind::kInvalidArgument,
                  rank_prefix(rank_) + "ringflow was shut down before this operation finished"));
+  leave();  // unless the engine failed
+  if (heartbeat_) {
+    heartbeat_->stop();
+    std::lock_guard<std::mutex> queue_lock(queue_mutex_);
+    // A failed rank's last heartbeat stays as it was: what it was doing when it failed.
+    if (!broken_) heartbeat_->record_departure();
+  }
   runtime_->close();
   timeline_.stop();
 }
@@ -169,6 +177,8 @@ std::vector<HandlePtr> Engine::submit(std::vector<Submission> batch, bool synchr
     }
     local.own = describe(queued);  // throws for too many dimensions
     local.handle = std::make_shared<Handle>();
+    local.handle->process_set = local.own.process_set;
+    local.handle->name_hash = local.own.name_hash;
     local.submitted_us = Timeline::now_us();
     locals.push_back(std::move(local));
   }
@@ -212,6 +222,7 @@ std::vector<HandlePtr> Engine::submit(std::vector<Submission> batch, bool synchr
 
 void Engine::wait(const HandlePtr& handle) {
   if (handle->done()) return;
+  begin_wait(*handle);
   drivers_.fetch_add(1);
   while (!handle->done()) {
     {
@@ -232,20 +243,37 @@ void Engine::wait(const HandlePtr& handle) {
   }
   last_driven_us_.store(Timeline::now_us());
   drivers_.fetch_sub(1);
+  end_wait(*handle);
 }
 
 bool Engine::peers_readable(int timeout_ms) {
-  if (peer_fds_.empty() || broken()) return false;
+  if (broken()) return false;
   // Called on every pass of the progress loop, from callers and the background thread: one
-  // array per thread, filled once, instead of an allocation per call (poll only writes revents).
+  // array per thread, filled when the list changes (a peer left, another engine after a later
+  // init()), instead of an allocation per call (poll only writes revents).
   thread_local std::vector<pollfd> fds;
-  bool same = fds.size() == peer_fds_.size();
-  for (size_t i = 0; same && i < fds.size(); ++i) same = fds[i].fd == peer_fds_[i];
-  if (!same) {  // another engine (a later init()) on this thread
+  thread_local uint64_t version = 0;
+  const uint64_t current = peer_fds_version_.load(std::memory_order_acquire);
+  if (version != current) {
+    std::lock_guard<std::mutex> lock(fds_mutex_);
     fds.clear();
     for (int fd : peer_fds_) fds.push_back(pollfd{fd, POLLIN, 0});
+    version = current;
   }
+  if (fds.empty()) return false;
   return ::poll(fds.data(), fds.size(), timeout_ms) > 0;
+}
+
+void Engine::refresh_peer_fds() {
+  // Versions are unique in the process, so a later engine never matches an earlier one's list.
+  static std::atomic<uint64_t> versions{0};
+  std::lock_guard<std::mutex> lock(fds_mutex_);
+  peer_fds_.clear();
+  for (int r : live_) {
+    const int fd = runtime_->transport().peer_fd(r);
+    if (r != rank_ && fd >= 0) peer_fds_.push_back(fd);
+  }
+  peer_fds_version_.store(++versions, std::memory_order_release);
 }
 
 bool Engine::broken() {
@@ -283,22 +311,6 @@ EngineStats Engine::stats() {
   return stats_;
 }
 
-std::string Engine::status_line() const {
-  std::string line = recorder_.activity();
-  const int peer = runtime_->transport().waiting_for();
-  if (peer >= 0) line += ", waiting on rank " + std::to_string(peer);
-  return line;
-}
-
-std::string Engine::flight_recorder_json() {
-  std::string error;
-  {
-    std::lock_guard<std::mutex> lock(queue_mutex_);
-    if (broken_) error = broken_->what();
-  }
-  return recorder_.to_json(rank_, size_, error, status_line());
-}
-
 void Engine::background() {
   while (!stopping_) {
     wait_for_activity();
@@ -319,6 +331,7 @@ void Engine::wait_for_activity() {
   const bool callers_drive =
       drivers_.load() > 0 || Timeline::now_us() - last_driven_us_.load() < kBlindMs * 1000;
   if (!callers_drive && !broken()) {
+    std::lock_guard<std::mutex> lock(fds_mutex_);
     for (int fd : peer_fds_) fds.push_back(pollfd{fd, POLLIN, 0});
   }
   // Waiting tensors need the stall inspector now and then.
@@ -363,7 +376,8 @@ void Engine::progress_locked(const Handle* until) {
       std::lock_guard<std::mutex> lock(queue_mutex_);
       news = !queue_.empty();
     }
-    news = news || runtime_->transport().has_buffered_input() || peers_readable(0);
+    news =
+        news || runtime_->transport().has_buffered_input() || peers_readable(0) || waits_overdue();
     if (!news) break;
     try {
       run_round();
@@ -394,18 +408,27 @@ std::vector<int> Engine::members_of(const Descriptor& d) {
   return sets_.ranks(d.process_set);
 }
 
-void Engine::run_round() {
+void Engine::run_round(bool leaving) {
   std::vector<Local> fresh;
+  Announcement mine;
+  mine.leaving = leaving;
   {
+    // Waits travel with (or after) the submissions made before them: never ahead of one.
     std::lock_guard<std::mutex> lock(queue_mutex_);
     fresh.swap(queue_);
+    mine.waits.swap(new_waits_);
   }
-  Announcement mine;
   // Small allreduces travel with their announcement, up to what Bruck would carry in one go.
   size_t inline_budget = env_config().bruck_max_bytes / std::max(1, size_ - 1);
   for (Local& local : fresh) {
     const TensorKey key = key_of(local.own);
     const std::vector<int> members = members_of(local.own);
+    if (needs_departed(members)) {
+      const Error error = departed_error(op_kind_name(local.submission.request.kind),
+                                         local.submission.request.name, members);
+      settle(local, &error);
+      continue;
+    }
     const int index =
         static_cast<int>(std::lower_bound(members.begin(), members.end(), rank_) - members.begin());
     auto id = cache_.lookup(key, index, local.own);
@@ -426,11 +449,10 @@ void Engine::run_round() {
     announced_[key] = std::make_unique<Local>(std::move(local));
   }
   round_tag_ = next_tag_++;
-  recorder_.set_activity("negotiation round", round_tag_);
-  CollectiveContext ctx{runtime_->transport(), round_tag_, Deadline::after_seconds(timeout_s_)};
+  recorder_.set_activity(leaving ? "leaving the job (shutdown)" : "negotiation round", round_tag_);
   RoundResult round;
   try {
-    round = exchange_announcements(ctx, mine);
+    round = exchange_among_live(mine);
   } catch (const Error& error) {
     std::ostringstream waiting;
     size_t listed = 0;
@@ -449,9 +471,17 @@ void Engine::run_round() {
     stats_.negotiation_bytes += round.bytes;
     stats_.cache_hits += mine.cache_ids.size();
   }
+  if (leaving) return;  // this rank is gone: it applies and runs nothing more
   apply_announcements(round);
+  note_departures(round);
+  drop_departed();
+  note_waits(round);
   execute_ready(table_.take_ready(joined_));
+  prune_waits();
   timeline_.flush();
+  if (auto deadlock = find_deadlock(table_, waits_, joined_, rank_)) {
+    throw Error(ErrorKind::kMismatch, *deadlock);  // progress_locked poisons the engine
+  }
 }
 
 void Engine::apply_announcements(const RoundResult& round) {
@@ -482,86 +512,6 @@ void Engine::apply_announcements(const RoundResult& round) {
       table_.attach_inline_data(data.key, r, data.bytes);
     }
   }
-}
-
-void Engine::poison(const Error& error) {
-  std::optional<Error> earlier;
-  {
-    std::lock_guard<std::mutex> lock(queue_mutex_);
-    earlier = broken_;
-  }
-  if (earlier) {
-    fail_all(*earlier);
-    return;
-  }
-  // Read before the transport is aborted: what this rank was doing and whom it waited on.
-  const int peer = runtime_->transport().waiting_for();
-  const std::string now = status_line();
-  const std::string message = error.what();
-  std::string first_line;
-  if (heartbeat_) {
-    // Recorded before the peers see this rank's abort, so that they find it in the store. Not
-    // repeated when this rank saw it itself (a peer's abort) or saw the same (a stall every
-    // rank detects on its own: only the "rank N: " prefix differs).
-    auto first = heartbeat_->first_failure(message);
-    auto without_rank = [](const std::string& text) { return text.substr(text.find(": ") + 1); };
-    if (first && message.find(*first) == std::string::npos &&
-        without_rank(*first) != without_rank(message)) {
-      first_line = "\n  the first failure in this job: " + *first;
-    }
-  }
-  {
-    std::lock_guard<std::mutex> lock(queue_mutex_);
-    broken_ = Error(error.kind(), message + first_line);
-  }
-  // Peers get the short form and add what they know themselves; they hear it before this rank
-  // reads every heartbeat.
-  runtime_->transport().abort(message);
-  const std::string whereabouts = heartbeat_ ? heartbeat_->whereabouts() : "";
-  const Error failure(error.kind(), message + first_line + whereabouts);
-  {
-    std::lock_guard<std::mutex> lock(queue_mutex_);
-    broken_ = failure;
-  }
-  fail_all(failure, peer);
-  report_flight_recorder(failure.what(), now);
-}
-
-void Engine::fail_all(const Error& error, int peer) {
-  std::vector<Local> queued;
-  {
-    std::lock_guard<std::mutex> lock(queue_mutex_);
-    queued.swap(queue_);
-    pending_names_.clear();
-  }
-  const int64_t now = Timeline::now_us();
-  for (Local& local : queued) {
-    recorder_.finished(local.flight_id, false, -1, now);
-    local.handle->fail(error);
-  }
-  for (auto& [key, local] : announced_) {
-    recorder_.finished(local->flight_id, false, peer, now);
-    local->handle->fail(error);
-  }
-  announced_.clear();
-  waiting_ = false;
-}
-
-void Engine::report_flight_recorder(const std::string& error, const std::string& now) {
-  const std::string& dir = env_config().flight_recorder_dir;
-  if (!dir.empty()) {
-    ::mkdir(dir.c_str(), 0777);  // may exist already; opening the file tells
-    const std::string path = dir + "/rank" + std::to_string(rank_) + ".json";
-    std::ofstream file(path, std::ios::trunc);
-    file << recorder_.to_json(rank_, size_, error, now);
-    file.close();
-    if (file) {
-      RF_LOG(kError) << "rank " << rank_ << ": failed; flight recorder written to " << path;
-      return;
-    }
-    RF_LOG(kError) << "rank " << rank_ << ": could not write the flight recorder to " << path;
-  }
-  RF_LOG(kError) << recorder_.to_text(rank_, size_, error, now);
 }
 
 }  // namespace rf

@@ -8,10 +8,15 @@
 // exchanges and no thread hand-off. Whoever holds comm_mutex_ drives; rounds are started by
 // whichever rank has news, and idle ranks join when their sockets turn readable.
 //
-// Failure: an I/O error or timeout poisons the engine — peers are told why, every pending
-// handle and every later call raises the first error. The error names where the failure began
-// (the job's first failure, recorded in the store), the ranks whose heartbeat stopped and what
-// each rank was doing (heartbeat.h); the flight recorder is printed or written to a file.
+// Shutdown (departure.cc): close() announces the departure in a last negotiation round, so
+// peers take the closing connections for an orderly leave; what still needs the rank that left
+// fails at once, the rest goes on among the ranks still there. Deadlocks (deadlock.h): ranks
+// announce the tensors their callers wait on, and waits that can never end fail every rank.
+//
+// Failure (failure.cc): an I/O error or timeout poisons the engine — peers are told why, every
+// pending handle and every later call raises the first error. The error names where the failure
+// began (the job's first failure, recorded in the store), the ranks whose heartbeat stopped and
+// what each rank was doing (heartbeat.h); the flight recorder is printed or written to a file.
 #pragma once
 
 #include <atomic>
@@ -70,12 +75,15 @@ class Engine {
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
 
-  // Stops the thread, fails pending handles, closes the connections. Idempotent.
+  // Stops the thread, fails pending handles, tells the peers this rank leaves, closes the
+  // connections. Idempotent.
   void close();
 
   int rank() const { return rank_; }
   int size() const { return size_; }
   const Topology& topology() const { return runtime_->topology(); }
+  uint32_t generation() const { return runtime_->generation(); }
+  uint32_t store_instance() const { return runtime_->store_instance(); }
 
   // Queues the submissions (one group: announced in the same round). Throws at once for what
   // this rank alone can tell is wrong: a duplicate pending name, a set this rank is not in, a
@@ -123,7 +131,27 @@ class Engine {
   bool peers_readable(int timeout_ms);
   // With comm_mutex_ held: rounds until no rank has news for this one (or `until` is done).
   void progress_locked(const Handle* until = nullptr);
-  void run_round();
+  // `leaving`: this rank's last round (departure.cc); it announces that and applies nothing.
+  void run_round(bool leaving = false);
+  // departure.cc: this rank's last round, with comm_mutex_ held and nothing left pending.
+  void leave();
+  // The round's exchange, among the ranks still in the job; by_rank is indexed by job rank.
+  RoundResult exchange_among_live(const Announcement& mine);
+  // Records the ranks that announced their departure this round; stops polling their sockets.
+  void note_departures(const RoundResult& round);
+  // Fails (on this rank) the tensors that need a rank that has left.
+  void drop_departed();
+  Error departed_error(const std::string& what, const std::string& name,
+                       const std::vector<int>& members);
+  bool needs_departed(const std::vector<int>& members) const;
+  // The sockets to poll for a peer's round: those of the ranks still in the job.
+  void refresh_peer_fds();
+  // Deadlock detection: callers record the tensor they wait on; rounds carry it (deadlock.h).
+  void begin_wait(const Handle& handle);
+  void end_wait(const Handle& handle);
+  bool waits_overdue();
+  void note_waits(const RoundResult& round);
+  void prune_waits();
   std::vector<int> members_of(const Descriptor& d);
   void apply_announcements(const RoundResult& round);
   void execute_ready(std::vector<PendingTensor> ready);
@@ -184,6 +212,8 @@ class Engine {
   bool closed_ = false;
   std::vector<uint64_t> sends_to_;  // point-to-point message counters per peer
   std::vector<uint64_t> recvs_from_;
+  std::vector<TensorKey> new_waits_;  // tensors callers wait on, not announced yet
+  int64_t new_waits_since_us_ = 0;
 
   // Everything below belongs to whoever holds comm_mutex_.
   std::mutex comm_mutex_;
@@ -198,11 +228,18 @@ class Engine {
   uint64_t round_tag_ = 0;  // the tag of the round being applied (inline allreduces run in it)
   std::mutex sets_mutex_;   // also read by submitting threads
   ProcessSetTable sets_;
+  std::vector<bool> departed_;  // ranks that shut down (announced in a round)
+  std::vector<int> live_;       // the ranks still in the job, this one included: rounds run here
+  std::vector<std::vector<TensorKey>> waits_;  // by rank: the pending tensors its callers wait on
 
   std::mutex stats_mutex_;
   EngineStats stats_;
 
-  std::vector<int> peer_fds_;  // taken once: the transport itself is not shared between threads
+  // The sockets of the ranks still in the job (the transport itself is not shared between
+  // threads); readers keep a copy and refresh it when the version changes.
+  std::mutex fds_mutex_;
+  std::vector<int> peer_fds_;
+  std::atomic<uint64_t> peer_fds_version_{0};
   std::atomic<bool> waiting_{false};  // tensors wait for other ranks: the stall inspector ticks
   UniqueFd wake_fd_;                  // eventfd: async submissions wake the background thread
   std::atomic<bool> sleeping_{false};

@@ -36,6 +36,9 @@ class Handle {
   std::vector<int64_t> output_shape;
   std::vector<int64_t> received_splits;  // alltoall
   int64_t value = 0;                     // add_process_set: the new set's id
+  // The tensor's key (process set, name hash): a caller waiting on it announces it (deadlock.h).
+  int32_t process_set = 0;
+  uint64_t name_hash = 0;
 
   void complete();
   void fail(const Error& error);

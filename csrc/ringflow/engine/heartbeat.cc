@@ -16,6 +16,8 @@ namespace {
 // Heartbeats older than this many intervals mean the rank stopped answering: one beat may be
 // late under load, three in a row are not.
 constexpr double kStaleIntervals = 3.0;
+// The status of a rank that shut down in order (its heartbeat is old, and that is fine).
+constexpr const char* kDepartedStatus = "shut down (left the job in order)";
 // Ranks read and listed in a failure message (a bigger job: its first ones only).
 constexpr int kMaxListedRanks = 64;
 // Every store request of the heartbeat ends within about this long (the failure path waits on
@@ -73,6 +75,20 @@ void Heartbeat::stop() {
   }
   wake_.notify_all();
   if (thread_.joinable()) thread_.join();
+}
+
+void Heartbeat::record_departure() {
+  std::shared_ptr<TcpStoreClient> client;
+  {
+    std::lock_guard<std::mutex> lock(store_mutex_);
+    client = store_;
+  }
+  if (!client) return;  // the store is gone (rank 0 hosted it and left): nobody reads it now
+  try {
+    client->set(key(options_.rank), std::to_string(wall_us()) + " " + kDepartedStatus);
+  } catch (const std::exception& error) {
+    RF_LOG(kDebug) << "rank " << options_.rank << ": departure not stored: " << error.what();
+  }
 }
 
 std::string Heartbeat::key(int rank) const {
@@ -157,7 +173,7 @@ std::string Heartbeat::whereabouts() {
     const std::string status = space == std::string::npos ? "" : value.substr(space + 1);
     char age[32];
     std::snprintf(age, sizeof(age), "%.1f s", age_s);
-    if (age_s > stale_s && can_judge) {
+    if (age_s > stale_s && can_judge && status != kDepartedStatus) {
       stopped << "\n  rank " << r << " stopped answering: its last heartbeat is " << age
               << " old (then: " << status << ")";
       doing << "(" << age << " ago) ";

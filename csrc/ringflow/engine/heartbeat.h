@@ -45,6 +45,9 @@ class Heartbeat {
   Heartbeat& operator=(const Heartbeat&) = delete;
 
   void stop();  // idempotent; returns within about a second even if the store is stuck
+  // After stop(): the last heartbeat says this rank shut down in order, so that a later
+  // failure of the others does not call it stopped. Best effort, on the open connection only.
+  void record_departure();
 
   // Records `failure` as the job's first failure unless a rank did so before; returns that
   // earlier failure, or nothing (this one is first, or the store cannot tell).

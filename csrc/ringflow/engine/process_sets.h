@@ -50,6 +50,7 @@ class SubsetTransport : public Transport {
   }
   void wait_all(const Deadline& deadline) override { parent_.wait_all(deadline); }
   std::vector<int> peer_fds() const override { return parent_.peer_fds(); }
+  int peer_fd(int peer) const override { return parent_.peer_fd(members_[peer]); }
   bool has_buffered_input() const override { return parent_.has_buffered_input(); }
   void abort(const std::string& reason) noexcept override { parent_.abort(reason); }
 

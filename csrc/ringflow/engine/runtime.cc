@@ -2,9 +2,12 @@
 
 #include <unistd.h>
 
+#include <random>
+
 #include "ringflow/collectives/collective.h"
 #include "ringflow/common/check.h"
 #include "ringflow/common/env.h"
+#include "ringflow/transport/job_generation.h"
 
 namespace rf {
 
@@ -51,15 +54,21 @@ void Runtime::join() {
     server.port = options.store_port;
     server.secret = options.secret;
     server.job_id = options.job_id;
-    server.generation = options.generation;
+    // Any nonzero number other than the last store's: it only has to differ from that one.
+    std::random_device random;
+    do {
+      server.instance = random();
+    } while (server.instance == 0 || server.instance == options.used_store);
     store_server_ = std::make_unique<TcpStoreServer>(server);
   }
   store_ = std::make_unique<TcpStoreClient>(store_client_options(), deadline);
+  store_instance_ = store_->server_instance();
+  generation_ = agree_generation(*store_, options.rank, options.size, deadline);
 
   RendezvousOptions rendezvous;
   rendezvous.rank = options.rank;
   rendezvous.size = options.size;
-  rendezvous.generation = options.generation;
+  rendezvous.generation = generation_;
   rendezvous.secret = options.secret;
   rendezvous.job_id = options.job_id;
   rendezvous.advertise_ip = store_->local_ip();
@@ -80,7 +89,7 @@ StoreClientOptions Runtime::store_client_options() const {
   client.secret = options_.secret;
   client.job_id = options_.job_id;
   client.rank = options_.rank;
-  client.generation = options_.generation;
+  client.used_store = options_.used_store;
   return client;
 }
 

@@ -1,7 +1,8 @@
 // The connections of one initialised ringflow process: the store connection (and the store
 // itself on rank 0 when no launcher hosts it), the mesh of peer connections and the topology.
 // Owned by the Engine, which is the only user of the transport. Rank 0 keeps a store it hosts
-// open until it shuts down: heartbeats and failure reports go through it.
+// open until it shuts down: heartbeats and failure reports go through it. Each init() is a new
+// generation of the job, agreed through the store (job_generation.h).
 #pragma once
 
 #include <memory>
@@ -23,7 +24,9 @@ struct RuntimeOptions {
   bool host_store = false;  // rank 0 hosts the store at store_host:store_port
   std::string secret;
   std::string job_id;
-  uint32_t generation = 0;
+  // The rank-0-hosted store this process used in its last init() (0: none): refused, so that
+  // a rank that starts over never meets the job's previous store (StoreServerOptions).
+  uint32_t used_store = 0;
   double timeout_s = 300.0;
 };
 
@@ -44,6 +47,10 @@ class Runtime {
   int size() const { return options_.size; }
   const Topology& topology() const { return topology_; }
   Transport& transport() { return *transport_; }
+  // The job's generation this rank joined (0 in a world of one).
+  uint32_t generation() const { return generation_; }
+  // The store instance this rank used (StoreServerOptions::instance; 0: the launcher's).
+  uint32_t store_instance() const { return store_instance_; }
   // How to open another connection to this job's store (the heartbeat has its own).
   StoreClientOptions store_client_options() const;
 
@@ -55,6 +62,8 @@ class Runtime {
   std::unique_ptr<TcpStoreClient> store_;
   std::unique_ptr<Transport> transport_;
   Topology topology_;
+  uint32_t generation_ = 0;
+  uint32_t store_instance_ = 0;
 };
 
 }  // namespace rf

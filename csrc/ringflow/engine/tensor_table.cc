@@ -75,6 +75,26 @@ void TensorTable::attach_inline_data(const TensorKey& key, int rank, std::vector
   tensor.has_inline_data[index] = true;
 }
 
+const PendingTensor* TensorTable::find(const TensorKey& key) const {
+  auto found = order_of_.find(key);
+  return found == order_of_.end() ? nullptr : &by_order_.at(found->second);
+}
+
+std::vector<PendingTensor> TensorTable::take_involving(const std::vector<bool>& gone) {
+  std::vector<PendingTensor> taken;
+  for (auto it = by_order_.begin(); it != by_order_.end();) {
+    const std::vector<int>& members = it->second.members;
+    if (std::none_of(members.begin(), members.end(), [&](int r) { return gone[r]; })) {
+      ++it;
+      continue;
+    }
+    order_of_.erase(it->second.key);
+    taken.push_back(std::move(it->second));
+    it = by_order_.erase(it);
+  }
+  return taken;
+}
+
 int PendingTensor::contributors() const {
   int count = 0;
   for (bool s : stand_in) count += s ? 0 : 1;

@@ -52,6 +52,11 @@ class TensorTable {
   // (no rows for an allgather).
   std::vector<PendingTensor> take_ready(const std::vector<bool>& joined);
   std::map<uint64_t, PendingTensor>& pending() { return by_order_; }
+  const std::map<uint64_t, PendingTensor>& pending() const { return by_order_; }
+  // The pending tensor with this key, or null.
+  const PendingTensor* find(const TensorKey& key) const;
+  // Removes and returns the tensors whose set holds a rank with gone[rank] (it left the job).
+  std::vector<PendingTensor> take_involving(const std::vector<bool>& gone);
   bool empty() const { return by_order_.empty(); }
   size_t size() const { return by_order_.size(); }
 

@@ -108,9 +108,11 @@ void HandshakeAcceptor::run(Connection* connection) {
   // sends "accepted": a peer told it was accepted is never cut off afterwards. One cut off
   // first is closed without a verdict, so the peer sees a dropped handshake and retries.
   bool claimed = false;
+  bool not_now = false;  // refused by the owner's check: an authenticated peer, told to retry
   PeerCheck claim = [&](const Identity& peer, std::string* reason) {
     Verdict verdict = options_.check ? options_.check(peer, reason) : Verdict::kAccepted;
-    if (verdict != Verdict::kAccepted) return verdict;
+    not_now = verdict != Verdict::kAccepted;
+    if (not_now) return verdict;
     std::lock_guard<std::mutex> lock(mutex_);
     if (!connection->pending || stopping_) {
       throw Error(ErrorKind::kPeerFailure, "cut off before its verdict");
@@ -123,7 +125,12 @@ void HandshakeAcceptor::run(Connection* connection) {
   try {
     auto result = handshake(fd, options_.me, options_.expected_peer_role, options_.secret, claim,
                             Deadline::after_seconds(options_.handshake_seconds));
-    if (result.verdict != Verdict::kAccepted) {
+    if (not_now) {
+      // Part of normal operation (a rank of the next init() tries the store or listener of
+      // this one, and retries): no warning.
+      RF_LOG(kInfo) << options_.who << ": refused a connection from " << address << ": "
+                    << result.reason;
+    } else if (result.verdict != Verdict::kAccepted) {
       note_refusal(address, "refused", result.reason);
     } else if (claimed) {
       UniqueFd owned;

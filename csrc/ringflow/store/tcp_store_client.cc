@@ -33,7 +33,7 @@ auto TcpStoreClient::locked_request(Request request) {
 
 TcpStoreClient::TcpStoreClient(StoreClientOptions options, const Deadline& deadline)
     : options_(std::move(options)) {
-  net::Identity me{net::Role::kStoreClient, options_.rank, options_.generation, options_.job_id};
+  net::Identity me{net::Role::kStoreClient, options_.rank, options_.used_store, options_.job_id};
   std::string last_error = "no attempt";
   auto backoff = std::chrono::milliseconds(5);
   while (true) {
@@ -43,6 +43,7 @@ TcpStoreClient::TcpStoreClient(StoreClientOptions options, const Deadline& deadl
           net::handshake(fd.get(), me, net::Role::kStoreServer, options_.secret, nullptr, deadline);
       if (result.verdict == net::Verdict::kAccepted) {
         fd_ = std::move(fd);
+        server_instance_ = result.peer.generation;
         return;
       }
       last_error = result.reason;
@@ -54,7 +55,7 @@ TcpStoreClient::TcpStoreClient(StoreClientOptions options, const Deadline& deadl
       if (std::string(error.what()).find("refused the connection: ") != std::string::npos) throw;
       last_error = error.what();
     }
-    // The server is not listening yet (rank 0 still starting) or serves an older generation;
+    // The server is not listening yet (rank 0 still starting) or is an earlier init's store;
     // retrying a connect is the one place where ringflow waits by sleeping.
     RF_CHECK(!deadline.expired(), kTimeout)
         << "rank " << options_.rank << ": could not reach the store at " << options_.server.str()

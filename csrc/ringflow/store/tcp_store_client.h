@@ -15,8 +15,10 @@ struct StoreClientOptions {
   net::Endpoint server;
   std::string secret;
   std::string job_id;
-  int32_t rank = -1;         // for the server's logs
-  uint32_t generation = 0;   // a rank-0-hosted store only accepts its own generation
+  int32_t rank = -1;  // for the server's logs
+  // A rank-0-hosted store this process used in an earlier init() (0: none): that store refuses
+  // the connection, and the client retries until rank 0's next store is up.
+  uint32_t used_store = 0;
   double timeout_s = 300.0;  // for get()/wait() callers without a deadline of their own
   // How long one request's I/O may take, and how long past a get()/wait() deadline the reply
   // may be late. A client that must not block for long (the heartbeat, the failure path)
@@ -27,7 +29,7 @@ struct StoreClientOptions {
 
 class TcpStoreClient : public Store {
  public:
-  // Connects, retrying while the server is not up yet (or still serves an older generation),
+  // Connects, retrying while the server is not up yet (or is the store of an earlier init),
   // until the deadline. A wrong secret or job id fails at once.
   TcpStoreClient(StoreClientOptions options, const Deadline& deadline);
 
@@ -41,6 +43,8 @@ class TcpStoreClient : public Store {
   // which is the one ranks advertise to each other.
   std::string local_ip() const;
   double timeout_s() const { return options_.timeout_s; }
+  // Which store instance answered (see StoreServerOptions::instance; 0: the launcher's).
+  uint32_t server_instance() const { return server_instance_; }
 
  private:
   // Runs one request with the lock held. An I/O error leaves the connection mid-message, so
@@ -52,6 +56,7 @@ class TcpStoreClient : public Store {
   int fd() const;
 
   StoreClientOptions options_;
+  uint32_t server_instance_ = 0;
   mutable std::mutex mutex_;
   UniqueFd fd_;
 };

@@ -33,14 +33,15 @@ net::AcceptorOptions TcpStoreServer::acceptor_options() const {
   net::AcceptorOptions acceptor;
   acceptor.who = "store";
   acceptor.me = net::Identity{net::Role::kStoreServer, -1, 0, options_.job_id};
-  acceptor.me.generation = options_.generation < 0 ? 0 : static_cast<uint32_t>(options_.generation);
+  acceptor.me.generation = options_.instance;  // the hello's generation field names the store
   acceptor.expected_peer_role = net::Role::kStoreClient;
   acceptor.secret = options_.secret;
-  int64_t generation = options_.generation;
-  acceptor.check = [generation](const net::Identity& peer, std::string* reason) {
-    if (generation >= 0 && peer.generation != generation) {
-      *reason = "client is at generation " + std::to_string(peer.generation) +
-                ", this store serves generation " + std::to_string(generation);
+  const uint32_t instance = options_.instance;
+  acceptor.check = [instance](const net::Identity& peer, std::string* reason) {
+    if (instance != 0 && peer.generation == instance) {
+      *reason =
+          "the client used this store in an earlier init(); rank 0 has not started its "
+          "next one yet";
       return net::Verdict::kRefused;
     }
     return net::Verdict::kAccepted;

@@ -20,7 +20,11 @@ struct StoreServerOptions {
   int port = 0;  // 0 picks a free port
   std::string secret;
   std::string job_id;
-  int64_t generation = -1;  // -1 accepts clients of any generation (launcher-hosted store)
+  // Nonzero for the store rank 0 hosts during one init(): it names this store in the
+  // handshake, and a client that says it used this store before (an earlier init of the same
+  // job) is refused, so it waits for rank 0's next store instead. 0 (the launcher's store,
+  // which outlives every init) accepts every client.
+  uint32_t instance = 0;
 };
 
 class TcpStoreServer {

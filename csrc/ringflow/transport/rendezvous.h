@@ -14,7 +14,7 @@ namespace rf {
 struct RendezvousOptions {
   int rank = 0;
   int size = 1;
-  uint32_t generation = 0;  // how many times this process initialised before; namespaces keys
+  uint32_t generation = 0;  // the job's generation (job_generation.h); namespaces keys
   std::string secret;
   std::string job_id;
   std::string advertise_ip;  // where peers reach this rank (the interface that reaches the store)

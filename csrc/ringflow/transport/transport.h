@@ -38,6 +38,11 @@ class Transport {
   // For a thread that waits for peers to start talking (the engine between operations): the
   // sockets to poll for readability, and whether bytes already read sit in a staging buffer.
   virtual std::vector<int> peer_fds() const = 0;
+  // The socket to one peer (-1: none to poll): the engine stops polling a peer that left.
+  virtual int peer_fd(int peer) const {
+    (void)peer;
+    return -1;
+  }
   virtual bool has_buffered_input() const = 0;
   // The job rank this rank last went to sleep waiting for (its first pending operation), or -1
   // after a wait completed. Stays set when a wait throws. Safe to read from any thread: the

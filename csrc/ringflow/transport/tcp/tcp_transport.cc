@@ -142,6 +142,11 @@ std::vector<int> TcpTransport::peer_fds() const {
   return fds;
 }
 
+int TcpTransport::peer_fd(int peer) const {
+  if (peer < 0 || peer >= size() || !pairs_[peer]) return -1;
+  return pairs_[peer]->fd();
+}
+
 bool TcpTransport::has_buffered_input() const {
   for (const auto& p : pairs_) {
     if (p && p->has_buffered_input()) return true;

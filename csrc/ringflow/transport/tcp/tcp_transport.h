@@ -29,6 +29,7 @@ class TcpTransport : public Transport {
   void wait_recv(int peer, uint64_t ticket, const Deadline& deadline) override;
   void wait_all(const Deadline& deadline) override;
   std::vector<int> peer_fds() const override;
+  int peer_fd(int peer) const override;
   bool has_buffered_input() const override;
   int waiting_for() const override { return waiting_for_.load(std::memory_order_relaxed); }
   void abort(const std::string& reason) noexcept override;
