@@ -24,8 +24,8 @@ import rank_results  # noqa: E402
 import summarize  # noqa: E402
 
 STAGES = [
-    "probe", "build", "kernels", "staging", "bench", "streams",
-    "collectives_n1", "collectives_n2", "collectives_n4", "pytest_gpu",
+    "probe", "build", "kernels", "staging", "streams",
+    "collectives_n1", "collectives_n2", "collectives_n4", "bench", "pytest_gpu",
 ]  # fmt: skip
 
 

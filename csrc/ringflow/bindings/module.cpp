@@ -13,7 +13,7 @@
 #include "ringflow/common/dtype.h"
 #include "ringflow/common/error.h"
 #include "ringflow/cuda/device.h"
-#include "ringflow/cuda/kernels.h"  // the test-only CUDA block at the end
+#include "ringflow/cuda/kernel_call.h"  // the test-only CUDA block at the end
 #include "ringflow/engine/engine.h"
 #include "ringflow/net/handshake.h"
 #include "ringflow/net/socket.h"
@@ -542,60 +542,32 @@ PYBIND11_MODULE(_core, m) {
         "GPUs this process can use; 0 without a driver or a GPU.");
   m.def("cuda_available", &rf::cuda::available, "Whether CUDA is built and a GPU is usable.");
   using Region = std::tuple<uintptr_t, uintptr_t, size_t>;
-  // Kernel `name` on the device (on `stream`, then waits for it if `wait`) or its host reference.
-  auto run_cuda = [](bool on_device, const std::string& name, uintptr_t dst,
-                     const std::vector<uintptr_t>& srcs, size_t count, DType dtype, ReduceOp op,
-                     double factor, int64_t divisor, std::optional<DType> src_dtype,
-                     const std::vector<Region>& regions, uintptr_t stream_int, bool wait) {
-    namespace ref = rf::cuda::reference;
-    void* out = reinterpret_cast<void*>(dst);
-    void* stream = reinterpret_cast<void*>(stream_int);
-    std::vector<const void*> in;
-    for (uintptr_t src : srcs) in.push_back(reinterpret_cast<const void*>(src));
-    std::vector<rf::cuda::CopyRegion> copies;
-    for (const auto& [to, from, bytes] : regions) {
-      copies.push_back({reinterpret_cast<void*>(to), reinterpret_cast<const void*>(from), bytes});
-    }
-    if (on_device && !rf::cuda::available()) {
-      throw rf::Error(rf::ErrorKind::kInvalidArgument,
-                      std::string("no usable CUDA device for kernel '") + name + "' (" +
-                          (rf::cuda::built() ? "no driver or GPU" : "built without CUDA") + ")");
-    }
-    if (name == "cast" && (in.size() != 1 || !src_dtype)) {
-      throw rf::Error(rf::ErrorKind::kInvalidArgument, "cast needs one src and a src_dtype");
-    }
-    py::gil_scoped_release release;
-    const int n = static_cast<int>(in.size());
-    if (name == "reduce_fold") {
-      on_device ? rf::cuda::reduce_fold(out, in.data(), n, count, dtype, op, stream)
-                : ref::reduce_fold(out, in.data(), n, count, dtype, op);
-    } else if (name == "scale") {
-      on_device ? rf::cuda::scale(out, count, dtype, factor, stream)
-                : ref::scale(out, count, dtype, factor);
-    } else if (name == "divide") {
-      on_device ? rf::cuda::divide(out, count, dtype, divisor, stream)
-                : ref::divide(out, count, dtype, divisor);
-    } else if (name == "cast") {
-      on_device ? rf::cuda::cast(out, dtype, in[0], *src_dtype, count, stream)
-                : ref::cast(out, dtype, in[0], *src_dtype, count);
-    } else if (name == "batched_copy") {
-      on_device ? rf::cuda::batched_copy(copies.data(), copies.size(), stream)
-                : ref::batched_copy(copies.data(), copies.size());
-    } else {
-      throw rf::Error(rf::ErrorKind::kInvalidArgument, "no CUDA kernel named '" + name + "'");
-    }
-    if (on_device && wait) rf::cuda::stream_synchronize(stream);
-  };
   for (bool on_device : {false, true}) {
     m.def(
         on_device ? "_cuda_kernel" : "_cuda_reference",
-        [run_cuda, on_device](const std::string& name, uintptr_t dst,
-                              const std::vector<uintptr_t>& srcs, size_t count, DType dtype,
-                              ReduceOp op, double factor, int64_t divisor,
-                              std::optional<DType> src_dtype, const std::vector<Region>& regions,
-                              uintptr_t stream, bool synchronize) {
-          run_cuda(on_device, name, dst, srcs, count, dtype, op, factor, divisor, src_dtype,
-                   regions, stream, synchronize);
+        [on_device](const std::string& name, uintptr_t dst, const std::vector<uintptr_t>& srcs,
+                    size_t count, DType dtype, ReduceOp op, double factor, int64_t divisor,
+                    std::optional<DType> src_dtype, const std::vector<Region>& regions,
+                    uintptr_t stream, bool synchronize) {
+          rf::cuda::KernelCall call{name,
+                                    reinterpret_cast<void*>(dst),
+                                    {},
+                                    count,
+                                    dtype,
+                                    op,
+                                    factor,
+                                    divisor,
+                                    src_dtype,
+                                    {},
+                                    reinterpret_cast<void*>(stream),
+                                    synchronize};
+          for (uintptr_t src : srcs) call.srcs.push_back(reinterpret_cast<const void*>(src));
+          for (const auto& [to, from, bytes] : regions) {
+            call.regions.push_back(
+                {reinterpret_cast<void*>(to), reinterpret_cast<const void*>(from), bytes});
+          }
+          py::gil_scoped_release release;
+          rf::cuda::run_kernel_call(call, on_device);
         },
         py::arg("name"), py::arg("dst") = 0, py::arg("srcs") = std::vector<uintptr_t>{},
         py::arg("count") = 0, py::arg("dtype") = DType::kFloat32, py::arg("op") = ReduceOp::kSum,

@@ -58,8 +58,8 @@ bool Engine::try_device_allreduce(std::vector<Ready>& bucket, const CollectiveCo
   }
   // Average is one scaling by postscale / N, as on the host path (Horovod's rule). No member
   // has joined here, so N is the set's size whatever RINGFLOW_JOIN_AVERAGE says.
-  const double factor = finishing_factor(request.op, request.postscale,
-                                         static_cast<int64_t>(members.size()));
+  const double factor =
+      finishing_factor(request.op, request.postscale, static_cast<int64_t>(members.size()));
   auto finish = [=](void* data, size_t count, void* s) {
     cuda::scale(data, count, dtype, factor, s);
   };
