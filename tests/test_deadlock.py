@@ -208,3 +208,32 @@ def test_waits_on_a_busy_rank_are_no_deadlock(make_job):
     set_id = job.call(_add_set, [1, 2])[0]
     results = job.call(_chain, set_id, 0.3, deadline=30)
     assert results == [(None, [6] * 3), ([5] * 3, [6] * 3), ([5] * 3, [6] * 3)], results
+
+
+def _two_threads(busy_s):
+    """Each rank waits on one tensor in its main thread while a second thread, after some work,
+    submits the tensor the other rank waits on: the check's assumption broken on purpose."""
+    import threading
+
+    x = np.full(3, rf.rank() + 1, np.int64)
+    mine, theirs = ("a", "b") if rf.rank() == 0 else ("b", "a")
+    results = {}
+
+    def second_thread():
+        end = time.monotonic() + busy_s  # long past the 50 ms after which waits are announced
+        while time.monotonic() < end:
+            pass
+        results[theirs] = rf.allreduce(x, op=rf.Sum, name=theirs).tolist()
+
+    helper = threading.Thread(target=second_thread)
+    helper.start()
+    results[mine] = _outcome(lambda: rf.allreduce(x, op=rf.Sum, name=mine))[0]
+    helper.join()
+    return results[mine], results[theirs]
+
+
+def test_deadlock_check_can_be_turned_off(make_job):
+    """With RINGFLOW_DEADLOCK_CHECK=0 a rank may submit from one thread while another waits:
+    both waits complete (with the check on, this pattern is reported as a deadlock)."""
+    job = make_job(2, env={**LONG_STALL, "RINGFLOW_DEADLOCK_CHECK": "0"}).start()
+    assert job.call(_two_threads, 0.3, deadline=30) == [("returned", [3] * 3)] * 2

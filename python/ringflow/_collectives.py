@@ -214,7 +214,11 @@ def _alltoall(x, splits, name, process_set, sync):
         tensor = _core.Tensor(array, _core.DType.uint8, name, reason)
         send_splits = [0] * world
     elif sum(send_splits) < rows:  # as Horovod: the rows after the splits are not sent
-        array, tensor = _arrays.describe(array[: sum(send_splits)], name)
+        if isinstance(array, _device.DeviceArray):
+            array = array.first_rows(sum(send_splits))
+            tensor = array.tensor(name)
+        else:
+            array, tensor = _arrays.describe(array[: sum(send_splits)], name)
     handles = _submit(_K.alltoall, [tensor], [None], ps=ps, splits=send_splits, sync=sync)
 
     def result(hs):

@@ -31,6 +31,8 @@ _BY_NAME = {
     "float64": _D.float64,
     "bool": _D.bool,
 }
+# CAI v3 / CuPy's handle of cudaStreamPerThread: a different stream in every thread.
+_PER_THREAD_DEFAULT_STREAM = 2
 # How a bfloat16 result travels through numpy (which has no bfloat16): as its bits.
 _HOST_DTYPE = {"bfloat16": np.dtype(np.int16)}
 
@@ -79,11 +81,31 @@ class DeviceArray:
             return f"CUDA array of shape {self.shape} is not C-contiguous; make it contiguous"
         if writable and self.readonly:
             return "CUDA array is read-only but the operation writes into it"
+        if self.stream == _PER_THREAD_DEFAULT_STREAM:
+            # ringflow's thread would order its result on its own per-thread stream instead
+            return (
+                "the per-thread default stream (cudaStreamPerThread) is not supported; use a "
+                "stream object or the legacy default stream"
+            )
         return ""
 
     def tensor(self, name: str) -> _core.Tensor:
         return _core.Tensor.cuda(
             self.address, self.device, self.stream, self.core_dtype, list(self.shape), name
+        )
+
+    def first_rows(self, rows: int) -> DeviceArray:
+        """The first `rows` rows of this C-contiguous array: the same memory, a shorter shape."""
+        return DeviceArray(
+            self.obj,
+            self.kind,
+            self.address,
+            self.device,
+            self.dtype_name,
+            (rows, *self.shape[1:]),
+            self.stream,
+            True,
+            self.readonly,
         )
 
     def empty(self, shape) -> DeviceArray:

@@ -63,17 +63,25 @@ IpcPeerBuffers::IpcPeerBuffers(const CollectiveContext& ctx, int device, size_t 
   const std::string id = boot_id();
   std::strncpy(mine.boot_id, id.c_str(), sizeof(mine.boot_id) - 1);
   mine.device = device;
-  mine_ = std::make_unique<cuda::DeviceBuffer>(device, capacity);
-  mine.handle = cuda::ipc_memory_handle(*mine_);
-  const std::vector<Hello> hellos = exchange(ctx, mine);
-
+  // A rank that cannot make its buffer (out of device memory, say) still takes part in both
+  // exchanges, so every rank learns it and all take the host path instead.
   bool mapped = !id.empty();
+  try {
+    mine_ = std::make_unique<cuda::DeviceBuffer>(device, capacity);
+    mine.handle = cuda::ipc_memory_handle(*mine_);
+  } catch (const Error& error) {
+    RF_LOG(kInfo) << "rank " << me << ": no CUDA IPC buffer of " << capacity << " bytes ("
+                  << error.what() << "); CUDA allreduces go through host memory";
+    mine_.reset();
+    mapped = false;
+  }
+  const std::vector<Hello> hellos = exchange(ctx, mine);
   for (const Hello& hello : hellos) {
     mapped = mapped && std::strncmp(hello.boot_id, mine.boot_id, sizeof(mine.boot_id)) == 0;
   }
   mapped_.resize(size);
   buffers_.assign(size, nullptr);
-  buffers_[me] = mine_->data();
+  if (mine_) buffers_[me] = mine_->data();
   for (int q = 0; q < size && mapped; ++q) {
     if (q == me) continue;
     try {
@@ -81,7 +89,7 @@ IpcPeerBuffers::IpcPeerBuffers(const CollectiveContext& ctx, int device, size_t 
       buffers_[q] = mapped_[q]->data();
     } catch (const Error& error) {
       RF_LOG(kDebug) << "rank " << me << ": cannot map rank " << q << "'s CUDA buffer ("
-                     << error.what() << "); device tensors go through host memory";
+                     << error.what() << "); CUDA allreduces go through host memory";
       mapped = false;
     }
   }
@@ -90,6 +98,7 @@ IpcPeerBuffers::IpcPeerBuffers(const CollectiveContext& ctx, int device, size_t 
   for (const Hello& hello : exchange(ctx, mine)) usable_ = usable_ && hello.mapped == 1;
   if (!usable_) {
     mapped_.clear();
+    mine_.reset();
     buffers_.assign(size, nullptr);
   }
 }

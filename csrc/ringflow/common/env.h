@@ -43,6 +43,9 @@ struct EnvConfig {
   // CUDA tensors (collectives/cuda_ipc_allreduce.h): the most device memory each rank maps to
   // its same-host peers for allreduce; 0 sends device tensors through host memory instead.
   size_t cuda_ipc_bytes = 256 << 20;  // RINGFLOW_CUDA_IPC_BYTES
+  // engine/deadlock.h: raise at once when every waiting rank's calls can never match; 0 turns
+  // it off for programs that submit from one thread while another waits (then a stall times out).
+  bool deadlock_check = true;  // RINGFLOW_DEADLOCK_CHECK=1|0
 };
 
 // Parsed on first use; a malformed value throws rf::Error naming the variable.

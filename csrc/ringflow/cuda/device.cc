@@ -80,11 +80,10 @@ void Stream::synchronize() const {
   check(cudaStreamSynchronize(as_stream(stream_)), "cudaStreamSynchronize");
 }
 
-Event::Event(int device, bool interprocess) : device_(device) {
+Event::Event(int device) : device_(device) {
   DeviceScope scope(device);
   cudaEvent_t event = nullptr;
-  unsigned flags = cudaEventDisableTiming | (interprocess ? cudaEventInterprocess : 0u);
-  check(cudaEventCreateWithFlags(&event, flags), "cudaEventCreate");
+  check(cudaEventCreateWithFlags(&event, cudaEventDisableTiming), "cudaEventCreate");
   event_ = event;
 }
 
@@ -155,16 +154,6 @@ IpcHandle ipc_memory_handle(const DeviceBuffer& buffer) {
   return out;
 }
 
-IpcHandle ipc_event_handle(const Event& event) {
-  cudaIpcEventHandle_t handle;
-  check(cudaIpcGetEventHandle(&handle, static_cast<cudaEvent_t>(event.handle())),
-        "cudaIpcGetEventHandle");
-  IpcHandle out{};
-  static_assert(sizeof(handle) == sizeof(IpcHandle), "CUDA IPC event handles are 64 bytes");
-  std::memcpy(out.data(), &handle, sizeof(handle));
-  return out;
-}
-
 IpcMapping::IpcMapping(int device, const IpcHandle& handle) : device_(device) {
   DeviceScope scope(device);
   cudaIpcMemHandle_t raw;
@@ -178,24 +167,6 @@ IpcMapping::~IpcMapping() {
   if (!data_) return;
   DeviceScope scope(device_);
   (void)cudaIpcCloseMemHandle(data_);
-}
-
-IpcEvent::IpcEvent(int device, const IpcHandle& handle) : device_(device) {
-  DeviceScope scope(device);
-  cudaIpcEventHandle_t raw;
-  std::memcpy(&raw, handle.data(), sizeof(raw));
-  cudaEvent_t event = nullptr;
-  check(cudaIpcOpenEventHandle(&event, raw), "cudaIpcOpenEventHandle");
-  event_ = event;
-}
-
-IpcEvent::~IpcEvent() {
-  if (event_) (void)cudaEventDestroy(static_cast<cudaEvent_t>(event_));
-}
-
-void IpcEvent::make_wait(void* stream) const {
-  check(cudaStreamWaitEvent(as_stream(stream), static_cast<cudaEvent_t>(event_), 0),
-        "cudaStreamWaitEvent");
 }
 
 }  // namespace rf::cuda

@@ -51,10 +51,10 @@ class Stream {
   int device_ = 0;
 };
 
-// An event with timing disabled (interprocess when asked, for CUDA IPC).
+// An event with timing disabled.
 class Event {
  public:
-  explicit Event(int device, bool interprocess = false);
+  explicit Event(int device);
   ~Event();
   Event(const Event&) = delete;
   Event& operator=(const Event&) = delete;
@@ -106,11 +106,10 @@ class DeviceBuffer {
 // Any direction (cudaMemcpyDefault: unified addressing tells host from device).
 void memcpy_async(void* dst, const void* src, size_t bytes, void* stream);
 
-// CUDA IPC: a device allocation or an interprocess event, named by 64 opaque bytes that
-// another process on the same host opens.
+// CUDA IPC: a device allocation named by 64 opaque bytes that another process on the same host
+// opens.
 using IpcHandle = std::array<char, 64>;
 IpcHandle ipc_memory_handle(const DeviceBuffer& buffer);
-IpcHandle ipc_event_handle(const Event& event);
 
 // A peer's allocation mapped into this process; unmapped on destruction.
 class IpcMapping {
@@ -123,20 +122,6 @@ class IpcMapping {
 
  private:
   char* data_ = nullptr;
-  int device_ = 0;
-};
-
-// A peer's interprocess event, opened in this process.
-class IpcEvent {
- public:
-  IpcEvent(int device, const IpcHandle& handle);
-  ~IpcEvent();
-  IpcEvent(const IpcEvent&) = delete;
-  IpcEvent& operator=(const IpcEvent&) = delete;
-  void make_wait(void* stream) const;
-
- private:
-  void* event_ = nullptr;
   int device_ = 0;
 };
 

@@ -21,7 +21,7 @@ Stream::Stream(int) { unavailable(); }
 Stream::~Stream() = default;
 void Stream::synchronize() const { unavailable(); }
 
-Event::Event(int, bool) { unavailable(); }
+Event::Event(int) { unavailable(); }
 Event::~Event() = default;
 void Event::record(void*) { unavailable(); }
 void Event::make_wait(void*) const { unavailable(); }
@@ -36,13 +36,8 @@ DeviceBuffer::~DeviceBuffer() = default;
 
 void memcpy_async(void*, const void*, size_t, void*) { unavailable(); }
 IpcHandle ipc_memory_handle(const DeviceBuffer&) { unavailable(); }
-IpcHandle ipc_event_handle(const Event&) { unavailable(); }
 
 IpcMapping::IpcMapping(int, const IpcHandle&) { unavailable(); }
 IpcMapping::~IpcMapping() = default;
-
-IpcEvent::IpcEvent(int, const IpcHandle&) { unavailable(); }
-IpcEvent::~IpcEvent() = default;
-void IpcEvent::make_wait(void*) const { unavailable(); }
 
 }  // namespace rf::cuda

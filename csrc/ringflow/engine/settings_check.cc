@@ -46,6 +46,7 @@ std::vector<Setting> plan_settings() {
       {"RINGFLOW_CHAIN_MIN_BYTES", env.chain_min_bytes},
       {"RINGFLOW_SEGMENT_BYTES", env.segment_bytes},
       {"RINGFLOW_CUDA_IPC_BYTES", env.cuda_ipc_bytes},
+      {"RINGFLOW_DEADLOCK_CHECK", env.deadlock_check ? 1u : 0u},
       {"RINGFLOW_JOIN_AVERAGE", env.join_average_contributors ? 1u : 0u},
   };
 }
