@@ -50,6 +50,16 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
+class MLP(nn.Sequential):
+    """784-1024-1024-10 perceptron (``--model mlp``): few, large gradients, little compute."""
+
+    def __init__(self, sizes: Sequence[int] = (784, 1024, 1024, 10)):
+        layers: list[nn.Module] = []
+        for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):
+            layers += [nn.Linear(n_in, n_out)] + ([nn.ReLU()] if i < len(sizes) - 2 else [])
+        super().__init__(*layers)
+
+
 class ResNet(nn.Module):
     """3x3 stem, then stages of basic blocks (each stage after the first halves H and W)."""
 
@@ -84,6 +94,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description=__doc__.splitlines()[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    parser.add_argument(
+        "--model", choices=("resnet", "mlp"), default="resnet", help="the model to train"
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="input batch size per rank")
     parser.add_argument(
         "--num-warmup-batches",
@@ -111,9 +124,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def build_model(args: argparse.Namespace, norm: type[nn.Module] = nn.BatchNorm2d) -> ResNet:
+def build_model(args: argparse.Namespace, norm: type[nn.Module] = nn.BatchNorm2d) -> nn.Module:
     """The model the arguments describe, with the same initial parameters in every process."""
     torch.manual_seed(0)
+    if args.model == "mlp":
+        return MLP()
     widths = [int(w) for w in args.widths.split(",")]
     return ResNet(widths, args.blocks_per_stage, args.num_classes, norm)
 
@@ -122,6 +137,8 @@ def synthetic_batch(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tenso
     """A fixed random batch of images and labels (the same in every process)."""
     generator = torch.Generator().manual_seed(1)
     size = (args.batch_size, 3, args.image_size, args.image_size)
+    if args.model == "mlp":
+        size = (args.batch_size, 784)
     data = torch.randn(size, generator=generator)
     target = torch.randint(0, args.num_classes, (args.batch_size,), generator=generator)
     return data, target
@@ -181,8 +198,12 @@ def main() -> None:
             print(s, flush=True)
 
     n_params = sum(p.numel() for p in model.parameters())
-    log(f"Model: ResNet, widths {args.widths}, {args.blocks_per_stage} block(s) per stage")
-    log(f"Parameters: {n_params / 1e6:.2f} M, images {args.image_size}x{args.image_size}")
+    if args.model == "mlp":
+        log("Model: MLP 784-1024-1024-10")
+        log(f"Parameters: {n_params / 1e6:.2f} M, inputs of 784 features")
+    else:
+        log(f"Model: ResNet, widths {args.widths}, {args.blocks_per_stage} block(s) per stage")
+        log(f"Parameters: {n_params / 1e6:.2f} M, images {args.image_size}x{args.image_size}")
     log(f"Batch size: {args.batch_size}")
     log(f"Number of CPUs: {hvd.size()}")
     img_secs = run_benchmark(benchmark_step, args, log)

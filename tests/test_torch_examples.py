@@ -70,3 +70,18 @@ def test_synthetic_benchmark_two_iterations_two_ranks() -> None:
     total = re.findall(r"^\[0\] Total img/sec on 2 CPU\(s\): ([0-9.]+) \+-([0-9.]+)$", out, re.M)
     assert len(per_cpu) == len(total) == 1, out
     assert float(total[0][0]) == pytest.approx(2 * float(per_cpu[0][0]), abs=0.15), out
+
+
+@pytest.mark.timeout(TIMEOUT + 60)
+def test_synthetic_benchmark_mlp_two_ranks() -> None:
+    script = str(EXAMPLES / "pytorch_synthetic_benchmark.py")
+    steps = ["--num-iters", "2", "--num-batches-per-iter", "2", "--num-warmup-batches", "1"]
+    result = run([*LAUNCH, sys.executable, script, "--model", "mlp", "--batch-size", "64", *steps])
+
+    out = result.stdout
+    assert "[0] Model: MLP 784-1024-1024-10" in out, out
+    # 784*1024 + 1024 + 1024*1024 + 1024 + 1024*10 + 10 parameters
+    assert "[0] Parameters: 1.86 M, inputs of 784 features" in out, out
+    iters = re.findall(r"^\[0\] Iter #(\d+): ([0-9.]+) img/sec per CPU$", out, re.M)
+    assert [int(i) for i, _ in iters] == [0, 1], out
+    assert all(float(v) > 0 for _, v in iters), out
