@@ -10,6 +10,7 @@ import pytest
 
 import ringflow as rf
 from tests import reference as ref
+from tests.test_engine_setup import _init_error
 
 N = 3
 BATCHES = {2: [3, 1], 3: [4, 1, 2]}  # rank r runs BATCHES[n][r] steps, then joins
@@ -82,15 +83,6 @@ def test_average_over_contributors_opt_in(make_job):
     """RINGFLOW_JOIN_AVERAGE=contributors: Average divides by the ranks that brought data."""
     job = make_job(3, env={"RINGFLOW_JOIN_AVERAGE": "contributors"}).start()
     check_uneven(job.call(_uneven), divide_by_contributors=True)
-
-
-def _init_error() -> str:
-    try:
-        rf.init()
-    except rf.MismatchError as error:
-        return str(error)
-    rf.shutdown()
-    return "init() succeeded"
 
 
 def test_join_average_must_agree(make_job):

@@ -15,6 +15,7 @@ torch = pytest.importorskip("torch")
 
 import ringflow.torch as hvd  # noqa: E402
 from tests import reference as ref  # noqa: E402
+from tests.conformance import to_numpy, to_torch  # noqa: E402
 
 WORLD = (2, 3)
 OPS = ("Sum", "Average", "Min", "Max", "Product")
@@ -27,19 +28,6 @@ def sizes(n: int) -> list[int]:
 
 def ops_for(dtype_name: str) -> list[str]:
     return [op for op in OPS if ref.valid_reduction(dtype_name, op)]
-
-
-def to_torch(a: np.ndarray):
-    if a.dtype == ref.BFLOAT16:
-        return torch.from_numpy(a.view(np.int16).copy()).view(torch.bfloat16)
-    return torch.from_numpy(a.copy())
-
-
-def to_numpy(t) -> np.ndarray:
-    t = t.detach().contiguous()
-    if t.dtype == torch.bfloat16:
-        return t.view(torch.int16).numpy().view(ref.BFLOAT16).copy()
-    return t.numpy().copy()
 
 
 def reduce_input(seed, tag, size, op, rank, dtype_name, cols=None):

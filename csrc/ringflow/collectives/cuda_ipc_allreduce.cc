@@ -119,6 +119,7 @@ void cuda_ipc_allreduce(const CollectiveContext& ctx, const IpcPeerBuffers& peer
   const size_t per_pass = peers.capacity() / elem;
   RF_CHECK(per_pass > 0, kInternal) << "CUDA IPC buffer smaller than one element";
   cuda::DeviceScope scope(peers.device());  // kernels launch on the buffers' device
+  cuda::Event drained(peers.device());      // the stream has drained: waited with a deadline
 
   for (size_t done = 0; done < total; done += per_pass) {
     const size_t count = std::min(per_pass, total - done);
@@ -129,7 +130,8 @@ void cuda_ipc_allreduce(const CollectiveContext& ctx, const IpcPeerBuffers& peer
                              n * elem, s);
         });
     if (prescale != 1.0) cuda::scale(mine, count, dtype, prescale, s);
-    stream.synchronize();
+    drained.record(s);
+    drained.wait(ctx.deadline);
     dissemination_barrier(ctx);
 
     // 2. Slice `me` of every buffer, folded in rank order, into slice `me` of this one. Only
@@ -153,7 +155,8 @@ void cuda_ipc_allreduce(const CollectiveContext& ctx, const IpcPeerBuffers& peer
       }
       finish(target, slices[me], s);
     }
-    stream.synchronize();
+    drained.record(s);
+    drained.wait(ctx.deadline);
     dissemination_barrier(ctx);
 
     // 3. Every rank's finished slice to the outputs.
@@ -165,7 +168,8 @@ void cuda_ipc_allreduce(const CollectiveContext& ctx, const IpcPeerBuffers& peer
                                           slice + at * elem, n * elem, s);
                      });
     }
-    stream.synchronize();
+    drained.record(s);
+    drained.wait(ctx.deadline);
     // Nobody refills its buffer (next pass, next operation) while another rank still reads it.
     dissemination_barrier(ctx);
   }

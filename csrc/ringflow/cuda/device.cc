@@ -4,7 +4,9 @@
 
 #include <cuda_runtime_api.h>
 
+#include <chrono>
 #include <cstring>
+#include <thread>
 
 #include "ringflow/common/check.h"
 
@@ -103,6 +105,20 @@ void Event::make_wait(void* stream) const {
 
 void Event::synchronize() const {
   check(cudaEventSynchronize(static_cast<cudaEvent_t>(event_)), "cudaEventSynchronize");
+}
+
+void Event::wait(const Deadline& deadline) const {
+  // Yield first (copies and kernels often end within microseconds), then sleep briefly: the
+  // engine thread shares the cores with the ranks' own work.
+  for (int polls = 0; !query(); ++polls) {
+    RF_CHECK(!deadline.expired(), kTimeout)
+        << "CUDA: the GPU work this rank waits for did not finish within RINGFLOW_TIMEOUT";
+    if (polls < 64) {
+      std::this_thread::yield();
+    } else {
+      std::this_thread::sleep_for(std::chrono::microseconds(20));
+    }
+  }
 }
 
 bool Event::query() const {

@@ -8,6 +8,8 @@
 #include <cstddef>
 #include <string>
 
+#include "ringflow/common/deadline.h"
+
 namespace rf::cuda {
 
 // Compiled with CUDA.
@@ -62,6 +64,9 @@ class Event {
   // Work queued on `stream` after this call waits for the event's last record.
   void make_wait(void* stream) const;
   void synchronize() const;
+  // As synchronize(), but throws rf::Error (kTimeout) at the deadline: the work ringflow waits
+  // for may sit behind whatever the caller queued on its stream.
+  void wait(const Deadline& deadline) const;
   bool query() const;  // finished (or never recorded)
   void* handle() const { return event_; }
 

@@ -26,6 +26,7 @@ Event::~Event() = default;
 void Event::record(void*) { unavailable(); }
 void Event::make_wait(void*) const { unavailable(); }
 void Event::synchronize() const { unavailable(); }
+void Event::wait(const Deadline&) const { unavailable(); }
 bool Event::query() const { return true; }
 
 PinnedBuffer::PinnedBuffer(size_t) { unavailable(); }

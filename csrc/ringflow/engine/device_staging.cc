@@ -86,7 +86,7 @@ DeviceStaging::~DeviceStaging() {
   pool_->give_back(std::move(out_));
 }
 
-void* DeviceStaging::stage_in(PinnedPool& pool, cuda::Stream& stream) {
+void* DeviceStaging::stage_in(PinnedPool& pool, cuda::Stream& stream, const Deadline& deadline) {
   if (in_.buffer) return in_.buffer->data();
   cuda::DeviceScope scope(tensor_.device);
   pool_ = &pool;
@@ -97,7 +97,7 @@ void* DeviceStaging::stage_in(PinnedPool& pool, cuda::Stream& stream) {
   ready_.make_wait(stream.handle());
   cuda::memcpy_async(in_.buffer->data(), tensor_.in, in_bytes_, stream.handle());
   in_.last_use->record(stream.handle());
-  in_.last_use->synchronize();
+  in_.last_use->wait(deadline);
   return in_.buffer->data();
 }
 
@@ -140,7 +140,7 @@ StagingTimes time_staging(int device, void* device_buffer, size_t bytes, int ite
   tensor.out_bytes = bytes;
   for (int warm = 0; warm < 2; ++warm) {  // first use: pool, streams, driver mappings
     DeviceStaging staging(tensor, bytes, false);
-    staging.stage_in(pool, streams.on(device));
+    staging.stage_in(pool, streams.on(device), Deadline::after_seconds(60));
     staging.return_result(streams.on(device));
     stream.synchronize();
   }
@@ -159,7 +159,7 @@ StagingTimes time_staging(int device, void* device_buffer, size_t bytes, int ite
   start = Clock::now();
   for (int i = 0; i < iterations; ++i) {
     DeviceStaging staging(tensor, bytes, false);
-    staging.stage_in(pool, streams.on(device));
+    staging.stage_in(pool, streams.on(device), Deadline::after_seconds(60));
     staging.return_result(streams.on(device));
     stream.synchronize();
   }

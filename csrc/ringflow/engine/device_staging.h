@@ -67,7 +67,7 @@ class DeviceStaging {
   const DeviceTensor& tensor() const { return tensor_; }
   // The engine, on the host path: copies the input to pinned host memory (after the caller's
   // pending work) and returns where it is; host_out() is where the result goes.
-  void* stage_in(PinnedPool& pool, cuda::Stream& stream);
+  void* stage_in(PinnedPool& pool, cuda::Stream& stream, const Deadline& deadline);
   void* host_in() const { return in_.buffer ? in_.buffer->data() : nullptr; }
   void* host_out() const;
   // The engine, on a device path: work queued on `stream` after this starts after the input.

@@ -153,7 +153,8 @@ void Engine::stage_bucket_in(std::vector<Ready>& bucket) {
     Local& local = *item.local;
     if (!local.staging) continue;  // a joined rank's zeros
     const int device = local.submission.device.device;
-    local.submission.in = local.staging->stage_in(pinned_pool_, device_streams_.on(device));
+    local.submission.in = local.staging->stage_in(pinned_pool_, device_streams_.on(device),
+                                                  Deadline::after_seconds(timeout_s_));
     local.submission.out = local.staging->host_out();
   }
 }
