@@ -69,9 +69,50 @@ def set_geometry(ps: int) -> tuple[int, int]:
     return (ranks.index(eng.rank) if eng.rank in ranks else 0), len(ranks)
 
 
+def _scale_int(x: np.ndarray, factor: float) -> np.ndarray:
+    """The core's integer scaling: multiply in float64, truncate toward zero."""
+    if factor == 1.0:
+        return x
+    return np.trunc(x.astype(np.float64) * factor).astype(x.dtype)
+
+
+def _scaled(op, pre, post) -> bool:
+    return op == _core.ReduceOp.Average or pre != 1.0 or post != 1.0
+
+
+def _u16_apart(collective, arrays, op, pre, post, ps, base, world) -> list:
+    """A reduction with scaling (Average, prescale, postscale) where uint16 arrays take part:
+    those reduce one by one as wrapped uint16 sums (as the core sums integers), scaled here
+    as the core scales integers; the others as one group."""
+    average = op == _core.ReduceOp.Average
+    results: list = [None] * len(arrays)
+    for i, a in enumerate(arrays):
+        if a.dtype == _U16:
+            (total,) = collective(
+                [_scale_int(a, pre)],
+                _core.ReduceOp.Sum if average else op,
+                1.0,
+                1.0,
+                ps,
+                f"{base}.{i}",
+                False,
+            )
+            results[i] = _scale_int(total, post / world if average else post)
+    rest = [i for i, a in enumerate(arrays) if a.dtype != _U16]
+    if rest:
+        done = collective([arrays[i] for i in rest], op, pre, post, ps, f"{base}.rest", True)
+        for i, r in zip(rest, done):
+            results[i] = r
+    return results
+
+
 def allreduce(arrays, op, pre, post, ps, name, grouped, sync=True):
     """New reduced arrays (a list), or a Handle whose synchronize gives that list."""
     base = auto_name("allreduce", name, ps)
+    arrays = [np.asarray(a) for a in arrays]
+    if _scaled(op, pre, post) and any(a.dtype == _U16 for a in arrays):
+        results = _u16_apart(allreduce, arrays, op, pre, post, ps, base, set_geometry(ps)[1])
+        return results if sync else Handle([], (), lambda _: results)
     described = _describe(arrays, base, grouped, True)
     outs = [None if w is _arrays.EMPTY else aligned_empty(w.shape, w.dtype) for w, _ in described]
     dtypes = [np.asarray(a).dtype for a in arrays]
@@ -132,6 +173,9 @@ def broadcast(array, root_rank, ps, name):
 def reducescatter(arrays, op, pre, post, ps, name, grouped):
     me, world = set_geometry(ps)
     base = auto_name("reducescatter", name, ps)
+    arrays = [np.asarray(a) for a in arrays]
+    if _scaled(op, pre, post) and any(a.dtype == _U16 for a in arrays):
+        return _u16_apart(reducescatter, arrays, op, pre, post, ps, base, world)
     described = _describe(arrays, base, grouped, True)
     outs = []
     for w, _ in described:
