@@ -60,6 +60,16 @@ def _rows_shape(t: tf.Tensor) -> tf.TensorShape:
     return tf.TensorShape(None) if shape.rank is None else tf.TensorShape([None, *shape[1:]])
 
 
+def _differentiable(forward, xs):
+    """forward(*xs) under tf.custom_gradient when a floating input can carry a gradient, else
+    the plain forward (no gradient bookkeeping to trace for integer and bool tensors)."""
+    if not xs:
+        return []
+    if any(x.dtype.is_floating for x in xs):
+        return tf.custom_gradient(forward)(*xs)
+    return forward(*xs)[0]
+
+
 def _zeros_if_none(grads, ys):
     return [tf.zeros_like(y) if g is None else g for g, y in zip(grads, ys)]
 
@@ -72,7 +82,6 @@ def _allreduce_dense(tensors, op, pre, post, ps, name, grouped):
     allreduce of the output gradients."""
     ps_id = set_id(ps)
 
-    @tf.custom_gradient
     def forward(*xs):
         ys = call(
             lambda *a: _ops.allreduce(a, op, pre, post, ps_id, name, grouped),
@@ -87,7 +96,7 @@ def _allreduce_dense(tensors, op, pre, post, ps, name, grouped):
 
         return ys, grad
 
-    return forward(*tensors) if tensors else []
+    return _differentiable(forward, list(tensors))
 
 
 def _allreduce_sparse(t: tf.IndexedSlices, op, name, ps):
@@ -173,7 +182,6 @@ def grouped_allreduce(
 def _allgather(tensors, name, ps, grouped):
     ps_id = set_id(ps)
 
-    @tf.custom_gradient
     def forward(*xs):
         ys = call(
             lambda *a: _ops.allgather(a, ps_id, name, grouped),
@@ -195,7 +203,7 @@ def _allgather(tensors, name, ps, grouped):
 
         return ys, grad
 
-    return forward(*tensors) if tensors else []
+    return _differentiable(forward, list(tensors))
 
 
 def allgather(tensor, name=None, ignore_name_scope=False, process_set=_GLOBAL):
@@ -216,7 +224,6 @@ def broadcast(tensor, root_rank, name=None, ignore_name_scope=False, process_set
     ps_id = set_id(process_set)
     root_rank = int(root_rank)
 
-    @tf.custom_gradient
     def forward(x):
         (y,) = call(
             lambda a: _ops.broadcast(a, root_rank, ps_id, name),
@@ -233,7 +240,7 @@ def broadcast(tensor, root_rank, name=None, ignore_name_scope=False, process_set
 
         return y, grad
 
-    return forward(tf.convert_to_tensor(tensor))
+    return _differentiable(forward, [tf.convert_to_tensor(tensor)])
 
 
 def _core_rank() -> int:
@@ -266,7 +273,6 @@ def alltoall(tensor, splits=None, name=None, ignore_name_scope=False, process_se
         tf.cast(tf.reshape(tf.convert_to_tensor(splits), [-1]), tf.int64) if given else None
     )
 
-    @tf.custom_gradient
     def forward(x):
         inputs = [x, split_tensor] if given else [x]
         out, received = call(
@@ -284,7 +290,7 @@ def alltoall(tensor, splits=None, name=None, ignore_name_scope=False, process_se
 
         return (out, received), grad
 
-    out, received = forward(x)
+    out, received = _differentiable(forward, [x])
     return (out, received) if given else out
 
 
@@ -294,7 +300,6 @@ def alltoall(tensor, splits=None, name=None, ignore_name_scope=False, process_se
 def _reducescatter(tensors, op, pre, post, ps, name, grouped):
     ps_id = set_id(ps)
 
-    @tf.custom_gradient
     def forward(*xs):
         ys = call(
             lambda *a: _ops.reducescatter(a, op, pre, post, ps_id, name, grouped),
@@ -316,7 +321,7 @@ def _reducescatter(tensors, op, pre, post, ps, name, grouped):
 
         return ys, grad
 
-    return forward(*tensors) if tensors else []
+    return _differentiable(forward, list(tensors))
 
 
 def reducescatter(
