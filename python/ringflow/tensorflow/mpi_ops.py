@@ -198,8 +198,10 @@ def _allgather(tensors, name, ps, grouped):
             counts = _allgather(
                 [tf.reshape(tf.shape(x, out_type=tf.int64)[0], [1]) for x in xs], None, ps, True
             )
-            me, _ = _ops.set_geometry(ps_id)
-            return [tf.split(r, c, axis=0)[me] for r, c in zip(reduced, counts)]
+            me, world = _ops.set_geometry(ps_id)
+            return [
+                tf.split(r, tf.reshape(c, [world]), axis=0)[me] for r, c in zip(reduced, counts)
+            ]
 
         return ys, grad
 
