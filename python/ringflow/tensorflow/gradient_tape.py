@@ -13,6 +13,11 @@ from ringflow.tensorflow.compression import Compression
 __all__ = ["DistributedGradientTape", "PartialDistributedGradientTape"]
 
 
+def _key(variable):
+    """A hashable identity for tf.Variable (its ref) and keras.Variable (the object)."""
+    return variable.ref() if hasattr(variable, "ref") else id(variable)
+
+
 class _DistributedGradientTape(tf.GradientTape):
     def _setup(self, compression, sparse_as_dense, op, predivide, groups, process_set, scale_local):
         self._rf = dict(
@@ -29,13 +34,13 @@ class _DistributedGradientTape(tf.GradientTape):
 
     def register_local_source(self, source):
         """Keep source's gradient local (not averaged over the ranks)."""
-        self._local_sources.add(source.ref())
+        self._local_sources.add(_key(source))
 
     def gradient(self, target, sources, output_gradients=None, use_generic_names=False, **kwargs):
         grads = super().gradient(target, sources, output_gradients, **kwargs)
         flat = tf.nest.flatten(sources)
         flat_grads = tf.nest.flatten(grads, expand_composites=False)
-        local = [v.ref() in self._local_sources for v in flat]
+        local = [_key(v) in self._local_sources for v in flat]
         shared = [i for i, is_local in enumerate(local) if not is_local]
         reduced = reduce_gradients(
             [flat_grads[i] for i in shared], [flat[i] for i in shared], **self._rf
