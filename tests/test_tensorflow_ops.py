@@ -21,6 +21,7 @@ from tests import tf_ranks
 WORLD = (2, 3)
 DTYPES = (*ref.INT_DTYPES, "uint16", *ref.FLOAT_DTYPES, "bool")
 OPS = ("Sum", "Average", "Min", "Max", "Product")
+GRAPH_N3_DTYPES = ("int8", "uint16", "bfloat16", "float32", "bool")
 
 
 def sizes(n: int, graph: bool = False) -> list[int]:
@@ -161,9 +162,11 @@ def _check(got, want, context, bitwise):
 @pytest.mark.parametrize("n", WORLD)
 def test_every_op_every_dtype(pools, n, graph):
     seed = ref.seed_of("tf ops", n)
-    results = pools.call(n, _run_matrix, seed, DTYPES, graph)
+    # Tracing is the slow part: at N=3 the graph runs a dtype of each kind (all at N=2).
+    dtypes = GRAPH_N3_DTYPES if graph and n == 3 else DTYPES
+    results = pools.call(n, _run_matrix, seed, dtypes, graph)
     for me, res in enumerate(results):
-        for dtype_name in DTYPES:
+        for dtype_name in dtypes:
             expected = _expected(seed, dtype_name, n, me, graph)
             got = res[dtype_name]
             assert got.keys() == expected.keys()
@@ -287,7 +290,9 @@ def _misc():
         out["adasum"] = str(error)
     # join: rank 0 joins at once, the others allreduce once more (rank 0 contributes zeros).
     if me != 0:
-        out["joined allreduce"] = tf_ranks.to_np(hvd.allreduce(tf.constant([2.0]), op=hvd.Sum))
+        out["joined allreduce"] = tf_ranks.to_np(
+            hvd.allreduce(tf.constant([2.0]), op=hvd.Sum, name="joined")
+        )
     out["join"] = int(hvd.join())
     return out
 
