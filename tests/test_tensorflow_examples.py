@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import subprocess
 import sys
@@ -9,9 +10,12 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("tensorflow", reason="tensorflow-cpu is not installed")
-pytest.importorskip("keras", reason="keras is not installed")
-pytest.importorskip("sklearn", reason="the examples need scikit-learn ('.[examples]')")
+if importlib.util.find_spec("tensorflow") is None:  # found, not imported: TF runs in the ranks
+    pytest.skip("tensorflow-cpu is not installed", allow_module_level=True)
+if importlib.util.find_spec("keras") is None:
+    pytest.skip("keras is not installed", allow_module_level=True)
+if importlib.util.find_spec("sklearn") is None:
+    pytest.skip("the examples need scikit-learn ('.[examples]')", allow_module_level=True)
 
 from tests import harness
 
