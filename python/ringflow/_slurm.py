@@ -158,7 +158,12 @@ def store_port(job_id: int | None, step_id: int | None) -> int:
 
 def store_host(task: SlurmStep) -> str:
     """The address of the node that runs rank 0."""
-    if len(set(task.nodes)) <= 1:
+    if not task.nodes:
+        raise ValueError(
+            f"a Slurm step of {task.size} tasks without SLURM_STEP_NODELIST has no store "
+            "address: set RINGFLOW_STORE_ADDR or MASTER_ADDR"
+        )
+    if len(set(task.nodes)) == 1:
         return "127.0.0.1"
     first = task.nodes[0]
     try:

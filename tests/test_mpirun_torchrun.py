@@ -1,0 +1,96 @@
+"""ringflow jobs started by the real mpirun (Open MPI) and torchrun, with no variable of ours."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests import launcher_rank
+
+RANK_SCRIPT = str(Path(launcher_rank.__file__).resolve())
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# Launcher and rendezvous variables of the pytest process must not leak into the jobs.
+_STRIP = ("RINGFLOW_", "MASTER_", "OMPI_", "PMIX_", "SLURM_", "PMI_")
+_STRIP_NAMES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(_STRIP) and k not in _STRIP_NAMES
+    }
+    # Open MPI refuses root without these; CI runs as root. Ranks import tests.launcher_rank's
+    # module by path only, so the repository root need not be on sys.path.
+    env.update(
+        OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", RINGFLOW_TIMEOUT="30"
+    )
+    env.update(extra)
+    return env
+
+
+def run_job(argv: list[str], tmp_path: Path, **extra: str) -> tuple[list[dict], str]:
+    done = subprocess.run(
+        argv,
+        env=clean_env(RF_REPORT_DIR=str(tmp_path), **extra),
+        capture_output=True,
+        text=True,
+        timeout=90,
+        cwd=REPO_ROOT,
+        check=False,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    return launcher_rank.read_reports(str(tmp_path)), output
+
+
+def mpirun() -> str:
+    path = shutil.which("mpirun")
+    if path is None:
+        pytest.skip("mpirun (Open MPI, Debian's openmpi-bin) is not installed")
+    return path
+
+
+def test_plain_mpirun_np3_needs_no_variable(tmp_path):
+    pytest.importorskip("mpi4py", reason="mpi4py is not installed")
+    argv = [mpirun(), "-np", "3", "--oversubscribe", sys.executable, RANK_SCRIPT]
+    found, output = run_job(argv, tmp_path)
+    launcher_rank.check_job(found, 3, [3, 3, 3], output)
+    assert [r["local_rank"] for r in found] == [0, 1, 2]
+    # MPI stays usable for the script after ringflow's bootstrap used it.
+    assert [r["mpi_allreduce"] for r in found] == [6, 6, 6]
+
+
+def test_mpirun_without_mpi4py_says_what_to_do(tmp_path):
+    # A sitecustomize that hides mpi4py, as on a machine without it.
+    (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['mpi4py'] = None\n")
+    argv = [mpirun(), "-np", "2", "--oversubscribe", sys.executable, RANK_SCRIPT]
+    env = clean_env(PYTHONPATH=str(tmp_path), RF_REPORT_DIR=str(tmp_path))
+    done = subprocess.run(
+        argv, env=env, capture_output=True, text=True, timeout=90, cwd=REPO_ROOT, check=False
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode != 0, output
+    for words in ("install mpi4py", "RINGFLOW_STORE_ADDR", "MASTER_ADDR", "MASTER_PORT"):
+        assert words in output, output
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_torchrun_two_processes(tmp_path):
+    pytest.importorskip("torch", reason="torch (torchrun) is not installed")
+    # torchrun's own default port 29500 could meet another job on this machine: a free one.
+    argv = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
+    argv += ["--master-port", str(free_port()), RANK_SCRIPT]
+    found, output = run_job(argv, tmp_path)
+    launcher_rank.check_job(found, 2, [2, 2], output)
+    assert [r["local_rank"] for r in found] == [0, 1]
