@@ -101,6 +101,13 @@ def test_user_address_and_port_win(monkeypatch):
     assert (cfg.store_addr, cfg.store_port) == ("head", 7001)
     cfg = detect(step_env(1, "n2", 1, RINGFLOW_STORE_ADDR="s", RINGFLOW_STORE_PORT="9"))
     assert (cfg.store_addr, cfg.store_port) == ("s", 9)
+    # Each on its own: the address the user's, the port derived (and the other way round).
+    cfg = detect(step_env(1, "n2", 1, MASTER_ADDR="head"))
+    assert (cfg.store_addr, cfg.store_port) == ("head", _slurm.store_port(4242, 3))
+    monkeypatch.undo()
+    monkeypatch.setattr(_slurm, "store_host", lambda task: "first-node")
+    cfg = detect(step_env(1, "n2", 1, RINGFLOW_STORE_PORT="9"))
+    assert (cfg.store_addr, cfg.store_port) == ("first-node", 9)
 
 
 def test_one_node_step_uses_loopback_and_needs_no_secret():

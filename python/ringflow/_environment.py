@@ -216,26 +216,23 @@ def _launcher_settings(
     has_addr = env.get("RINGFLOW_STORE_ADDR") or env.get("MASTER_ADDR")
     has_port = env.get("RINGFLOW_STORE_PORT") or env.get("MASTER_PORT")
     settings: dict[str, str] = {}
-    if size == 1 or has_addr:
+    if size == 1:
         return settings
     if source == "slurm":
         task = _slurm.step(env._environ)
         assert task is not None
-        settings["RINGFLOW_STORE_ADDR"] = _slurm.store_host(task)
+        if not has_addr:
+            settings["RINGFLOW_STORE_ADDR"] = _slurm.store_host(task)
         if not has_port:
             settings["RINGFLOW_STORE_PORT"] = str(_slurm.store_port(task.job_id, task.step_id))
-    elif source == "openmpi":
+    elif source == "openmpi" and not has_addr:
         from ringflow import _mpi_bootstrap  # imports mpi4py: only on this path
 
-        settings = _mpi_bootstrap.shared_settings(
-            rank,
-            size,
-            one_host=local_size == size,
-            secret_set=env.raw("RINGFLOW_SECRET") is not None,
-        )
+        secret_set = env.raw("RINGFLOW_SECRET") is not None
+        settings = _mpi_bootstrap.shared_settings(rank, size, local_size == size, secret_set)
         if has_port:  # the user's port, rank 0's address
             settings.pop("RINGFLOW_STORE_PORT")
-    return {name: value for name, value in settings.items() if env.raw(name) is None}
+    return {name: value for name, value in settings.items() if env.get(name) is None}
 
 
 def _required_int(env: _Env, name: str, partner: str, *, minimum: int) -> int:
