@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import launcher_rank
+from tests import launcher_rank, netlab
 
 RANK_SCRIPT = str(Path(launcher_rank.__file__).resolve())
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -64,6 +64,44 @@ def test_plain_mpirun_np3_needs_no_variable(tmp_path):
     assert [r["local_rank"] for r in found] == [0, 1, 2]
     # MPI stays usable for the script after ringflow's bootstrap used it.
     assert [r["mpi_allreduce"] for r in found] == [6, 6, 6]
+
+
+_RSH_AGENT = """#!/bin/bash
+# Open MPI's "ssh" for a netlab: run the command in the namespace of the host named.
+host=$1; shift
+case $host in
+{cases}
+  *) echo "rsh agent: unknown host $host" >&2; exit 1 ;;
+esac
+exec nsenter --net=/run/netns/$ns /bin/sh -c "$*"
+"""
+
+
+def test_mpirun_across_two_hosts(tmp_path):
+    # Rank 0 must share an address the other host reaches (its lab address), not loopback,
+    # and a random secret (the store is not on loopback). mpirun runs on host 0 and starts host
+    # 1's daemon through the agent above, as it would through ssh.
+    pytest.importorskip("mpi4py", reason="mpi4py is not installed")
+    run_mpirun = mpirun()
+    if shutil.which("nsenter") is None:
+        pytest.skip("nsenter (util-linux) is not installed")
+    lab = netlab.Lab(2)
+    lab.prefix = f"rm{os.getpid() % 10000:04d}"  # apart from other labs of this process
+    with lab:
+        cases = "\n".join(f"  {lab.addr(i)}) ns={lab.namespace(i)} ;;" for i in range(2))
+        agent = tmp_path / "rsh_agent"
+        agent.write_text(_RSH_AGENT.format(cases=cases))
+        agent.chmod(0o755)
+        reports = tmp_path / "reports"
+        reports.mkdir()
+        argv = ["nsenter", f"--net=/run/netns/{lab.namespace(0)}", run_mpirun]
+        argv += ["--mca", "plm_rsh_agent", str(agent), "--mca", "plm_rsh_no_tree_spawn", "1"]
+        argv += ["--mca", "btl", "tcp,self", "-x", "PATH", "-x", "RF_REPORT_DIR"]
+        argv += ["-x", "RINGFLOW_TIMEOUT", "-H", f"{lab.addr(0)}:2,{lab.addr(1)}:1"]
+        argv += ["-np", "3", "--oversubscribe", sys.executable, RANK_SCRIPT]
+        found, output = run_job(argv, reports)
+    launcher_rank.check_job(found, 3, [2, 2, 1], output)
+    assert [r["local_rank"] for r in found] == [0, 1, 0]
 
 
 def test_mpirun_without_mpi4py_says_what_to_do(tmp_path):

@@ -59,16 +59,20 @@ def _free_port(host: str) -> int:
 
 
 def _own_address() -> str:
-    """A non-loopback IPv4 address of this host: its name's, else its first interface's."""
+    """A non-loopback IPv4 address of this host: its name's, else its first interface's.
+
+    Only addresses this process can bind count: in a network namespace (or a container) the
+    host name may resolve to an address that lives elsewhere.
+    """
+    candidates = []
     try:
-        for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET):
-            if not ipaddress.ip_address(info[4][0]).is_loopback:
-                return str(info[4][0])
+        infos = socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)
+        candidates += [str(info[4][0]) for info in infos]
     except OSError:
         pass
-    for _, name in socket.if_nameindex():
-        address = _interface_address(name)
-        if address and not ipaddress.ip_address(address).is_loopback:
+    candidates += [_interface_address(name) for _, name in socket.if_nameindex()]
+    for address in candidates:
+        if address and not ipaddress.ip_address(address).is_loopback and _bindable(address):
             return address
     raise ValueError(
         "mpirun across hosts: rank 0 found no non-loopback IPv4 address to host the store on; "
@@ -76,7 +80,17 @@ def _own_address() -> str:
     )
 
 
+def _bindable(address: str) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((address, 0))
+        except OSError:
+            return False
+        return True
+
+
 def _interface_address(name: str) -> str | None:
+    # Linux: SIOCGIFADDR fills a struct ifreq whose sockaddr_in address sits at bytes 20..23.
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         try:
             request = struct.pack("256s", name.encode()[:15])
