@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ringflow import _slurm
 from ringflow._environment import detect
@@ -170,3 +172,16 @@ def test_bad_step_variables_are_named(changes, words):
         detect(step_env(0, "n2", 0, **changes))
     for word in words:
         assert word in str(excinfo.value)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    prefix=st.from_regex(r"[a-z][a-z-]{0,5}", fullmatch=True),
+    low=st.integers(0, 120),
+    extra=st.integers(0, 30),
+    width=st.integers(1, 4),
+)
+def test_ranges_keep_their_padding(prefix, low, extra, width):
+    high = low + extra
+    text = f"{prefix}[{low:0{width}d}-{high:0{width}d}]"
+    assert _slurm.parse_nodelist(text) == [f"{prefix}{n:0{width}d}" for n in range(low, high + 1)]
