@@ -75,9 +75,6 @@ class SlurmLab:
 
     def __init__(self) -> None:
         self.lab = Lab(NODES)
-        # Lab's prefix is one per process; other tests of this process may hold a lab of their own
-        # while this session-long one lives, and `netlab up` first removes any lab of its prefix.
-        self.lab.prefix = f"rs{os.getpid() % 10000:04d}"
         self.dir = Path()
         self._daemons: list[subprocess.Popen] = []
 

@@ -86,7 +86,6 @@ def test_mpirun_across_two_hosts(tmp_path):
     if shutil.which("nsenter") is None:
         pytest.skip("nsenter (util-linux) is not installed")
     lab = netlab.Lab(2)
-    lab.prefix = f"rm{os.getpid() % 10000:04d}"  # apart from other labs of this process
     with lab:
         cases = "\n".join(f"  {lab.addr(i)}) ns={lab.namespace(i)} ;;" for i in range(2))
         agent = tmp_path / "rsh_agent"
