@@ -7,7 +7,7 @@ would show it. The agent then:
 - forks each of the host's ranks in a session of its own, with the agent's environment, the
   spec's allow-listed ``env`` and the rank's ``RINGFLOW_*`` variables;
 - copies each rank's stdout / stderr line by line to its own, prefixed ``[rank] ``;
-- reports ``<nonce> started <rank> <pid>`` and ``<nonce> exit <rank> <returncode>`` lines on
+- reports ``<nonce> started <rank> <pid>`` and ``<nonce> exit <rank> <returncode> <unix time>`` lines on
   stdout, tagged with the job's nonce so that nothing a rank (or a login script) prints can pass
   for one;
 - obeys ``stop <signal>`` lines on stdin: that signal to every rank's process group, SIGKILL
@@ -24,6 +24,7 @@ here), ``host`` (the host entry: the ranks' RINGFLOW_HOST_ID), ``size``, ``store
 
 from __future__ import annotations
 
-from .node import Spec, main, rank_environment
+from .node import main
+from .spec import Spec, rank_environment
 
 __all__ = ["Spec", "main", "rank_environment"]

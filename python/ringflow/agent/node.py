@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import os
 import queue
 import signal
@@ -16,90 +15,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
 from typing import BinaryIO
 
 from ..run.launcher import _Output, exit_code
 from ..run.ranks import RankSlot
+from .spec import Spec, rank_environment
 
-__all__ = ["Spec", "main", "rank_environment"]
+__all__ = ["main"]
 
 _PR_SET_PDEATHSIG = 1
-
-
-@dataclass(frozen=True)
-class Spec:
-    """One host's share of a job, as the launcher sends it."""
-
-    nonce: str
-    command: list[str]
-    host: str
-    size: int
-    store_addr: str
-    store_port: int
-    secret: str = field(repr=False)
-    job_id: str
-    ranks: list[RankSlot]
-    env: dict[str, str] = field(default_factory=dict)
-    cwd: str = ""
-    grace_period: float = 5.0
-    bind_to: str = "none"
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str | bytes) -> Spec:
-        """Parse and check a spec line; ValueError says which field is wrong."""
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"the job spec is not JSON: {e}") from None
-        if not isinstance(data, dict):
-            raise ValueError("the job spec is not a JSON object")
-        try:
-            data["ranks"] = [RankSlot(**slot) for slot in data["ranks"]]
-            spec = cls(**data)
-        except (KeyError, TypeError) as e:
-            raise ValueError(f"the job spec is incomplete or has unknown fields: {e}") from None
-        checks = {
-            "nonce": isinstance(spec.nonce, str) and len(spec.nonce) >= 8,
-            "command": bool(spec.command) and all(isinstance(a, str) for a in spec.command),
-            "env": all(isinstance(k, str) and isinstance(v, str) for k, v in spec.env.items()),
-            "ranks": bool(spec.ranks) and all(0 <= s.rank < spec.size for s in spec.ranks),
-            "store_port": isinstance(spec.store_port, int) and 0 < spec.store_port < 65536,
-            "bind_to": spec.bind_to in ("none", "core"),
-            "grace_period": isinstance(spec.grace_period, (int, float)) and spec.grace_period >= 0,
-        }
-        bad = [name for name, ok in checks.items() if not ok]
-        if bad:
-            raise ValueError(f"the job spec has bad field(s): {', '.join(bad)}")
-        return spec
-
-
-def rank_environment(spec: Spec, slot: RankSlot, base: Mapping[str, str]) -> dict[str, str]:
-    """The environment of one rank: ``base``, the spec's env, then the rank's own variables."""
-    env = {**base, **spec.env}
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    env.update(
-        {
-            "RINGFLOW_RANK": str(slot.rank),
-            "RINGFLOW_SIZE": str(spec.size),
-            "RINGFLOW_LOCAL_RANK": str(slot.local_rank),
-            "RINGFLOW_LOCAL_SIZE": str(slot.local_size),
-            "RINGFLOW_CROSS_RANK": str(slot.cross_rank),
-            "RINGFLOW_CROSS_SIZE": str(slot.cross_size),
-            # The host entry, not gethostname(): namespaces and containers share hostnames.
-            "RINGFLOW_HOST_ID": spec.host,
-            "RINGFLOW_STORE_ADDR": spec.store_addr,
-            "RINGFLOW_STORE_PORT": str(spec.store_port),
-            "RINGFLOW_STORE_EXTERNAL": "1",
-            "RINGFLOW_SECRET": spec.secret,
-            "RINGFLOW_JOB_ID": spec.job_id,
-        }
-    )
-    return env
 
 
 def _die_with_parent() -> None:
@@ -136,16 +60,23 @@ class _Agent:
         except OSError as e:
             failed = spec.ranks[len(self.procs)].rank
             self.note(f"cannot start rank {failed}: {e}")
-            self.event(f"exit {failed} {127 if isinstance(e, FileNotFoundError) else 126}")
+            code = 127 if isinstance(e, FileNotFoundError) else 126
+            self.event(f"exit {failed} {code} {time.time():.6f}")
             self.first_failure = 127 if isinstance(e, FileNotFoundError) else 126
             self.stop(signal.SIGTERM)
         for rank, proc in self.procs.items():
             self.event(f"started {rank} {proc.pid}")
             for name, pipe in (("stdout", proc.stdout), ("stderr", proc.stderr)):
                 self.thread(self.out.pump, rank, name, pipe, keep=True)
-            self.thread(lambda r=rank, p=proc: self.events.put(("exit", r, p.wait())))
+            self.thread(self.wait_rank, rank, proc)
         self.thread(self.read_control, stdin)
         return self.loop()
+
+    def wait_rank(self, rank: int, proc: subprocess.Popen[bytes]) -> None:
+        returncode = proc.wait()
+        # Stamped when it happened: the launcher names the rank that failed first by these
+        # stamps, as the others' failures often follow from it and can reach it sooner.
+        self.events.put(("exit", rank, returncode, time.time()))
 
     def thread(self, target, *args, keep: bool = False) -> None:
         thread = threading.Thread(target=target, args=args, daemon=True)
@@ -186,9 +117,9 @@ class _Agent:
                 self.kill_at = time.monotonic() + 30.0
                 continue
             if event[0] == "exit":
-                _, rank, returncode = event
+                _, rank, returncode, stamp = event
                 self.running.discard(rank)
-                self.event(f"exit {rank} {returncode}")
+                self.event(f"exit {rank} {returncode} {stamp:.6f}")
                 if returncode != 0 and self.first_failure is None:
                     self.first_failure = exit_code(returncode)
             elif event[0] == "line":
@@ -218,7 +149,10 @@ class _Agent:
 
 def main() -> int:
     """Read the spec from stdin, run the ranks, return the agent's exit code."""
-    line = sys.stdin.buffer.readline()
+    # Unbuffered: the control thread may still be reading when the interpreter exits, and a
+    # daemon thread inside a BufferedReader makes that exit abort.
+    stdin = open(0, "rb", buffering=0, closefd=False)  # noqa: SIM115 (read until exit)
+    line = stdin.readline()
     try:
         spec = Spec.from_json(line)
     except ValueError as e:
@@ -227,4 +161,4 @@ def main() -> int:
     agent = _Agent(spec, _Output(sys.stdout.buffer, sys.stderr.buffer))
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         signal.signal(sig, lambda *_: agent.events.put(("signal",)))
-    return agent.run(sys.stdin.buffer)
+    return agent.run(stdin)

@@ -41,7 +41,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from ..agent.node import Spec
+from ..agent.spec import Spec
 from .hosts import Host, is_local
 from .launcher import TIMEOUT_EXIT_CODE, Store, _Output, describe_exit, exit_code
 from .ranks import HostRanks, assign
@@ -240,6 +240,9 @@ class _Job:
         self.agents: list[_Agent] = []
         self.events: queue.SimpleQueue[tuple] = queue.SimpleQueue()  # put() is signal-safe
         self.code: int | None = None  # set by the first failure
+        # (exit time, rank, host, returncode) of failed ranks, when a rank's exit stopped the job.
+        self.rank_failures: list[tuple[float, int, str, int]] = []
+        self.exit_stamps: dict[tuple[int, int], float] = {}
         self.stopping_at: float | None = None
 
     def run(self, specs, placed, ssh_port, identity, start_timeout, timeout) -> int:
@@ -253,7 +256,23 @@ class _Job:
                     self._fail(127 if isinstance(e, FileNotFoundError) else 126, signal.SIGTERM)
                     break
             self._wait(time.monotonic() + start_timeout, timeout)
+        if self.rank_failures:
+            self._name_first_failure()
         return self.code or 0
+
+    def _name_first_failure(self) -> None:
+        """Name the rank that failed first by its host's clock, not the first report to arrive:
+        when one rank dies its peers fail too, and their reports can overtake its own. Ranks
+        that died of our own stop signal are not candidates, unless nothing else failed."""
+        first = self.rank_failures[0]
+        ours = (-signal.SIGTERM, -signal.SIGKILL)
+        candidates = [first] + [f for f in self.rank_failures[1:] if f[3] not in ours]
+        _, rank, host, returncode = min(candidates)
+        self.out.note(
+            f"rank {rank} on host {host} failed first ({describe_exit(returncode)}); "
+            f"stopped the job on {len(self.agents)} host(s)"
+        )
+        self.code = exit_code(returncode)
 
     def _start_agent(self, index: int, spec: Spec, placed: HostRanks, argv: list[str]) -> None:
         proc = subprocess.Popen(
@@ -283,8 +302,12 @@ class _Job:
             for line in iter(proc.stdout.readline, b""):
                 if line.startswith(tag):
                     words = line[len(tag) :].split()
-                    if len(words) == 3 and words[0] in (b"started", b"exit"):
-                        self.events.put((words[0].decode(), index, int(words[1]), int(words[2])))
+                    if len(words) == 3 and words[0] == b"started":
+                        self.events.put(("started", index, int(words[1]), int(words[2])))
+                        continue
+                    if len(words) == 4 and words[0] == b"exit":
+                        self.exit_stamps[(index, int(words[1]))] = float(words[3])
+                        self.events.put(("exit", index, int(words[1]), int(words[2])))
                         continue
                 self.out.write("stdout", line)
         self.events.put(("agent_exit", index, proc.wait(), 0))
@@ -321,13 +344,11 @@ class _Job:
                     self.out.note(f"rank {rank} started on host {agent.name} (pid {value})")
             elif kind == "exit":
                 agent.left.discard(rank)
-                if value != 0 and self.code is None:
-                    running = sum(len(a.left) for a in self.agents)
-                    self.out.note(
-                        f"rank {rank} on host {agent.name} failed first ({describe_exit(value)}); "
-                        f"stopping {running} other rank(s) on {len(self.agents)} host(s)"
-                    )
-                    self._fail(exit_code(value), signal.SIGTERM)
+                if value != 0 and (self.code is None or self.rank_failures):
+                    stamp = self.exit_stamps[(index, rank)]
+                    self.rank_failures.append((stamp, rank, agent.name, value))
+                    if self.code is None:
+                        self._fail(exit_code(value), signal.SIGTERM)
                 elif self.verbose:
                     self.out.note(f"rank {rank} on host {agent.name} {describe_exit(value)}")
             elif kind == "agent_exit":
