@@ -233,7 +233,9 @@ def test_job_over_ssh(sshlab, tmp_path):
         ends = {end.split(":")[0] for pair in report["connections"] for end in pair}
         assert ends and ends <= lab_addrs, f"rank {r}: {report['connections']}"
         other = sshlab.addr(3 - host)
-        assert any(remote.startswith(other + ":") for _, remote in report["connections"])
+        assert any(remote.startswith(other + ":") for _, remote in report["connections"]), (
+            f"rank {r} has no connection to {other}: {report}"
+        )
     assert not sshlab.wait_empty(), "processes left behind"
 
 

@@ -11,11 +11,13 @@ What ``launch_hosts()`` does, in order:
    ``localhost``, and writes each agent its job spec on stdin (`ringflow.agent`).
 3. Copies the agents' output (already ``[rank] ``-prefixed) through, and reads their nonce-tagged
    started / exit events.
-4. Stops the job on every host at the first failure: a rank exiting non-zero (the launcher names
-   the rank and its host and exits with that rank's code), an agent or ssh exiting before its
-   ranks did, ranks not started within ``start_timeout``, ``timeout``, or SIGINT / SIGTERM (sent
-   on to every rank). Stopping is ``stop SIG`` to each agent (SIG now, SIGKILL after the grace
-   period), then closing its stdin, then SIGKILL to the ssh or agent process itself.
+4. Stops the job on every host at the first failure: a rank exiting non-zero (after
+   `FAILURE_SETTLE_S`, so the failed rank can exit with its own code; the launcher then names
+   the rank that failed first and its host, and exits with that rank's code), an agent or ssh
+   exiting before its ranks did, ranks not started within ``start_timeout``, ``timeout``, or
+   SIGINT / SIGTERM (sent on to every rank; the job exits 128 + N). Stopping is ``stop SIG`` to
+   each agent (SIG now, SIGKILL after the grace period), then closing its stdin, then SIGKILL to
+   the ssh or agent process itself.
 
 The ranks' data sockets follow the store: each rank advertises the address of its own store
 connection, so traffic takes the network the launcher reached the hosts on (or
@@ -68,6 +70,11 @@ _JOB_VARIABLES = frozenset(
     ]
 )
 _SIOCGIFADDR = 0x8915
+
+FAILURE_SETTLE_S = 1.0
+"""After a rank fails, how long the others may go on before SIGTERM. The peers of a failed rank
+fail within milliseconds, often before its own exit (its shutdown tells them first); without this
+pause the stop signal would kill the failed rank before it exits with its own code."""
 
 
 def forwarded_environment(
@@ -243,6 +250,7 @@ class _Job:
         # (exit time, rank, host, returncode) of failed ranks, when a rank's exit stopped the job.
         self.rank_failures: list[tuple[float, int, str, int]] = []
         self.exit_stamps: dict[tuple[int, int], float] = {}
+        self.settle_at: float | None = None  # when to stop the job after a rank's failure
         self.stopping_at: float | None = None
 
     def run(self, specs, placed, ssh_port, identity, start_timeout, timeout) -> int:
@@ -261,13 +269,14 @@ class _Job:
         return self.code or 0
 
     def _name_first_failure(self) -> None:
-        """Name the rank that failed first by its host's clock, not the first report to arrive:
-        when one rank dies its peers fail too, and their reports can overtake its own. Ranks
-        that died of our own stop signal are not candidates, unless nothing else failed."""
-        first = self.rank_failures[0]
+        """Name the rank that failed first. Not simply the first report: when a rank dies, its
+        peers raise PeerFailureError and exit with code 1, often before the dead rank's own exit
+        (its shutdown tells them first). So a more specific status (any code but 1, or a signal
+        we did not send) wins over 1; among equals, the earliest exit by its host's clock."""
         ours = (-signal.SIGTERM, -signal.SIGKILL)
+        first = self.rank_failures[0]
         candidates = [first] + [f for f in self.rank_failures[1:] if f[3] not in ours]
-        _, rank, host, returncode = min(candidates)
+        _, _, rank, host, returncode = min((f[3] == 1, *f) for f in candidates)
         self.out.note(
             f"rank {rank} on host {host} failed first ({describe_exit(returncode)}); "
             f"stopped the job on {len(self.agents)} host(s)"
@@ -323,7 +332,7 @@ class _Job:
         job_deadline = None if timeout is None else time.monotonic() + timeout
         while not all(agent.exited for agent in self.agents):
             now = time.monotonic()
-            deadlines = [self.stopping_at]
+            deadlines = [self.stopping_at, self.settle_at]
             if self.code is None:  # until the job is stopping, it may time out
                 deadlines.append(job_deadline)
                 if any(a.left - a.started for a in self.agents):
@@ -347,8 +356,8 @@ class _Job:
                 if value != 0 and (self.code is None or self.rank_failures):
                     stamp = self.exit_stamps[(index, rank)]
                     self.rank_failures.append((stamp, rank, agent.name, value))
-                    if self.code is None:
-                        self._fail(exit_code(value), signal.SIGTERM)
+                    if self.code is None and self.settle_at is None:
+                        self.settle_at = time.monotonic() + FAILURE_SETTLE_S
                 elif self.verbose:
                     self.out.note(f"rank {rank} on host {agent.name} {describe_exit(value)}")
             elif kind == "agent_exit":
@@ -376,7 +385,11 @@ class _Job:
         self, start_deadline: float, job_deadline: float | None, timeout: float | None
     ) -> None:
         now = time.monotonic()
-        if self.stopping_at is not None and now >= self.stopping_at:
+        if self.settle_at is not None and now >= self.settle_at:
+            self.settle_at = None
+            if self.code is None:
+                self._fail(1, signal.SIGTERM)  # the code comes from _name_first_failure
+        elif self.stopping_at is not None and now >= self.stopping_at:
             self._kill_agents()
             self.stopping_at = now + 30.0  # reaping a SIGKILLed ssh takes no longer
         elif job_deadline is not None and now >= job_deadline and self.code is None:
