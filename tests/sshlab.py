@@ -10,12 +10,15 @@ pins ssh to this lab's known_hosts and key, so the user's own ssh configuration 
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -23,6 +26,38 @@ from .netlab import Lab, unavailable_reason
 
 SSHD = "/usr/sbin/sshd"
 PORT = 2222
+
+
+class PipeLines:
+    """Lines from a child's pipe as they come, each wait bounded by a deadline. Reads the raw
+    fd: select() on a buffered file object misses lines already sitting in its buffer."""
+
+    def __init__(self, pipe: IO[bytes] | IO[str]) -> None:
+        self.fd = pipe.fileno()
+        self.pending = b""
+        self.lines: list[str] = []
+        self.ended = False
+
+    def until(self, predicate: Callable[[str], bool], timeout: float) -> str | None:
+        """Read until a line matches (returned) or the pipe ends or ``timeout`` passes (None)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            while b"\n" in self.pending:
+                line, self.pending = self.pending.split(b"\n", 1)
+                self.lines.append(line.decode(errors="replace"))
+                if predicate(self.lines[-1]):
+                    return self.lines[-1]
+            left = deadline - time.monotonic()
+            if self.ended or left <= 0 or not select.select([self.fd], [], [], left)[0]:
+                return None
+            chunk = os.read(self.fd, 65536)
+            self.ended = not chunk
+            self.pending += chunk if chunk else (b"\n" if self.pending else b"")
+
+    def rest(self, timeout: float) -> list[str]:
+        """Every line until the pipe ends (or ``timeout`` passes)."""
+        self.until(lambda _line: False, timeout)
+        return self.lines
 
 
 def ssh_unavailable_reason() -> str | None:

@@ -14,12 +14,13 @@ import select
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from ringflow.agent import Spec, rank_environment
 from ringflow.run.ranks import RankSlot
+
+from .sshlab import PipeLines
 
 TIMEOUT = 30
 NONCE = "0123456789abcdef"
@@ -53,30 +54,22 @@ class Agent:
         text = job if isinstance(job, str) else job.to_json()
         self.proc.stdin.write(text.encode() + b"\n")
         self.proc.stdin.flush()
-        self.lines: list[str] = []
+        self.out = PipeLines(self.proc.stdout)
+
+    @property
+    def lines(self) -> list[str]:
+        return self.out.lines
 
     def read_until(self, predicate, timeout: float = TIMEOUT) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            readable, _, _ = select.select([self.proc.stdout], [], [], deadline - time.monotonic())
-            assert readable, f"no matching line; got {self.lines}"
-            line = self.proc.stdout.readline().decode()
-            assert line, f"agent stdout ended; got {self.lines}"
-            self.lines.append(line.rstrip("\n"))
-            if predicate(self.lines[-1]):
-                return self.lines[-1]
+        line = self.out.until(predicate, timeout)
+        assert line is not None, f"no matching line; got {self.lines}"
+        return line
 
     def finish(self) -> tuple[int, list[str], str]:
         """Read stdout to its end and wait for the agent, stdin still open (closing it would
         stop the ranks)."""
-        deadline = time.monotonic() + TIMEOUT
-        while True:
-            readable, _, _ = select.select([self.proc.stdout], [], [], deadline - time.monotonic())
-            assert readable, f"agent did not finish; got {self.lines}"
-            line = self.proc.stdout.readline().decode()
-            if not line:
-                break
-            self.lines.append(line.rstrip("\n"))
+        self.out.rest(TIMEOUT)
+        assert self.out.ended, f"agent did not finish; got {self.lines}"
         self.proc.wait(timeout=TIMEOUT)
         err = self.proc.stderr.read().decode()
         self.close()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import select
 import signal
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from ringflow.run.hosts import Host, is_local, parse_hostfile, parse_hosts
 from ringflow.run.multihost import agent_command, forwarded_environment
 from ringflow.run.ranks import assign
 
-from .sshlab import PORT, SshLab
+from .sshlab import PORT, PipeLines, SshLab
 
 JOB_TIMEOUT = 60
 PREFIX_RE = re.compile(r"\[(\d+)\] (.*)")
@@ -137,7 +136,8 @@ def tcp_connections():
         ip, port = text.split(":")
         return socket.inet_ntoa(struct.pack("<I", int(ip, 16))) + ":" + str(int(port, 16))
     rows = open("/proc/self/net/tcp").read().splitlines()[1:]
-    return [(addr(f[1]), addr(f[2])) for f in map(str.split, rows) if f[9] in mine and f[3] == "01"]
+    # Not listening (0A); established or already closed by a peer that finished first.
+    return [(addr(f[1]), addr(f[2])) for f in map(str.split, rows) if f[9] in mine and f[3] != "0A"]
 
 ringflow.init()
 r, n = ringflow.rank(), ringflow.size()
@@ -174,8 +174,10 @@ def test_local_hosts_need_no_ssh(tmp_path):
     """localhost entries run the agent directly: the same job, host identity from the entry."""
     script = tmp_path / "rank.py"
     script.write_text(RANK_SCRIPT)
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("localhost slots=2\n127.0.0.1 slots=2  # the same machine, by address\n")
     done = subprocess.run(
-        [sys.executable, "-m", "ringflow.run", "-np", "3", "-H", "localhost:2,127.0.0.1:2",
+        [sys.executable, "-m", "ringflow.run", "-np", "3", "--hostfile", str(hostfile),
          "-x", "RF_TEST_EXPORT=yes", sys.executable, str(script)],
         capture_output=True, text=True, timeout=JOB_TIMEOUT, stdin=subprocess.DEVNULL,
         env=dict(os.environ, RINGFLOW_SSH_COMMAND="false"),  # ssh must not be used
@@ -209,12 +211,34 @@ def lab_env(lab: SshLab) -> dict[str, str]:
     return lab.client_env(RINGFLOW_TRANSPORT="tcp", RF_TEST_EXPORT="from-launcher")
 
 
+def test_unknown_network_interface_is_named(tmp_path):
+    """The core's RINGFLOW_NETWORK_INTERFACE override: an unknown name fails init, named."""
+    code = "import ringflow; ringflow.init()"
+    done = subprocess.run(
+        [sys.executable, "-m", "ringflow.run", "-np", "2", "-H", "localhost:2",
+         "--network-interface", "lo", sys.executable, "-c", code],
+        capture_output=True, text=True, timeout=JOB_TIMEOUT, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    done = subprocess.run(
+        [sys.executable, "-m", "ringflow.run", "-np", "2", sys.executable, "-c", code],
+        capture_output=True, text=True, timeout=JOB_TIMEOUT, stdin=subprocess.DEVNULL,
+        env=dict(os.environ, RINGFLOW_NETWORK_INTERFACE="rfnone0"),
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "RINGFLOW_NETWORK_INTERFACE=rfnone0: this host has no IPv4 interface" in done.stderr
+
+
 @pytest.mark.timeout(JOB_TIMEOUT + 30)
-def test_job_over_ssh(sshlab, tmp_path):
+@pytest.mark.parametrize("interface", [None, "eth0"])
+def test_job_over_ssh(sshlab, tmp_path, interface):
+    """Data goes where the store is reached, or over --network-interface (each lab host's
+    link to the others is its eth0)."""
     script = tmp_path / "rank.py"
     script.write_text(RANK_SCRIPT)
+    extra = ["--network-interface", interface] if interface else []
     done = subprocess.run(
-        lab_job(sshlab, script, "-x", "RF_TEST_EXPORT"),
+        lab_job(sshlab, script, "-x", "RF_TEST_EXPORT", *extra),
         capture_output=True, text=True, timeout=JOB_TIMEOUT, stdin=subprocess.DEVNULL,
         env=lab_env(sshlab),
     )  # fmt: skip
@@ -232,10 +256,16 @@ def test_job_over_ssh(sshlab, tmp_path):
         # The store connection and every data connection run over the lab addresses.
         ends = {end.split(":")[0] for pair in report["connections"] for end in pair}
         assert ends and ends <= lab_addrs, f"rank {r}: {report['connections']}"
-        other = sshlab.addr(3 - host)
-        assert any(remote.startswith(other + ":") for _, remote in report["connections"]), (
-            f"rank {r} has no connection to {other}: {report}"
-        )
+        data = [pair for pair in report["connections"] if sshlab.addr(0) not in pair[1]]
+        assert data, f"rank {r} has no data connection: {report['connections']}"
+    # Ranks connect to the peers their algorithms need: some of those are on the other host.
+    crossing = [
+        pair
+        for r, report in reports.items()
+        for pair in report["connections"]
+        if pair[1].startswith(sshlab.addr(2 - r // 2) + ":")
+    ]
+    assert crossing, reports
     assert not sshlab.wait_empty(), "processes left behind"
 
 
@@ -276,15 +306,11 @@ def test_sigint_leaves_nothing(sshlab, tmp_path):
         stdin=subprocess.DEVNULL, env=lab_env(sshlab), text=True,
     )  # fmt: skip
     try:
-        ready: set[str] = set()
-        deadline = time.monotonic() + JOB_TIMEOUT
-        while len(ready) < 4:
-            readable, _, _ = select.select([proc.stdout], [], [], deadline - time.monotonic())
-            assert readable, "the ranks did not all start"
-            line = proc.stdout.readline()
-            assert line, proc.stderr.read()
-            if line.endswith("ready\n"):
-                ready.add(line.split()[0])
+        lines = PipeLines(proc.stdout)
+        for _ in range(4):
+            if lines.until(lambda line: line.endswith(" ready"), JOB_TIMEOUT) is None:
+                proc.kill()
+                pytest.fail(f"the ranks did not all start: {lines.lines}, {proc.communicate()}")
         proc.send_signal(signal.SIGINT)  # ip netns exec execs: this pid is the launcher
         _, stderr = proc.communicate(timeout=15)
     finally:
@@ -295,3 +321,16 @@ def test_sigint_leaves_nothing(sshlab, tmp_path):
     assert "got SIGINT; stopping the job on every host" in stderr
     left = sshlab.wait_empty()
     assert not left, f"processes left behind: {left}"
+
+
+@pytest.mark.timeout(JOB_TIMEOUT + 30)
+def test_unreachable_host_is_named(sshlab, tmp_path):
+    """ssh failing (nothing listens on that port) fails the job at once, naming the host."""
+    argv = lab_job(sshlab, tmp_path / "never-run.py", "--ssh-port", str(PORT + 1))
+    done = subprocess.run(
+        argv, capture_output=True, text=True, timeout=JOB_TIMEOUT, stdin=subprocess.DEVNULL,
+        env=lab_env(sshlab),
+    )  # fmt: skip
+    assert done.returncode == 255, done.stderr
+    assert re.search(r"host 198\.18\.0\.[23]: ssh exited with code 255 before rank", done.stderr)
+    assert not sshlab.wait_empty()
