@@ -81,6 +81,9 @@ class SshLab:
 
     def __init__(self, hosts: int) -> None:
         self.lab = Lab(hosts + 1)
+        # Not Lab's default "rf<pid>": this lab lives for the whole session, and another
+        # fixture's Lab in the same process would take (and first tear down) that name.
+        self.lab.prefix = f"rs{os.getpid() % 10000:04d}"
         self.hosts = hosts
         self.dir = Path()
         self.sshd: dict[int, subprocess.Popen] = {}

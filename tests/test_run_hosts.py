@@ -157,6 +157,7 @@ print(json.dumps({
     "cross_rank": ringflow.cross_rank(), "cross_size": ringflow.cross_size(),
     "host": os.environ["RINGFLOW_HOST_ID"], "netns": os.stat("/proc/self/ns/net").st_ino,
     "exported": os.environ.get("RF_TEST_EXPORT"), "connections": tcp_connections(),
+    "store_port": int(os.environ["RINGFLOW_STORE_PORT"]),
 }))
 """
 
@@ -197,9 +198,9 @@ def sshlab():
         yield lab
 
 
-def lab_job(lab: SshLab, script: Path, *extra: str) -> list[str]:
-    """The launcher's argv in lab host 0: 4 ranks, 2 on each ssh host."""
-    hosts = f"{lab.addr(1)}:2,{lab.addr(2)}:2"
+def lab_job(lab: SshLab, script: Path, *extra: str, hosts: str | None = None) -> list[str]:
+    """The launcher's argv in lab host 0: 4 ranks, 2 on each ssh host unless ``hosts``."""
+    hosts = hosts or f"{lab.addr(1)}:2,{lab.addr(2)}:2"
     argv = [sys.executable, "-m", "ringflow.run", "-np", "4", "-H", hosts,
             "--ssh-port", str(PORT), "-i", lab.identity, "--grace-period", "2", *extra,
             sys.executable, str(script)]  # fmt: skip
@@ -230,15 +231,20 @@ def test_unknown_network_interface_is_named(tmp_path):
 
 
 @pytest.mark.timeout(JOB_TIMEOUT + 30)
-@pytest.mark.parametrize("interface", [None, "eth0"])
-def test_job_over_ssh(sshlab, tmp_path, interface):
-    """Data goes where the store is reached, or over --network-interface (each lab host's
-    link to the others is its eth0)."""
+@pytest.mark.parametrize(
+    ("lab_hosts", "interface"), [((1, 2), None), ((1, 2), "eth0"), ((0, 2), None)]
+)
+def test_job_over_ssh(sshlab, tmp_path, lab_hosts, interface):
+    """Two ranks on each of two lab hosts: both over ssh, or the launcher's own host (entry
+    ``localhost``, no ssh) and one over ssh. Data goes where the store is reached, or over
+    --network-interface (each lab host's link to the others is its eth0)."""
     script = tmp_path / "rank.py"
     script.write_text(RANK_SCRIPT)
+    entries = ["localhost" if h == 0 else sshlab.addr(h) for h in lab_hosts]
     extra = ["--network-interface", interface] if interface else []
     done = subprocess.run(
-        lab_job(sshlab, script, "-x", "RF_TEST_EXPORT", *extra),
+        lab_job(sshlab, script, "-x", "RF_TEST_EXPORT", *extra,
+                hosts=",".join(f"{entry}:2" for entry in entries)),
         capture_output=True, text=True, timeout=JOB_TIMEOUT, stdin=subprocess.DEVNULL,
         env=lab_env(sshlab),
     )  # fmt: skip
@@ -247,23 +253,26 @@ def test_job_over_ssh(sshlab, tmp_path, interface):
     assert sorted(reports) == [0, 1, 2, 3]
     lab_addrs = {sshlab.addr(h) for h in range(3)}
     for r, report in reports.items():
-        host = 1 + r // 2
-        assert report["host"] == sshlab.addr(host)
+        host = lab_hosts[r // 2]
+        assert report["host"] == entries[r // 2]
         assert report["netns"] == sshlab.netns_inode(host), f"rank {r} is not in host {host}"
         assert (report["local_rank"], report["local_size"]) == (r % 2, 2)
         assert (report["cross_rank"], report["cross_size"]) == (r // 2, 2)
         assert report["exported"] == "from-launcher"
-        # The store connection and every data connection run over the lab addresses.
+        # The store connection and every data connection run over the lab addresses, never
+        # loopback, even between ranks of one host.
         ends = {end.split(":")[0] for pair in report["connections"] for end in pair}
         assert ends and ends <= lab_addrs, f"rank {r}: {report['connections']}"
-        data = [pair for pair in report["connections"] if sshlab.addr(0) not in pair[1]]
+        store = f":{report['store_port']}"
+        data = [pair for pair in report["connections"] if not pair[1].endswith(store)]
         assert data, f"rank {r} has no data connection: {report['connections']}"
     # Ranks connect to the peers their algorithms need: some of those are on the other host.
     crossing = [
         pair
         for r, report in reports.items()
         for pair in report["connections"]
-        if pair[1].startswith(sshlab.addr(2 - r // 2) + ":")
+        if pair[1].startswith(sshlab.addr(lab_hosts[1 - r // 2]) + ":")
+        and not pair[1].endswith(f":{report['store_port']}")
     ]
     assert crossing, reports
     assert not sshlab.wait_empty(), "processes left behind"
