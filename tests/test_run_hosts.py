@@ -192,6 +192,22 @@ def test_local_hosts_need_no_ssh(tmp_path):
     assert all(reports[r]["exported"] == "yes" for r in range(3))
 
 
+@pytest.mark.timeout(JOB_TIMEOUT)
+def test_start_timeout_names_the_host():
+    """An ssh that never starts the agent: the job fails after --start-timeout, naming the
+    host and its ranks, and the hung ssh is killed (no route lookup: --network-interface)."""
+    start = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "ringflow.run", "-np", "2", "-H", "192.0.2.1:2",
+         "--network-interface", "lo", "--start-timeout", "1", "--grace-period", "1", "true"],
+        capture_output=True, text=True, timeout=JOB_TIMEOUT, stdin=subprocess.DEVNULL,
+        env=dict(os.environ, RINGFLOW_SSH_COMMAND="sh -c 'exec sleep 600' fake-ssh"),
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "not started within --start-timeout: host 192.0.2.1: rank(s) [0, 1]" in done.stderr
+    assert time.monotonic() - start < 1 + 1 + 2 + 5  # timeout, grace, SIGKILL, startup
+
+
 @pytest.fixture(scope="session")
 def sshlab():
     with SshLab(2) as lab:

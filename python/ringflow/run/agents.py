@@ -228,7 +228,7 @@ class AgentJob:
             with contextlib.suppress(OSError, ValueError):
                 agent.proc.stdin.write(f"stop {int(sig)}\n".encode())
                 agent.proc.stdin.flush()
-        self.stopping_at = time.monotonic() + self.grace + 5.0
+        self.stopping_at = time.monotonic() + self.grace + 2.0  # agents SIGKILL at grace
 
     def _close_stdin(self, agent: _Agent) -> None:
         if agent.proc.stdin is not None:
