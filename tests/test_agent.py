@@ -224,6 +224,7 @@ def test_ranks_die_with_a_killed_agent():
 
 def test_bad_spec_is_refused():
     for text, words in [
+        ("", "no job spec on stdin"),
         ("not json", "not JSON"),
         (json.dumps({"nonce": NONCE}), "incomplete"),
         (spec("", 1, bind_to="numa").to_json(), "bind_to"),

@@ -153,6 +153,9 @@ def main() -> int:
     # daemon thread inside a BufferedReader makes that exit abort.
     stdin = open(0, "rb", buffering=0, closefd=False)  # noqa: SIM115 (read until exit)
     line = stdin.readline()
+    if not line.strip():
+        sys.stderr.write("ringflow agent: no job spec on stdin (ringflow run -H starts agents)\n")
+        return 2
     try:
         spec = Spec.from_json(line)
     except ValueError as e:
