@@ -20,15 +20,15 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from ..agent.spec import Spec
-from .launcher import TIMEOUT_EXIT_CODE, _Output, describe_exit, exit_code
+from .launcher import FAILURE_SETTLE_S, TIMEOUT_EXIT_CODE, _Output, describe_exit, exit_code
 from .ranks import HostRanks
 
-__all__ = ["FAILURE_SETTLE_S", "AgentJob"]
+__all__ = ["AgentJob"]
 
-FAILURE_SETTLE_S = 1.0
-"""After a rank fails, how long the others may go on before SIGTERM. The peers of a failed rank
-fail within milliseconds, often before its own exit (its shutdown tells them first); without this
-pause the stop signal would kill the failed rank before it exits with its own code."""
+# After a rank fails, the others may go on for FAILURE_SETTLE_S before SIGTERM. The peers of a
+# failed rank fail within milliseconds, often before its own exit (its shutdown tells them
+# first); without this pause the stop signal would kill the failed rank before it exits with its
+# own code.
 
 
 @dataclass

@@ -12,7 +12,7 @@ What ``launch_hosts()`` does, in order:
 3. Copies the agents' output (already ``[rank] ``-prefixed) through, and reads their nonce-tagged
    started / exit events.
 4. Stops the job on every host at the first failure: a rank exiting non-zero (after
-   `agents.FAILURE_SETTLE_S`, so the failed rank can exit with its own code; the launcher then names
+   `launcher.FAILURE_SETTLE_S`, so the failed rank can exit with its own code; the launcher then names
    the rank that failed first and its host, and exits with that rank's code), an agent or ssh
    exiting before its ranks did, ranks not started within ``start_timeout``, ``timeout``, or
    SIGINT / SIGTERM (sent on to every rank; the job exits 128 + N). Stopping is ``stop SIG`` to
