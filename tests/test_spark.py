@@ -23,7 +23,13 @@ pyspark = pytest.importorskip("pyspark", reason="pyspark is not installed (ringf
 if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
     pytest.skip("Spark needs Java: no java on PATH and no JAVA_HOME", allow_module_level=True)
 
+import cloudpickle  # noqa: E402
+
 import ringflow.spark  # noqa: E402
+
+# The ranks' functions below travel by value: executors need not import this test module (a
+# standalone cluster's executors run in their own directory, without the repository).
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 SLOTS = 4
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "spark_digits.py"
