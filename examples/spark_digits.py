@@ -25,7 +25,7 @@ from typing import Any
 import cloudpickle
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the model lives beside this script
-import pytorch_digits  # noqa: E402
+import pytorch_digits
 
 # The tasks import neither this script nor pytorch_digits: ship their code by value.
 cloudpickle.register_pickle_by_value(pytorch_digits)

@@ -66,6 +66,7 @@ def collectives(sizes: list[int]) -> int:
     checks = 0
     for n in sizes:
         for dtype in (np.float32, np.int64):
+
             def part(r: int, n: int = n, dtype: Any = dtype) -> np.ndarray:
                 return (np.arange(n) * (r + 2) - r).astype(dtype)  # integers: exact sums
 
@@ -100,7 +101,7 @@ def fail_on_rank_1() -> None:
 @pytest.mark.timeout(60)
 def test_a_failing_rank_is_named_and_the_executor_recovers(executor):
     start = time.monotonic()
-    with pytest.raises(RayJobError, match="rank 1 .*ValueError: rank one gives up") as raised:
+    with pytest.raises(RayJobError, match=r"rank 1 .*ValueError: rank one gives up") as raised:
         executor.run(fail_on_rank_1)
     assert raised.value.rank == 1
     assert time.monotonic() - start < 10

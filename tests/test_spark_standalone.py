@@ -29,14 +29,13 @@ pytestmark = [
     ),
 ]
 
+import ringflow.spark  # noqa: E402
 from tests.test_spark import (  # noqa: E402 (skips the module where pyspark or Java is missing)
     assert_no_rank_left,
     fail_on_rank_2,
     spark_session,
     topology,
 )
-
-import ringflow.spark  # noqa: E402
 
 CORES_PER_WORKER = 2
 START_TIMEOUT_S = 90
@@ -156,7 +155,7 @@ def test_standalone_failure_is_not_retried(cluster_spark):
     # Spark would retry the barrier stage (and rerun every rank) up to 4 times: ringflow cancels.
     marker = f"spark-standalone-{os.getpid()}-{time.monotonic_ns()}"
     start = time.monotonic()
-    with pytest.raises(ringflow.spark.SparkJobError, match="rank 2 .*rank two gives up") as raised:
+    with pytest.raises(ringflow.spark.SparkJobError, match=r"rank 2 .*rank two gives up") as raised:
         ringflow.spark.run(
             fail_on_rank_2,
             args=(marker,),
@@ -171,7 +170,7 @@ def test_standalone_failure_is_not_retried(cluster_spark):
 @pytest.mark.timeout(60)
 def test_standalone_too_few_slots(cluster_spark):
     start = time.monotonic()
-    with pytest.raises(ValueError, match="num_proc=5 needs 5 task slots.*has 4"):
+    with pytest.raises(ValueError, match=r"num_proc=5 needs 5 task slots.*has 4"):
         ringflow.spark.run(topology, num_proc=5, start_timeout=2)
     assert time.monotonic() - start < 5
 

@@ -187,7 +187,7 @@ def _slots(sc: Any) -> int:
         return int(sc.defaultParallelism)
 
 
-class _job_group:  # noqa: N801 (used as a context manager)
+class _job_group:  # lower case: used as a context manager, like contextlib's
     """Run the job in its own job group (cancellable as a whole), then restore the caller's."""
 
     _KEYS = ("spark.jobGroup.id", "spark.job.description", "spark.job.interruptOnCancel")
@@ -211,7 +211,9 @@ class _Watcher:
     def __init__(self, spec: Any, sc: Any, group: str) -> None:
         self.spec, self.sc, self.group = spec, sc, group
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="ringflow-spark-watch", daemon=True)
+        self._thread = threading.Thread(
+            target=self._watch, name="ringflow-spark-watch", daemon=True
+        )
         self._start_failure: str | None = None
         self._client: Any = None
 

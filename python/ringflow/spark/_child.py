@@ -11,6 +11,7 @@ cancelled), and the rank goes with it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
@@ -77,10 +78,8 @@ def _report(header: dict, message: str, trace: str, *, peer: bool) -> None:
 def _leave() -> None:
     import ringflow
 
-    try:
+    with contextlib.suppress(Exception):
         ringflow.shutdown()
-    except Exception:
-        pass
 
 
 if __name__ == "__main__":
