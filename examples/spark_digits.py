@@ -33,7 +33,9 @@ if __name__ != "__main__":  # imported (tests): __main__ goes by value anyway
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
-def train(rows: list[Any], epochs: int, batch_size: int, lr: float, seed: int) -> dict[str, float]:
+def train(
+    rows: list[dict[str, Any]], epochs: int, batch_size: int, lr: float, seed: int
+) -> dict[str, float]:
     """One rank: its partition's rows -> a trained replica; the metrics over all ranks."""
     import numpy as np
     import torch
@@ -45,8 +47,8 @@ def train(rows: list[Any], epochs: int, batch_size: int, lr: float, seed: int) -
     hvd.init()
     torch.manual_seed(seed)
     torch.set_num_threads(1)  # one core per task
-    images = torch.tensor(np.array([row.features for row in rows], np.float32)).view(-1, 1, 8, 8)
-    labels = torch.tensor([row.label for row in rows], dtype=torch.int64)
+    images = torch.tensor(np.array([row["features"] for row in rows], np.float32)).view(-1, 1, 8, 8)
+    labels = torch.tensor([row["label"] for row in rows], dtype=torch.int64)
     # The same number of steps on every rank: the largest shard's.
     steps = int(hvd.allreduce(torch.tensor(-(-len(rows) // batch_size)), op=hvd.Max))
 

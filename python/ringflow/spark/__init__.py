@@ -43,6 +43,7 @@ DEFAULT_START_TIMEOUT_S = 120.0
 """Seconds for enough task slots to exist and for all tasks to start (``start_timeout``)."""
 
 _POLL_S = 0.1  # how often the driver's watcher reads the control store (a local, cheap read)
+_ORIGIN_WAIT_S = 3.0  # how long a failed job's report waits for the rank that failed first
 
 
 class SparkJobError(RuntimeError):
@@ -69,7 +70,8 @@ def run(
     id), the job size, local rank and size, and where the store is. ``env`` adds variables
     (``RINGFLOW_TIMEOUT``, ``OMP_NUM_THREADS``, ...). ``data``, a DataFrame or RDD, is spread over
     the tasks (repartitioned to ``num_proc`` partitions where it has another number) and rank r
-    gets the rows of partition r as the first argument: ``fn(rows, *args, **kwargs)``.
+    gets the rows of partition r as the first argument: ``fn(rows, *args, **kwargs)``, a list of
+    dicts for a DataFrame (``Row.asDict(recursive=True)``), of the elements for an RDD.
 
     ``num_proc`` defaults to the partitions of ``data``, else to ``sc.defaultParallelism``.
     ``start_timeout`` (default 120 s) bounds the wait for enough free task slots and for every
@@ -259,15 +261,24 @@ class _Watcher:
         finally:
             client.close()
 
+    @staticmethod
+    def _reports(client: Any) -> list[dict[str, Any]]:
+        count = client.add("failures", 0)
+        return [json.loads(client.get(f"failure/{n}")) for n in range(1, count + 1)]
+
     def error(self) -> SparkJobError | None:
         """The failure to report for a failed job: the failing rank's, else a start timeout."""
         client = self._connect()
         try:
-            count = client.add("failures", 0)
-            reports = [json.loads(client.get(f"failure/{n}")) for n in range(1, count + 1)]
+            reports = self._reports(client)
+            # Peers of a rank that died without a word may report first (they see it leave);
+            # its task reports the exit status a moment later: wait for that, briefly.
+            deadline = time.monotonic() + _ORIGIN_WAIT_S
+            while reports and all(r["peer"] for r in reports) and time.monotonic() < deadline:
+                time.sleep(_POLL_S)
+                reports = self._reports(client)
         finally:
             client.close()
-        # A rank that failed on its own comes first; its peers fail after it, seeing it leave.
         primary = [r for r in reports if not r["peer"]] or reports
         if primary:
             report = primary[0]

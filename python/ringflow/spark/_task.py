@@ -98,10 +98,13 @@ class TaskSpec:
             offers = [json.loads(message) for message in context.allGather(json.dumps(offer))]
             if "error" in offers[0]:
                 raise RuntimeError(offers[0]["error"])
-            rows_list = list(rows) if self.with_rows else None
+            rows_list = [_plain(row) for row in rows] if self.with_rows else None
             result = self._run_child(rank, offers, rows_list, workdir, control)
-            # The store must outlive every rank's shutdown: rank 0 closes it after all are done.
-            context.barrier()
+            control.set(f"done/{rank}", b"")
+            if store is not None:
+                # The store must outlive every rank's shutdown: rank 0 closes it after all are
+                # done. (The control store, not context.barrier(): that one takes a second.)
+                _wait_forever(control, [f"done/{r}" for r in range(self.size)])
             yield rank, result
         except BaseException as error:
             _report(control, rank, host, error)
@@ -169,6 +172,23 @@ class TaskSpec:
             if code == 0:
                 return bytes(value)  # the result, pickled by the child
         raise RuntimeError(f"rank {rank}: the rank's process exited with code {code}")
+
+
+def _plain(row: Any) -> Any:
+    """A DataFrame's Row as a dict (the rank need not import pyspark to unpickle it), else the
+    RDD's element as it is."""
+    as_dict = getattr(row, "asDict", None)
+    return as_dict(recursive=True) if isinstance(row, tuple) and as_dict is not None else row
+
+
+def _wait_forever(control: Any, keys: list[str]) -> None:
+    """Wait for ``keys`` however long the other ranks take (a cancelled job kills this task)."""
+    while True:
+        try:
+            control.wait(keys, timeout_s=60.0)
+            return
+        except TimeoutError:
+            continue
 
 
 class _Reported(RuntimeError):
