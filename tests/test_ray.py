@@ -19,7 +19,8 @@ WORKERS = 3  # odd on purpose
 
 @pytest.fixture(scope="module")
 def executor() -> Iterator[RayExecutor]:
-    ray.init(num_cpus=WORKERS + 1, include_dashboard=False, log_to_driver=False)
+    # Room for a second, 2-worker executor beside this one.
+    ray.init(num_cpus=WORKERS + 2, include_dashboard=False, log_to_driver=False)
     executor = RayExecutor(num_workers=WORKERS, cpus_per_worker=1)
     try:
         executor.start()
@@ -104,9 +105,33 @@ def test_a_failing_rank_is_named_and_the_executor_recovers(executor):
     with pytest.raises(RayJobError, match=r"rank 1 .*ValueError: rank one gives up") as raised:
         executor.run(fail_on_rank_1)
     assert raised.value.rank == 1
-    assert time.monotonic() - start < 10
+    assert time.monotonic() - start < 15
     # The others left that job too: the next run is a fresh job on the same actors.
     assert [t["rank"] for t in executor.run(topology, args=(0,))] == list(range(WORKERS))
+
+
+def fail_on_rank_0_while_rank_1_sleeps() -> None:
+    import ringflow as rf
+
+    rf.init()
+    if rf.rank() == 0:
+        raise RuntimeError("rank zero gives up")
+    time.sleep(120)  # outside ringflow: nothing but the executor can end it
+
+
+@pytest.mark.timeout(60)
+def test_a_rank_stuck_after_a_failure_is_killed(executor):
+    other = RayExecutor(num_workers=2, failure_grace_s=1.0)
+    other.start()
+    try:
+        start = time.monotonic()
+        with pytest.raises(RayJobError, match=r"rank 0 .*RuntimeError: rank zero gives up"):
+            other.run(fail_on_rank_0_while_rank_1_sleeps)
+        assert time.monotonic() - start < 15
+        with pytest.raises(RuntimeError, match="not started"):  # its actors are gone
+            other.run(topology, args=(0,))
+    finally:
+        other.shutdown()
 
 
 def test_too_many_workers_fail_to_start(executor):
@@ -114,3 +139,21 @@ def test_too_many_workers_fail_to_start(executor):
     with pytest.raises(RuntimeError, match="could not reserve 8 x"):
         extra.start()
     assert extra._actors == [] and extra._group is None  # nothing left reserved
+
+
+def test_ranks_are_grouped_by_node():
+    # Bundles land on nodes A, B, A, B, C: ranks go A, A, B, B, C (the local ranks contiguous).
+    from ringflow.ray import _rank_envs, _ranked
+
+    places = [("A", "10.0.0.1"), ("B", "10.0.0.2"), ("A", "10.0.0.1"), ("B", "10.0.0.2")]
+    places.append(("C", "10.0.0.3"))
+    actors, nodes, store_host = _ranked(list("01234"), places, driver=("A", "10.0.0.1"))
+    assert actors == list("02134") and nodes == list("AABBC")
+    assert store_host == "10.0.0.1"  # other nodes must reach the driver: not loopback
+    envs = _rank_envs(nodes, store_host, 4242, "s", "job")
+    local = [(e["RINGFLOW_LOCAL_RANK"], e["RINGFLOW_LOCAL_SIZE"]) for e in envs]
+    assert local == [("0", "2"), ("1", "2"), ("0", "2"), ("1", "2"), ("0", "1")]
+    assert [e["RINGFLOW_RANK"] for e in envs] == list("01234")
+    assert {e["RINGFLOW_HOST_ID"] for e in envs} == {"ray-node:A", "ray-node:B", "ray-node:C"}
+    # Everything on the driver's node: the store stays on loopback.
+    assert _ranked(["x"], [("A", "10.0.0.1")], driver=("A", "10.0.0.1"))[2] == "127.0.0.1"

@@ -144,6 +144,7 @@ class RayExecutor:
         if not self._actors:
             raise RuntimeError("RayExecutor.run: not started; call start() first")
         ray = _import_ray()
+        nodes = self._nodes  # shutdown() below may clear them
         refs = [actor.execute.remote(fn, tuple(args), dict(kwargs or {})) for actor in self._actors]
         rank_of = {ref: rank for rank, ref in enumerate(refs)}
         pending = list(refs)
@@ -151,23 +152,36 @@ class RayExecutor:
             done, pending = ray.wait(pending, num_returns=1)
             try:
                 ray.get(done[0])
-            except Exception as error:
-                rank, node = rank_of[done[0]], self._nodes[rank_of[done[0]]]
-                cause = getattr(error, "cause", None) or error  # a RayTaskError wraps fn's
-                self._settle_after_failure(ray, pending)
-                raise RayJobError(
-                    f"RayExecutor.run: rank {rank} (Ray node {node}) failed: "
-                    f"{type(cause).__name__}: {cause}",
-                    rank=rank,
-                ) from error
-        return ray.get(refs)
-
-    def _settle_after_failure(self, ray: Any, pending: list[Any]) -> None:
-        """Give the other ranks a moment to fail too (they see the rank leave), else kill all."""
+            except Exception:
+                failed = [done[0]]
+                break
+        else:
+            return ray.get(refs)
+        # The others see the failed rank leave and fail too; wait for them, briefly, and name
+        # the rank that failed on its own (its peers' errors may arrive before its own).
+        settled, still = [], pending
         if pending:
-            _, still = ray.wait(pending, num_returns=len(pending), timeout=self.failure_grace_s)
-            if still:
-                self.shutdown()
+            settled, still = ray.wait(
+                pending, num_returns=len(pending), timeout=self.failure_grace_s
+            )
+        errors = []
+        for ref in failed + sorted(settled, key=rank_of.__getitem__):
+            try:
+                ray.get(ref)
+            except Exception as error:
+                errors.append((rank_of[ref], getattr(error, "cause", None) or error, error))
+        if still:
+            self.shutdown()  # ranks stuck outside ringflow: kill them (start() again to reuse)
+        from ringflow import PeerFailureError
+
+        rank, cause, error = next(
+            (e for e in errors if not isinstance(e[1], PeerFailureError)), errors[0]
+        )
+        raise RayJobError(
+            f"RayExecutor.run: rank {rank} (Ray node {nodes[rank]}) failed: "
+            f"{type(cause).__name__}: {cause}",
+            rank=rank,
+        ) from error
 
     def shutdown(self) -> None:
         """Kill the actors, release the placement group, close the store. Safe to repeat."""

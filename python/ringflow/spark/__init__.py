@@ -134,6 +134,9 @@ def run(
                 raise watcher.error() or SparkJobError(
                     f"ringflow.spark.run: the Spark job failed: {error}"
                 ) from error
+            except BaseException:  # Ctrl-C: the tasks, and with them the ranks, stop too
+                sc.cancelJobGroup(job_id)
+                raise
             finally:
                 watcher.stop()
     finally:
