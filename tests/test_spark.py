@@ -153,12 +153,11 @@ def partition_rows(rows: list[Any]) -> list[Any]:
 
 @pytest.mark.timeout(120)
 def test_data_partitions_go_to_their_ranks(spark):
-    sc = spark.sparkContext
-    rdd = sc.parallelize(range(10), 3)
-    assert ringflow.spark.run(partition_rows, data=rdd) == rdd.glom().collect()  # 3 ranks
-    # Another number of partitions than ranks: repartitioned, every row once.
-    got = ringflow.spark.run(partition_rows, data=spark.range(10), num_proc=2)
-    assert sorted(row["id"] for rows in got for row in rows) == list(range(10))  # Rows as dicts
+    # 3 partitions: 3 ranks, rank r gets partition r, a DataFrame's rows as dicts.
+    df = spark.range(0, 10, 1, numPartitions=3)
+    expect = [[row.asDict() for row in part] for part in df.rdd.glom().collect()]
+    assert ringflow.spark.run(partition_rows, data=df) == expect
+    assert [len(part) for part in expect] == [3, 3, 4]
 
 
 def fail_on_rank_2(marker: str) -> None:

@@ -33,6 +33,7 @@ import ringflow.spark  # noqa: E402
 from tests.test_spark import (  # noqa: E402 (skips the module where pyspark or Java is missing)
     assert_no_rank_left,
     fail_on_rank_2,
+    partition_rows,
     spark_session,
     topology,
 )
@@ -148,6 +149,11 @@ def test_standalone_cluster_runs_a_job(cluster_spark):
     assert [t["local_rank"] for t in found] == list(range(slots))
     assert {(t["local_size"], t["cross_size"]) for t in found} == {(slots, 1)}
     assert len({t["pid"] for t in found}) == slots
+    # Data with another number of partitions than ranks: repartitioned, every element once.
+    got = ringflow.spark.run(
+        partition_rows, data=cluster_spark.sparkContext.parallelize(range(10), 3), num_proc=2
+    )
+    assert len(got) == 2 and sorted(x for part in got for x in part) == list(range(10))
 
 
 @pytest.mark.timeout(120)
