@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -19,8 +21,10 @@ WORKERS = 3  # odd on purpose
 
 @pytest.fixture(scope="module")
 def executor() -> Iterator[RayExecutor]:
+    # Ray's session files in a directory of our own (short: Ray puts sockets there), removed after.
+    temp = tempfile.mkdtemp(prefix="rf-ray-")
     # Room for a second, 2-worker executor beside this one.
-    ray.init(num_cpus=WORKERS + 2, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=WORKERS + 2, include_dashboard=False, log_to_driver=False, _temp_dir=temp)
     executor = RayExecutor(num_workers=WORKERS, cpus_per_worker=1)
     try:
         executor.start()
@@ -28,6 +32,7 @@ def executor() -> Iterator[RayExecutor]:
     finally:
         executor.shutdown()
         ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def topology(a: int, b: int = 0) -> dict[str, Any]:

@@ -82,7 +82,10 @@ class TaskSpec:
         )
         host = host_identity()
         store = None
-        workdir = Path(tempfile.mkdtemp(prefix=f"ringflow-spark-{rank}-"))
+        # Under Spark's local directory (Spark sets it for Python workers): what a killed task
+        # leaves there goes when the executor does.
+        local_dir = os.environ.get("SPARK_LOCAL_DIRS", "").split(",")[0] or None
+        workdir = Path(tempfile.mkdtemp(prefix=f"ringflow-spark-{rank}-", dir=local_dir))
         try:
             control.add("started", 1)
             offer: dict[str, Any] = {"host": host}
