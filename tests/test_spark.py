@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import subprocess
 import sys
 import time
 import uuid
@@ -220,6 +221,23 @@ def test_too_few_slots_fails_fast(spark):
     with pytest.raises(ValueError, match=r"num_proc=5 needs 5 task slots.*has 4"):
         ringflow.spark.run(topology, num_proc=SLOTS + 1)
     assert time.monotonic() - start < 5
+
+
+def test_host_identity_tells_network_namespaces_apart():
+    # Same machine, same hostname, another network namespace: another host for local_rank.
+    from ringflow.spark._task import host_identity
+
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare (util-linux)")
+    code = "from ringflow.spark._task import host_identity; print(host_identity())"
+    other = subprocess.run(
+        ["unshare", "--net", sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    if other.returncode != 0:
+        pytest.skip(f"unshare --net is not allowed here: {other.stderr.strip()[-200:]}")
+    mine = host_identity()
+    assert other.stdout.strip() != mine
+    assert other.stdout.strip().split("/net:")[0] == mine.split("/net:")[0]  # one boot
 
 
 def test_dynamic_allocation_is_refused():
