@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -117,17 +118,26 @@ def test_mpirun_without_mpi4py_says_what_to_do(tmp_path):
         assert words in output, output
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def free_port_pair() -> int:
+    """A port P with P and P + 1 free (torchrun's store, then ringflow's). Drawn below the
+    kernel's ephemeral range (32768-60999 by default), so that no outgoing connection of
+    another test can take P + 1 between this check and the job's bind."""
+    for port in random.sample(range(20000, 32000, 2), 50):
+        try:
+            with socket.socket() as first, socket.socket() as second:
+                first.bind(("127.0.0.1", port))
+                second.bind(("127.0.0.1", port + 1))
+        except OSError:
+            continue
+        return port
+    pytest.fail("no free pair of ports in 20000-32000")
 
 
 def test_torchrun_two_processes(tmp_path):
     pytest.importorskip("torch", reason="torch (torchrun) is not installed")
     # torchrun's own default port 29500 could meet another job on this machine: a free one.
     argv = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
-    argv += ["--master-port", str(free_port()), RANK_SCRIPT]
+    argv += ["--master-port", str(free_port_pair()), RANK_SCRIPT]
     found, output = run_job(argv, tmp_path)
     launcher_rank.check_job(found, 2, [2, 2], output)
     assert [r["local_rank"] for r in found] == [0, 1]
