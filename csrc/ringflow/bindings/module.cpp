@@ -389,6 +389,8 @@ PYBIND11_MODULE(_core, m) {
                              [](const rf::Engine& e) { return e.topology().cross_rank; })
       .def_property_readonly("cross_size",
                              [](const rf::Engine& e) { return e.topology().cross_size; })
+      .def("peer_transports", &rf::Engine::peer_transports,
+           "Per rank: \"shm\", \"tcp\" or \"self\".")
       .def("submit", &submit, py::arg("kind"), py::arg("tensors"), py::arg("outs"),
            py::arg("op") = ReduceOp::kSum, py::arg("root") = 0, py::arg("peer") = 0,
            py::arg("prescale") = 1.0, py::arg("postscale") = 1.0, py::arg("process_set") = 0,
