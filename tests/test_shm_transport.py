@@ -1,0 +1,211 @@
+"""The shared-memory transport (issue 13): every collective exact against numpy over shm at
+N = 2, 3, 4 (sizes 0, 1, odd, not divisible by N, larger than the ring), the per-pair choice
+(RINGFLOW_TRANSPORT=auto|tcp|shm), and /dev/shm left empty (segments are unlinked once mapped,
+so even a SIGKILL leaves nothing; a full /dev/shm falls back to TCP or fails clearly).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ringflow as rf
+from tests import harness
+
+pytestmark = pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="no /dev/shm on this host")
+
+RING_BYTES = 64 * 1024
+"""Small rings, so the large sizes wrap them many times (the default is 1 MiB)."""
+LARGE = 100_001
+"""Elements: 400 KB of float32, over six rings' worth, and odd."""
+SHM_ENV = {"RINGFLOW_TRANSPORT": "shm", "RINGFLOW_SHM_RING_BYTES": str(RING_BYTES)}
+DTYPES = ("float32", "int64")
+
+
+def _sizes(n):
+    return [0, 1, 7, 1001, 1000 * n + 1, LARGE]
+
+
+def _input(rank, size, dtype_name, salt=0):
+    """Integers small enough that every sum is exact in every dtype used here."""
+    values = (np.arange(size, dtype=np.int64) * (rank + 3) + 7 * rank + salt) % 1001 - 500
+    return values.astype(dtype_name)
+
+
+def _splits(rank, n, rows):
+    """Uneven alltoall splits that sum to rows (some zero)."""
+    weights = [(rank + j) % 3 for j in range(n)]
+    total = sum(weights) or 1
+    splits = [rows * w // total for w in weights]
+    splits[-1] += rows - sum(splits)
+    return splits
+
+
+def _shm_segments(pids):
+    """Files in /dev/shm made by these processes (segments are named ringflow-<pid>-...)."""
+    prefixes = tuple(f"ringflow-{pid}-" for pid in pids)
+    return sorted(name for name in os.listdir("/dev/shm") if name.startswith(prefixes))
+
+
+# -- rank functions -------------------------------------------------------------------------------
+
+
+def _every_collective(sizes, dtypes):
+    n, me = rf.size(), rf.rank()
+    out = {"transports": rf.peer_transports()}
+    for dtype_name in dtypes:
+        for size in sizes:
+            key = f"{dtype_name}.{size}"
+            x = _input(me, size, dtype_name)
+            for op in ("Sum", "Min", "Max"):
+                out[f"allreduce.{op}.{key}"] = rf.allreduce(
+                    x, op=getattr(rf, op), name=f"ar{op}{key}"
+                )
+            out[f"broadcast.{key}"] = rf.broadcast(x.copy(), n - 1, name=f"bc{key}")
+            uneven = _input(me, size + me, dtype_name)  # allgatherv: every rank its own length
+            out[f"allgather.{key}"] = rf.allgather(uneven, name=f"ag{key}")
+            out[f"reducescatter.{key}"] = rf.reducescatter(x, op=rf.Sum, name=f"rs{key}")
+            received, _ = rf.alltoall(x, splits=_splits(me, n, size), name=f"a2a{key}")
+            out[f"alltoall.{key}"] = received
+            # The fused and async engine paths: three tensors in one group, then async ones.
+            group = [_input(me, size, dtype_name, salt) for salt in (1, 2, 3)]
+            out[f"grouped.{key}"] = rf.grouped_allreduce(group, op=rf.Sum, name=f"g{key}")
+            handles = [
+                rf.allreduce_async(t, op=rf.Sum, name=f"async{salt}.{key}")
+                for salt, t in enumerate(group)
+            ]
+            out[f"async.{key}"] = [rf.synchronize(h) for h in handles]
+            if me == 0:
+                rf.send(x, n - 1, name=f"p2p{key}")
+            elif me == n - 1:
+                out[f"p2p.{key}"] = rf.recv(np.empty_like(x), 0, name=f"p2p{key}")
+    return out
+
+
+def _transports_and_sum():
+    x = _input(rf.rank(), 1001, "int64")
+    return rf.peer_transports(), rf.allreduce(x, op=rf.Sum, name="selection")
+
+
+def _init_error():
+    try:
+        rf.init()
+    except rf.Error as exc:
+        return type(exc).__name__, str(exc)
+    return None
+
+
+# -- fixtures -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shm_jobs():
+    jobs = {}
+    yield lambda n: jobs.setdefault(n, harness.Job(n, env=SHM_ENV).start())
+    for job in jobs.values():
+        job.close()
+
+
+# -- tests ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_every_collective_exact_over_shm(shm_jobs, n):
+    job = shm_jobs(n)
+    sizes = _sizes(n)
+    results = job.call(_every_collective, sizes, DTYPES)
+    for rank, got in enumerate(results):
+        assert got["transports"] == ["self" if r == rank else "shm" for r in range(n)], got
+    for dtype_name in DTYPES:
+        for size in sizes:
+            key = f"{dtype_name}.{size}"
+            inputs = [_input(r, size, dtype_name) for r in range(n)]
+            stacked = np.stack(inputs)
+            total = stacked.sum(axis=0, dtype=np.int64).astype(dtype_name)
+            expected = {
+                "Sum": total,
+                "Min": stacked.min(axis=0),
+                "Max": stacked.max(axis=0),
+            }
+            gathered = np.concatenate([_input(r, size + r, dtype_name) for r in range(n)])
+            groups = [
+                sum(_input(r, size, dtype_name, salt).astype(np.int64) for r in range(n))
+                for salt in (1, 2, 3)
+            ]
+            for rank, got in enumerate(results):
+                context = f"N={n} rank {rank} {key}"
+                for op, want in expected.items():
+                    np.testing.assert_array_equal(got[f"allreduce.{op}.{key}"], want, context)
+                np.testing.assert_array_equal(got[f"broadcast.{key}"], inputs[n - 1], context)
+                np.testing.assert_array_equal(got[f"allgather.{key}"], gathered, context)
+                block = np.array_split(total, n)[rank]
+                np.testing.assert_array_equal(got[f"reducescatter.{key}"], block, context)
+                parts = []
+                for source in range(n):
+                    splits = _splits(source, n, size)
+                    start = sum(splits[:rank])
+                    parts.append(inputs[source][start : start + splits[rank]])
+                np.testing.assert_array_equal(
+                    got[f"alltoall.{key}"], np.concatenate(parts), context
+                )
+                for fused in (got[f"grouped.{key}"], got[f"async.{key}"]):
+                    for value, want in zip(fused, groups):
+                        np.testing.assert_array_equal(value, want.astype(dtype_name), context)
+            np.testing.assert_array_equal(results[n - 1][f"p2p.{key}"], inputs[0], key)
+
+
+@pytest.mark.parametrize(
+    ("transport", "expected"), [(None, "shm"), ("auto", "shm"), ("tcp", "tcp"), ("shm", "shm")]
+)
+def test_transport_selection(make_job, transport, expected):
+    """auto (the default) shares memory between ranks of one host; tcp forces sockets."""
+    n = 3
+    job = make_job(n, env={"RINGFLOW_TRANSPORT": transport}).start()
+    total = sum(_input(r, 1001, "int64") for r in range(n))
+    for rank, (kinds, result) in enumerate(job.call(_transports_and_sum)):
+        assert kinds == ["self" if r == rank else expected for r in range(n)]
+        np.testing.assert_array_equal(result, total)
+
+
+def test_unknown_transport_is_an_error(make_job):
+    job = make_job(2, auto_init=False, env={"RINGFLOW_TRANSPORT": "carrier-pigeon"}).start()
+    for name, message in job.call(_init_error):
+        assert "RINGFLOW_TRANSPORT=carrier-pigeon is not one of auto, tcp, shm" in message
+
+
+def test_dev_shm_empty_while_running_and_after(make_job):
+    """Segments are unlinked once every peer has mapped them: none is left during the job, at
+    the end, or after a SIGKILL."""
+    job = make_job(3, env=SHM_ENV).start()
+    pids = [job.pid(r) for r in range(3)]
+    kinds, _ = job.call(_transports_and_sum)[0]
+    assert kinds == ["self", "shm", "shm"]
+    assert _shm_segments(pids) == []
+    job.kill(2, signal.SIGKILL)
+    assert _shm_segments(pids) == []
+    job.broken = True
+    job.close()
+    assert _shm_segments(pids) == []
+
+
+@pytest.mark.parametrize(("transport", "falls_back"), [("auto", True), ("shm", False)])
+def test_full_dev_shm(make_job, transport, falls_back):
+    """Rings larger than /dev/shm: posix_fallocate fails up front (never a SIGBUS later); auto
+    falls back to TCP with a warning, shm raises naming the cause."""
+    free = os.statvfs("/dev/shm")
+    too_big = free.f_bavail * free.f_frsize + (1 << 30)
+    env = {"RINGFLOW_TRANSPORT": transport, "RINGFLOW_SHM_RING_BYTES": str(too_big)}
+    if falls_back:
+        job = make_job(2, env=env).start()
+        for rank, (kinds, _) in enumerate(job.call(_transports_and_sum)):
+            assert kinds == ["self" if r == rank else "tcp" for r in range(2)]
+        assert "cannot reserve" in job.log_tail(0)
+        assert _shm_segments([job.pid(0), job.pid(1)]) == []
+    else:
+        job = make_job(2, auto_init=False, env=env).start()
+        for name, message in job.call(_init_error):
+            assert "RINGFLOW_TRANSPORT=shm" in message and "cannot reserve" in message, message
