@@ -174,6 +174,7 @@ def test_transport_selection(make_job, transport, expected):
 def test_unknown_transport_is_an_error(make_job):
     job = make_job(2, auto_init=False, env={"RINGFLOW_TRANSPORT": "carrier-pigeon"}).start()
     for name, message in job.call(_init_error):
+        assert name == "InvalidArgumentError", (name, message)
         assert "RINGFLOW_TRANSPORT=carrier-pigeon is not one of auto, tcp, shm" in message
 
 
@@ -208,4 +209,5 @@ def test_full_dev_shm(make_job, transport, falls_back):
     else:
         job = make_job(2, auto_init=False, env=env).start()
         for name, message in job.call(_init_error):
+            assert name == "InvalidArgumentError", (name, message)
             assert "RINGFLOW_TRANSPORT=shm" in message and "cannot reserve" in message, message
