@@ -48,6 +48,7 @@ class ShmPair {
   // Frame bytes in the incoming ring not yet delivered (the engine starts a round on them).
   bool has_input() const;
 
+  bool failed() const { return failure_.has_value() || !fd_.valid(); }
   bool sending() const { return !sends_.empty(); }
   bool receiving() const { return !recvs_.empty(); }
   uint64_t sends_done() const { return sends_done_; }

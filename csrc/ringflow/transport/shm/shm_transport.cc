@@ -221,13 +221,15 @@ bool ShmTransport::idle_check() {
   bool input = false;
   for (int p = 0; p < size(); ++p) {
     if (tcp_[p]) input = input || tcp_[p]->has_buffered_input();
-    if (!shm_[p]) continue;
+    if (!shm_[p] || shm_[p]->failed()) continue;
     try {
       // Every doorbell rung so far is read now, so none makes a socket look readable later
       // for data already delivered.
       if (shm_[p]->socket_owed()) shm_[p]->read_socket(true);
     } catch (const Error&) {
-      input = true;  // the next round's wait reports it (the pair keeps the error)
+      // The pair keeps the error for the next wait on it; the closed socket stays readable,
+      // which starts a round if the peer still counts (a departed one is not polled).
+      continue;
     }
     input = input || shm_[p]->has_input();
   }
