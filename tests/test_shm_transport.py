@@ -158,6 +158,29 @@ def test_every_collective_exact_over_shm(shm_jobs, n):
             np.testing.assert_array_equal(results[n - 1][f"p2p.{key}"], inputs[0], key)
 
 
+def test_mixed_shm_and_tcp_pairs(make_job):
+    """Rank 2 forces TCP: pair 0-1 shares memory, the others use sockets, in one transport
+    (its waits sleep in epoll, woken by doorbells from the shm peer)."""
+    n = 3
+    env = {**SHM_ENV, "RINGFLOW_TRANSPORT": "auto"}
+    job = make_job(n, env=env, rank_env={2: {"RINGFLOW_TRANSPORT": "tcp"}}).start()
+    sizes = [0, 1, 7, LARGE]
+    results = job.call(_every_collective, sizes, ("float32",))
+    assert [got["transports"] for got in results] == [
+        ["self", "shm", "tcp"],
+        ["shm", "self", "tcp"],
+        ["tcp", "tcp", "self"],
+    ]
+    for size in sizes:
+        inputs = [_input(r, size, "float32") for r in range(n)]
+        total = np.stack(inputs).sum(axis=0)
+        for rank, got in enumerate(results):
+            np.testing.assert_array_equal(got[f"allreduce.Sum.float32.{size}"], total)
+            np.testing.assert_array_equal(got[f"broadcast.float32.{size}"], inputs[n - 1])
+            block = np.array_split(total, n)[rank]
+            np.testing.assert_array_equal(got[f"reducescatter.float32.{size}"], block)
+
+
 @pytest.mark.parametrize(
     ("transport", "expected"), [(None, "shm"), ("auto", "shm"), ("tcp", "tcp"), ("shm", "shm")]
 )

@@ -80,11 +80,15 @@ bool ShmTransport::progress_active(bool slept) {
   auto idle = [this, slept](int peer) {
     try {
       if (ShmPair* p = shm_[peer].get()) {
-        // The connection only matters after a sleep (an EOF or abort wakes nobody on a futex)
-        // or when a doorbell waits there: no syscall while the rings move.
-        if (slept || p->socket_owed()) p->read_socket(false);
+        // The rings first: what a peer wrote before it left counts, as bytes before a FIN do.
         bool sends_idle = p->progress_sends();
         bool recvs_idle = p->progress_recvs();
+        // The connection only matters after a sleep (an EOF or abort wakes nobody on a futex)
+        // or when a doorbell waits there: no syscall while the rings move.
+        if (!(sends_idle && recvs_idle) && (slept || p->socket_owed())) {
+          p->read_socket(false);
+          recvs_idle = p->progress_recvs();  // a doorbell may announce more
+        }
         return sends_idle && recvs_idle;
       }
       TcpPair& p = *tcp_[peer];
@@ -222,6 +226,7 @@ bool ShmTransport::idle_check() {
   for (int p = 0; p < size(); ++p) {
     if (tcp_[p]) input = input || tcp_[p]->has_buffered_input();
     if (!shm_[p] || shm_[p]->failed()) continue;
+    input = input || shm_[p]->has_input();
     try {
       // Every doorbell rung so far is read now, so none makes a socket look readable later
       // for data already delivered.
