@@ -8,8 +8,10 @@ iproute2).
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
+import string
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from typing import Any
 import pytest
 
 NETLAB = Path(__file__).resolve().parent.parent / "tools" / "netlab"
+_LAB_NUMBERS = itertools.count()
 
 
 def unavailable_reason() -> str | None:
@@ -34,8 +37,11 @@ class Lab:
     def __init__(self, hosts: int, rate: str | None = None) -> None:
         self.hosts = hosts
         self.rate = rate
-        # <= 6 characters: interface names ("<prefix>v12") must stay under 16.
-        self.prefix = f"rf{os.getpid() % 10000:04d}"
+        # One prefix per lab (process id + a letter per lab of this process): labs that live at
+        # once in one test run (session fixtures) never meet, and `netlab up` first removes any
+        # lab of its prefix. <= 6 characters: interface names ("<prefix>v12") stay under 16.
+        letter = string.ascii_lowercase[next(_LAB_NUMBERS) % 26]
+        self.prefix = f"r{os.getpid() % 10000:04d}{letter}"
 
     def _netlab(self, *args: str) -> str:
         env = dict(os.environ, NETLAB_PREFIX=self.prefix)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 
 import pytest
 
@@ -44,6 +45,7 @@ OPENMPI = {
 SLURM = {
     "SLURM_PROCID": "1",
     "SLURM_NTASKS": "2",
+    "SLURM_STEP_NUM_TASKS": "2",
     "SLURM_LOCALID": "1",
     "MASTER_ADDR": "n1",
     "RINGFLOW_SECRET": "slurm-job-secret",
@@ -313,7 +315,7 @@ def test_bad_values_name_the_variable_and_value(env, names):
         ({**TORCHRUN, "RINGFLOW_LOCAL_RANK": "0"}, ["RINGFLOW_LOCAL_RANK", "RINGFLOW_RANK"]),
         ({"RANK": "1"}, ["RANK", "WORLD_SIZE"]),
         ({"WORLD_SIZE": "2"}, ["RANK", "WORLD_SIZE"]),
-        ({"SLURM_NTASKS": "2"}, ["SLURM_PROCID", "SLURM_NTASKS"]),
+        ({"SLURM_STEP_NUM_TASKS": "2"}, ["SLURM_PROCID", "SLURM_STEP_NUM_TASKS"]),
     ],
 )
 def test_partial_launcher_variables_are_an_error(env, names):
@@ -323,10 +325,48 @@ def test_partial_launcher_variables_are_an_error(env, names):
         assert name in str(excinfo.value)
 
 
-@pytest.mark.parametrize("source", [LAUNCHER, TORCHRUN, OPENMPI, SLURM, PMI])
+@pytest.mark.parametrize("source", [LAUNCHER, TORCHRUN, SLURM, PMI])
 def test_several_processes_need_a_store_address(source):
     env = {k: v for k, v in source.items() if k not in ("MASTER_ADDR", "RINGFLOW_STORE_ADDR")}
     with pytest.raises(ValueError) as excinfo:
         detect(env)
     assert "RINGFLOW_STORE_ADDR" in str(excinfo.value)
     assert "MASTER_ADDR" in str(excinfo.value)
+
+
+def test_slurm_outside_a_step_is_a_single_process():
+    # A batch script carries SLURM_PROCID and SLURM_NTASKS of the allocation, but no step.
+    env = {k: v for k, v in SLURM.items() if k != "SLURM_STEP_NUM_TASKS"}
+    assert detect(env).source == "single"
+
+
+def test_openmpi_without_mpi4py_says_what_to_do(monkeypatch):
+    # mpirun's own tests run the real bootstrap (tests/test_mpirun_torchrun.py); here it is absent.
+    monkeypatch.setitem(sys.modules, "mpi4py", None)
+    env = {k: v for k, v in OPENMPI.items() if k != "MASTER_ADDR"}
+    with pytest.raises(ValueError) as excinfo:
+        detect(env)
+    for words in ("mpi4py", "RINGFLOW_STORE_ADDR", "MASTER_ADDR", "MASTER_PORT"):
+        assert words in str(excinfo.value)
+
+
+def test_openmpi_uses_what_rank_0_shares_and_the_users_values_win(monkeypatch):
+    from ringflow import _mpi_bootstrap
+
+    shared = {
+        "RINGFLOW_STORE_ADDR": "10.0.0.1",
+        "RINGFLOW_STORE_PORT": "4321",
+        "RINGFLOW_JOB_ID": "mpi-j",
+        "RINGFLOW_SECRET": "s3",
+    }
+    monkeypatch.setattr(_mpi_bootstrap, "shared_settings", lambda *a, **k: dict(shared))
+    env = {k: v for k, v in OPENMPI.items() if k not in ("MASTER_ADDR", "RINGFLOW_SECRET")}
+    cfg = detect(env)
+    assert (cfg.store_addr, cfg.store_port, cfg.job_id, cfg.secret) == (
+        "10.0.0.1",
+        4321,
+        "mpi-j",
+        b"s3",
+    )
+    cfg = detect({**env, "RINGFLOW_SECRET": "mine", "MASTER_PORT": "6000"})
+    assert (cfg.store_addr, cfg.store_port, cfg.secret) == ("10.0.0.1", 6001, b"mine")

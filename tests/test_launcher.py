@@ -215,6 +215,32 @@ def test_failing_rank_tears_down_blocked_ranks_and_sets_the_exit_code(tmp_path):
 
 
 @pytest.mark.timeout(LAUNCH_TIMEOUT + 10)
+def test_rank_exiting_on_its_own_is_named_not_the_peers_it_fails(tmp_path):
+    # Rank 3 leaves after a collective; its shutdown fails the others' next allreduce and they exit
+    # 1, often before rank 3's own exit is seen. The launcher must still name rank 3 and exit 7.
+    script = write_script(
+        tmp_path,
+        """
+        import sys
+        import numpy as np
+        import ringflow as rf
+        rf.init()
+        rf.allreduce(np.ones(4), name="before")
+        if rf.rank() == 3:
+            sys.exit(7)
+        try:
+            rf.allreduce(np.ones(4), name="after")
+        except rf.PeerFailureError:
+            sys.exit(1)
+        """,
+    )
+    result = ringflow_run("-np", "4", sys.executable, str(script))
+    assert result.returncode == 7, result.stderr
+    notes = launcher_notes(result.stderr)
+    assert any("rank 3 failed first (exited with code 7)" in n for n in notes), notes
+
+
+@pytest.mark.timeout(LAUNCH_TIMEOUT + 10)
 def test_rank_killed_by_sigkill(tmp_path):
     script = write_script(
         tmp_path,

@@ -10,7 +10,8 @@ source        variables read
 ringflow      RINGFLOW_RANK, RINGFLOW_SIZE, RINGFLOW_LOCAL_RANK, RINGFLOW_LOCAL_SIZE
 torchrun      RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE (+ MASTER_ADDR, MASTER_PORT)
 openmpi       OMPI_COMM_WORLD_RANK, _SIZE, _LOCAL_RANK, _LOCAL_SIZE
-slurm         SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID
+slurm         SLURM_PROCID, SLURM_STEP_NUM_TASKS, SLURM_LOCALID, ... (only inside a job step;
+              see `ringflow._slurm`)
 pmi           PMI_RANK, PMI_SIZE (+ MPI_LOCALRANKID, MPI_LOCALNRANKS as MPICH's Hydra sets)
 single        nothing set: rank 0 of 1, no store needed
 ============  ===========================================================================
@@ -21,7 +22,10 @@ Whatever the source, these ``RINGFLOW_*`` variables refine the rendezvous:
   them the address is ``MASTER_ADDR`` and the port ``MASTER_PORT + 1`` (torchrun's own TCPStore
   already sits on ``MASTER_PORT``), else 29501. With more than one rank an address is required.
   With one rank and no port given, the port is 0 (rank 0 may bind any free port; nobody else
-  needs to find it).
+  needs to find it). Two launchers need neither: under Slurm the store is on the step's first
+  node at a port derived from the job and step ids (`ringflow._slurm`); under ``mpirun`` rank 0
+  picks the address, a free port, a job id and (when unset) a random secret and broadcasts them
+  over MPI (`ringflow._mpi_bootstrap`, needs mpi4py).
 - ``RINGFLOW_STORE_EXTERNAL``: ``1`` if the launcher hosts the store (``ringflow run`` does),
   ``0`` (default) if rank 0 hosts it.
 - ``RINGFLOW_SECRET``: the job secret for the HMAC handshake (used as UTF-8 bytes). Required
@@ -47,6 +51,8 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+from ringflow import _slurm
 
 __all__ = ["DEFAULT_PORT", "DEFAULT_TIMEOUT_S", "RendezvousConfig", "detect"]
 
@@ -109,7 +115,8 @@ _SOURCES = (
         "OMPI_COMM_WORLD_LOCAL_RANK",
         "OMPI_COMM_WORLD_LOCAL_SIZE",
     ),
-    _Source("slurm", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", None),
+    # Read by ringflow._slurm; these names only label its errors.
+    _Source("slurm", "SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "SLURM_LOCALID", None),
     _Source("pmi", "PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID", "MPI_LOCALNRANKS"),
 )
 
@@ -122,8 +129,9 @@ def detect(environ: Mapping[str, str] | None = None) -> RendezvousConfig:
     Raises `ValueError` naming the variable and its value when something is malformed,
     inconsistent or missing.
     """
-    env = _Env(os.environ if environ is None else environ)
-    source, rank, size, local_rank, local_size = _identity(env)
+    raw = os.environ if environ is None else environ
+    source, rank, size, local_rank, local_size = _identity(_Env(raw))
+    env = _Env({**raw, **_launcher_settings(_Env(raw), source, rank, size, local_size)})
     store_addr, store_port = _store_address(env, size)
     store_external = _flag(env, "RINGFLOW_STORE_EXTERNAL", default=False)
     job_id = env.get("RINGFLOW_JOB_ID") or f"{store_addr}:{store_port}"
@@ -179,6 +187,12 @@ def _identity(env: _Env) -> tuple[str, int, int, int | None, int | None]:
             "set all of them or none"
         )
     for src in _SOURCES:
+        if src.name == "slurm":
+            task = _slurm.step(env._environ)
+            if task is None:
+                continue  # a batch script or salloc shell: not a set of running ranks
+            _check_local(src, task.local_rank, task.local_size, task.size, env)
+            return src.name, task.rank, task.size, task.local_rank, task.local_size
         if env.get(src.rank) is None and env.get(src.size) is None:
             continue
         rank = _required_int(env, src.rank, src.size, minimum=0)
@@ -193,6 +207,32 @@ def _identity(env: _Env) -> tuple[str, int, int, int | None, int | None]:
         _check_local(src, local_rank, local_size, size, env)
         return src.name, rank, size, local_rank, local_size
     return "single", 0, 1, 0, 1
+
+
+def _launcher_settings(
+    env: _Env, source: str, rank: int, size: int, local_size: int | None
+) -> dict[str, str]:
+    """RINGFLOW_* values a launcher implies where the user set none (theirs always win)."""
+    has_addr = env.get("RINGFLOW_STORE_ADDR") or env.get("MASTER_ADDR")
+    has_port = env.get("RINGFLOW_STORE_PORT") or env.get("MASTER_PORT")
+    settings: dict[str, str] = {}
+    if size == 1:
+        return settings
+    if source == "slurm":
+        task = _slurm.step(env._environ)
+        assert task is not None
+        if not has_addr:
+            settings["RINGFLOW_STORE_ADDR"] = _slurm.store_host(task)
+        if not has_port:
+            settings["RINGFLOW_STORE_PORT"] = str(_slurm.store_port(task.job_id, task.step_id))
+    elif source == "openmpi" and not has_addr:
+        from ringflow import _mpi_bootstrap  # imports mpi4py: only on this path
+
+        secret_set = env.raw("RINGFLOW_SECRET") is not None
+        settings = _mpi_bootstrap.shared_settings(rank, size, local_size == size, secret_set)
+        if has_port:  # the user's port, rank 0's address
+            settings.pop("RINGFLOW_STORE_PORT")
+    return {name: value for name, value in settings.items() if env.get(name) is None}
 
 
 def _required_int(env: _Env, name: str, partner: str, *, minimum: int) -> int:

@@ -79,6 +79,7 @@ EnvConfig read_env() {
       << "RINGFLOW_SHM_RING_BYTES=" << config.shm_ring_bytes << " is below 4096";
   config.socket_buffer_bytes =
       static_cast<size_t>(env_int("RINGFLOW_SOCKET_BUFFER", config.socket_buffer_bytes));
+  config.network_interface = env_string("RINGFLOW_NETWORK_INTERFACE", "");
   config.allreduce_algorithm =
       parse_choice("RINGFLOW_ALLREDUCE_ALGORITHM",
                    env_string("RINGFLOW_ALLREDUCE_ALGORITHM", "auto"), {"auto", "ring", "bruck"});

@@ -17,6 +17,9 @@ struct EnvConfig {
   TransportKind transport = TransportKind::kAuto;  // RINGFLOW_TRANSPORT=auto|tcp|shm
   size_t shm_ring_bytes = 1 << 20;                 // RINGFLOW_SHM_RING_BYTES (per peer pair)
   size_t socket_buffer_bytes = 4 << 20;            // RINGFLOW_SOCKET_BUFFER (bytes, 0 = OS default)
+  // RINGFLOW_NETWORK_INTERFACE: the interface (e.g. eth1) whose IPv4 address this rank listens on
+  // and advertises to its peers; empty: the address of the interface that reaches the store.
+  std::string network_interface;
   // Algorithm choice (collectives/select.cc) and pipelining.
   std::string allreduce_algorithm = "auto";  // RINGFLOW_ALLREDUCE_ALGORITHM=auto|ring|bruck
   size_t bruck_max_bytes = 64 << 10;         // RINGFLOW_BRUCK_MAX_BYTES

@@ -7,6 +7,7 @@
 #include "ringflow/collectives/collective.h"
 #include "ringflow/common/check.h"
 #include "ringflow/common/env.h"
+#include "ringflow/net/socket.h"
 #include "ringflow/transport/job_generation.h"
 
 namespace rf {
@@ -71,7 +72,11 @@ void Runtime::join() {
   rendezvous.generation = generation_;
   rendezvous.secret = options.secret;
   rendezvous.job_id = options.job_id;
-  rendezvous.advertise_ip = store_->local_ip();
+  // The interface that reaches the store reaches the other ranks too, unless told otherwise.
+  const std::string& interface = env_config().network_interface;
+  rendezvous.advertise_ip = interface.empty()
+                                ? store_->local_ip()
+                                : net::interface_ip(interface, "RINGFLOW_NETWORK_INTERFACE");
   rendezvous.host_id = host_identity(rendezvous.advertise_ip);
   Mesh mesh = connect_mesh(*store_, rendezvous, deadline);
   transport_ = std::move(mesh.transport);

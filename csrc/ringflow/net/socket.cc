@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <ifaddrs.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -127,6 +128,25 @@ std::string local_ip(int fd) {
   char text[INET_ADDRSTRLEN] = {};
   ::inet_ntop(AF_INET, &addr.sin_addr, text, sizeof(text));
   return text;
+}
+
+std::string interface_ip(const std::string& name, const char* setting) {
+  ifaddrs* list = nullptr;
+  RF_CHECK(::getifaddrs(&list) == 0, kInvalidArgument) << "getifaddrs(): " << errno_text(errno);
+  std::string found, known;
+  for (ifaddrs* entry = list; entry; entry = entry->ifa_next) {
+    if (!entry->ifa_addr || entry->ifa_addr->sa_family != AF_INET) continue;
+    char text[INET_ADDRSTRLEN] = {};
+    ::inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(entry->ifa_addr)->sin_addr, text,
+                sizeof(text));
+    if (name == entry->ifa_name && found.empty()) found = text;
+    known += (known.empty() ? "" : ", ") + std::string(entry->ifa_name) + "=" + text;
+  }
+  ::freeifaddrs(list);
+  RF_CHECK(!found.empty(), kInvalidArgument)
+      << setting << "=" << name << ": this host has no IPv4 interface of that name (it has "
+      << (known.empty() ? "none" : known) << ")";
+  return found;
 }
 
 std::string peer_address(int fd) {

@@ -30,6 +30,9 @@ void set_nonblocking(int fd);
 void set_nodelay(int fd);
 std::string local_ip(int fd);      // address this socket is bound to
 std::string peer_address(int fd);  // "ip:port" of the other end, for logs
+// The IPv4 address of network interface `name` (e.g. "eth0"); throws kInvalidArgument naming
+// `setting` and the interfaces that have one when it has none.
+std::string interface_ip(const std::string& name, const char* setting);
 
 // Move exactly len bytes, waiting up to the deadline. `what` names the exchange in errors.
 void send_all(int fd, const void* data, size_t len, const Deadline& deadline, const char* what);

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
 
 from .. import bench
 from .._argtypes import int_at_least, positive_seconds
+from .hosts import parse_hostfile, parse_hosts
 from .launcher import TIMEOUT_EXIT_CODE, launch
+from .multihost import launch_hosts
 
 __all__ = ["build_parser", "build_run_parser", "main", "run_main"]
 
@@ -20,7 +23,41 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         type=int_at_least(1),
         required=True,
         metavar="N",
-        help="number of ranks to start on this host",
+        help="number of ranks to start (on this host, or spread over -H / --hostfile)",
+    )
+    hosts = parser.add_mutually_exclusive_group()
+    hosts.add_argument(
+        "-H",
+        "--hosts",
+        metavar="HOST:SLOTS,...",
+        help="run on these hosts (ssh, except localhost), filling each one's slots in order",
+    )
+    hosts.add_argument(
+        "--hostfile", metavar="FILE", help="like -H, from lines 'host slots=N' ('#': comment)"
+    )
+    parser.add_argument("--ssh-port", type=int_at_least(1), metavar="PORT", help="ssh port")
+    parser.add_argument("-i", "--ssh-identity-file", metavar="KEY", help="ssh private key (ssh -i)")
+    parser.add_argument(
+        "--network-interface",
+        metavar="IFACE",
+        help="host the store on, and send data over, this interface (e.g. eth1); default: "
+        "the one that reaches the hosts",
+    )
+    parser.add_argument(
+        "--start-timeout",
+        type=positive_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="fail when some rank has not started this long after launch (default 30)",
+    )
+    parser.add_argument(
+        "-x",
+        dest="exports",
+        action="append",
+        default=[],
+        metavar="VAR[=VALUE]",
+        help="pass this variable (this shell's value, or VALUE) to every rank; RINGFLOW_* "
+        "variables always pass",
     )
     parser.add_argument(
         "--timeout",
@@ -57,7 +94,12 @@ _RUN_DESCRIPTION = """\
 Start N ranks of CMD on this host. Each output line is prefixed with "[rank] " (a rank's stdout
 goes to stdout, its stderr to stderr). When a rank fails, the others are stopped (SIGTERM, then
 SIGKILL after the grace period) and ringflow exits with the first failing rank's code (128+N if
-it was killed by signal N). SIGINT and SIGTERM are forwarded to the ranks."""
+it was killed by signal N). SIGINT and SIGTERM are forwarded to the ranks.
+
+With -H or --hostfile the ranks are spread over hosts: one `ssh -o BatchMode=yes HOST python -m
+ringflow.agent` per host (localhost runs without ssh; RINGFLOW_SSH_COMMAND replaces `ssh`). The
+first failure stops the job on every host and names the rank and host; SIGINT stops it
+everywhere."""
 
 
 def build_parser(prog: str = "ringflow") -> argparse.ArgumentParser:
@@ -111,6 +153,33 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         command = command[1:]
     if not command:
         parser.error("no command given: ringflow run -np N [--] CMD [ARG...]")
+    if args.hosts is not None or args.hostfile is not None:
+        try:
+            hosts = (
+                parse_hosts(args.hosts) if args.hosts is not None else parse_hostfile(args.hostfile)
+            )
+            return launch_hosts(
+                command,
+                args.num_proc,
+                hosts,
+                ssh_port=args.ssh_port,
+                ssh_identity=args.ssh_identity_file,
+                network_interface=args.network_interface,
+                exports=args.exports,
+                start_timeout=args.start_timeout,
+                timeout=args.timeout,
+                grace_period=args.grace_period,
+                verbose=args.verbose,
+                bind_to=args.bind_to,
+            )
+        except (OSError, ValueError) as e:
+            parser.error(str(e))
+    if args.network_interface is not None:
+        os.environ["RINGFLOW_NETWORK_INTERFACE"] = args.network_interface
+    for item in args.exports:  # one host: ranks inherit everything; -x VAR=VALUE still sets
+        name, sep, value = item.partition("=")
+        if sep:
+            os.environ[name] = value
     return launch(
         command,
         args.num_proc,

@@ -42,6 +42,9 @@ from typing import BinaryIO, Callable, Protocol
 __all__ = ["TIMEOUT_EXIT_CODE", "Store", "exit_code", "launch", "start_store"]
 
 TIMEOUT_EXIT_CODE = 124
+# How long a first failure with exit code 1 waits for a more specific one (see
+# _settle_first_failure; the multi-host launcher uses it too).
+FAILURE_SETTLE_S = 1.0
 """Exit code when the job runs past ``--timeout`` (as coreutils ``timeout``)."""
 
 STORE_HOST = "127.0.0.1"
@@ -253,6 +256,7 @@ class _Job:
             if self._verbose and returncode == 0:
                 self._out.note(f"rank {rank} {describe_exit(returncode)}")
             if returncode != 0:
+                rank, returncode = self._settle_first_failure(rank, returncode)
                 others = len(self._running)
                 self._out.note(
                     f"rank {rank} failed first ({describe_exit(returncode)}); "
@@ -261,6 +265,26 @@ class _Job:
                 self._stop_all(grace_period)
                 return exit_code(returncode)
         return 0
+
+    def _settle_first_failure(self, rank: int, returncode: int) -> tuple[int, int]:
+        """The failure to report, given the first exit seen. A rank that exits on its own closes
+        its connections at shutdown, and its peers raise PeerFailureError and exit with code 1,
+        often before the rank itself has finished exiting. So a first exit with code 1 waits up
+        to FAILURE_SETTLE_S for a more specific status (as the multi-host launcher does)."""
+        deadline = time.monotonic() + FAILURE_SETTLE_S
+        while returncode == 1 and self._running:
+            try:
+                other, other_code = self._exits.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            self._running.discard(other)
+            if other_code not in (0, 1):
+                if self._verbose:
+                    self._out.note(f"rank {rank} {describe_exit(returncode)}")
+                return other, other_code
+            if self._verbose:
+                self._out.note(f"rank {other} {describe_exit(other_code)}")
+        return rank, returncode
 
     def _stop_all(self, grace_period: float) -> None:
         """SIGTERM the running ranks, SIGKILL those still there after ``grace_period``; reap."""
