@@ -6,15 +6,20 @@ so even a SIGKILL leaves nothing; a full /dev/shm falls back to TCP or fails cle
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import signal
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import ringflow as rf
-from tests import harness
+from tests import harness, netlab
 
 pytestmark = pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="no /dev/shm on this host")
 
@@ -234,3 +239,59 @@ def test_full_dev_shm(make_job, transport, falls_back):
         for name, message in job.call(_init_error):
             assert name == "InvalidArgumentError", (name, message)
             assert "RINGFLOW_TRANSPORT=shm" in message and "cannot reserve" in message, message
+
+
+_LAB_RANK = """
+import json, numpy as np, ringflow as rf
+rf.init()
+x = np.arange(1001, dtype=np.int64) * (rf.rank() + 1)
+print(json.dumps([rf.peer_transports(), rf.allreduce(x, op=rf.Sum, name="lab").tolist()]))
+rf.shutdown()
+"""
+
+
+@pytest.mark.skipif(
+    netlab.unavailable_reason() is not None, reason=str(netlab.unavailable_reason())
+)
+@pytest.mark.parametrize(("transport", "expected"), [("auto", "shm"), ("tcp", "tcp")])
+def test_network_namespaces_of_one_machine(transport, expected):
+    """Two netlab "hosts" are namespaces of this machine: the probe finds one boot id and one
+    /dev/shm, so auto shares memory between them; tcp keeps the sockets (what netlab
+    benchmarks of the network path need)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # free here, so (almost surely) in the fresh namespace
+    with netlab.Lab(2) as lab:
+        env = {
+            "RINGFLOW_SIZE": "2",
+            "RINGFLOW_STORE_ADDR": lab.addr(0),
+            "RINGFLOW_STORE_PORT": str(port),
+            "RINGFLOW_SECRET": secrets.token_hex(16),
+            "RINGFLOW_JOB_ID": f"shm-lab-{secrets.token_hex(4)}",
+            "RINGFLOW_TIMEOUT": "30",
+            "RINGFLOW_TRANSPORT": transport,
+        }
+        procs = [
+            lab.popen(
+                host,
+                [sys.executable, "-c", _LAB_RANK],
+                env=harness.clean_env({**env, "RINGFLOW_RANK": str(host)}),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for host in range(2)
+        ]
+        outputs = []
+        try:
+            for proc in procs:
+                out, _ = proc.communicate(timeout=60)
+                assert proc.returncode == 0, out
+                outputs.append(json.loads(out.strip().splitlines()[-1]))
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+    expected_sum = (np.arange(1001, dtype=np.int64) * 3).tolist()
+    assert outputs == [[["self", expected], expected_sum], [[expected, "self"], expected_sum]]
