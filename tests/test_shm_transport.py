@@ -20,6 +20,7 @@ import pytest
 
 import ringflow as rf
 from tests import harness, netlab
+from tests.test_hostile_clients import UNTOUCHED, _frame
 
 pytestmark = pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="no /dev/shm on this host")
 
@@ -295,3 +296,62 @@ def test_network_namespaces_of_one_machine(transport, expected):
                     proc.wait()
     expected_sum = (np.arange(1001, dtype=np.int64) * 3).tolist()
     assert outputs == [[["self", expected], expected_sum], [[expected, "self"], expected_sum]]
+
+
+# -- hostile frames in the ring (the real ShmPair, through _core._probe_frames) -----------------
+
+
+def _probe(stream, recvs, peer):
+    from ringflow import _core
+
+    return _core._probe_frames(stream, recvs, peer, transport="shm")
+
+
+def test_ring_frames_are_received_across_the_wrap():
+    """Positive control: frames longer than the 4 KiB probe ring land whole."""
+    a, b = bytes(range(256)) * 40, b"b" * 3
+    out = _probe(_frame(4, a) + _frame(5, b), [(len(a), 4, False), (3, 5, False)], 3)
+    assert out["error_kind"] == "none", out
+    assert out["completed"] == 2 and out["buffers"] == [a, b]
+
+
+@pytest.mark.parametrize("length", [17, 8, 2**31, 2**64 - 1])
+def test_ring_frame_of_another_length(length):
+    """The header is checked whole before any byte reaches the buffer."""
+    out = _probe(_frame(7, b"x" * 64, length=length), [(16, 7, False)], 3)
+    assert out["error_kind"] == "peer_failure", out
+    assert "rank 3" in out["error"] and str(length) in out["error"], out["error"]
+    assert out["completed"] == 0 and out["buffers"] == [UNTOUCHED * 16]
+
+
+@pytest.mark.parametrize("tag", [6, (1 << 63) | 7])
+def test_ring_frame_of_another_collective(tag):
+    out = _probe(_frame(tag, b"y" * 16), [(16, 7, False)], 2)
+    assert out["error_kind"] == "peer_failure" and "collective #7" in out["error"], out
+    assert out["buffers"] == [UNTOUCHED * 16]
+
+
+def test_ring_point_to_point_of_another_length_is_drained():
+    p2p = 1 << 63
+    stream = _frame(p2p | 1, b"z" * 5000) + _frame(p2p | 2, b"w" * 4)
+    out = _probe(stream, [(8, p2p | 1, True), (4, p2p | 2, True)], 1)
+    assert out["error_kind"] == "none", out
+    assert out["actual_lens"] == [5000, 4] and out["buffers"] == [UNTOUCHED * 8, b"w" * 4]
+
+
+@pytest.mark.parametrize(
+    "stream",
+    [
+        b"",
+        b"\x52\x46",
+        _frame(7, b"x" * 16)[:30],
+        b"\x00" * 24,
+        b"garbage" * 1000,
+        _frame(0, b"x", kind=2),
+    ],
+    ids=["empty", "partial-header", "truncated-payload", "zero-header", "garbage", "abort-kind"],
+)
+def test_ring_truncated_or_garbage(stream):
+    out = _probe(stream, [(16, 7, False)], 4)
+    assert out["error_kind"] == "peer_failure" and "rank 4" in out["error"], out
+    assert out["completed"] == 0, out  # a valid header's payload may land, never past the buffer
