@@ -75,8 +75,9 @@ EnvConfig read_env() {
   config.transport = parse_transport(env_string("RINGFLOW_TRANSPORT", "auto"));
   config.shm_ring_bytes = static_cast<size_t>(
       env_int("RINGFLOW_SHM_RING_BYTES", static_cast<long long>(config.shm_ring_bytes)));
-  RF_CHECK(config.shm_ring_bytes >= 4096, kInvalidArgument)
-      << "RINGFLOW_SHM_RING_BYTES=" << config.shm_ring_bytes << " is below 4096";
+  RF_CHECK(config.shm_ring_bytes >= 4096 && config.shm_ring_bytes <= (size_t{1} << 40),
+           kInvalidArgument)
+      << "RINGFLOW_SHM_RING_BYTES=" << config.shm_ring_bytes << " is not within 4096 .. 2^40";
   config.socket_buffer_bytes =
       static_cast<size_t>(env_int("RINGFLOW_SOCKET_BUFFER", config.socket_buffer_bytes));
   config.network_interface = env_string("RINGFLOW_NETWORK_INTERFACE", "");

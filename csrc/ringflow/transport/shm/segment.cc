@@ -35,7 +35,13 @@ size_t segment_bytes(int ranks, size_t producers, size_t ring_bytes) {
 RingControl* Segment::ring_from(int rank) const {
   if (rank < 0 || static_cast<uint64_t>(rank) >= header()->ranks) return nullptr;
   const uint64_t offset = offsets()[rank];
-  return offset ? reinterpret_cast<RingControl*>(mapping.data() + offset) : nullptr;
+  // A peer's segment is checked, not trusted: the ring must lie inside the mapping.
+  const uint64_t ring = sizeof(RingControl) + header()->ring_bytes;
+  if (offset == 0 || offset % kCacheLine != 0 || offset > mapping.size() ||
+      ring > mapping.size() - offset) {
+    return nullptr;
+  }
+  return reinterpret_cast<RingControl*>(mapping.data() + offset);
 }
 
 bool create_segment(int rank, int ranks, const std::vector<int>& producers, size_t ring_bytes,
@@ -98,7 +104,8 @@ bool open_segment(const std::string& path, size_t bytes, uint64_t nonce, Segment
     return false;
   }
   const auto* header = reinterpret_cast<const SegmentHeader*>(mapping.data());
-  if (header->magic != kSegmentMagic || header->nonce != nonce) {
+  if (bytes < sizeof(SegmentHeader) || header->magic != kSegmentMagic || header->nonce != nonce ||
+      header->ranks > (1u << 20) || header_bytes(static_cast<int>(header->ranks)) > bytes) {
     *why = path + " does not hold the announced nonce";
     return false;
   }

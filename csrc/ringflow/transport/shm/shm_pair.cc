@@ -67,16 +67,15 @@ ShmPair::ShmPair(int rank, int peer, UniqueFd fd, const Segment& mine, const Seg
     : rank_(rank),
       peer_(peer),
       fd_(std::move(fd)),
-      my_header_(mine.header()),
       peer_header_(theirs.header()),
       in_(mine.ring_from(peer)),
-      in_data_(mine.ring_data(in_)),
       out_(theirs.ring_from(rank)),
-      out_data_(theirs.ring_data(out_)),
       capacity_(mine.header()->ring_bytes),
       chunk_(std::max<size_t>(kHeaderBytes, capacity_ / 4)) {
-  RF_CHECK(in_ && out_ && theirs.header()->ring_bytes == capacity_, kInternal)
+  RF_CHECK(in_ && out_ && theirs.header()->ring_bytes == capacity_, kPeerFailure)
       << "shared-memory rings with rank " << peer << " are missing or differ in size";
+  in_data_ = mine.ring_data(in_);
+  out_data_ = theirs.ring_data(out_);
 }
 
 uint64_t ShmPair::post_send(const void* data, size_t len, uint64_t tag) {

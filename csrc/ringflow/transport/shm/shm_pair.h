@@ -85,14 +85,13 @@ class ShmPair {
   int rank_;
   int peer_;
   UniqueFd fd_;
-  SegmentHeader* my_header_;
   SegmentHeader* peer_header_;
-  RingControl* in_;  // peer -> this rank, in this rank's segment
-  char* in_data_;
+  RingControl* in_;   // peer -> this rank, in this rank's segment
   RingControl* out_;  // this rank -> peer, in the peer's segment
-  char* out_data_;
   size_t capacity_;
   size_t chunk_;  // bytes published at a time, so the reader starts before the ring is full
+  char* in_data_ = nullptr;
+  char* out_data_ = nullptr;
   std::deque<SendOp> sends_;
   std::deque<RecvOp> recvs_;
   Incoming incoming_;
