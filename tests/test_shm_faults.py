@@ -6,9 +6,11 @@ is named at the timeout with the flight recorder intact, and /dev/shm stays empt
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 
+import numpy as np
 import pytest
 
 import ringflow as rf
@@ -24,9 +26,7 @@ from tests.test_failures import (
 )
 from tests.test_shm_transport import _shm_segments
 
-pytestmark = pytest.mark.skipif(
-    not __import__("os").path.isdir("/dev/shm"), reason="no /dev/shm on this host"
-)
+pytestmark = pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm on this host")
 
 TIMEOUT_S = 10.0
 """RINGFLOW_TIMEOUT: above DEAD_PEER_S, so a death noticed only at the timeout would show."""
@@ -95,3 +95,30 @@ def test_stalled_rank_named_at_timeout(make_job):
         assert timeout - 0.5 < elapsed < timeout + 10, result.describe()
         names = [entry["name"] for entry in recorder["entries"]]
         assert "stalled.tensor" in names and recorder["error"], recorder
+
+
+def _big_allreduce(name):
+    x = np.ones(300_000, dtype=np.float32)  # 1.2 MB: fills the 64 KiB ring, then waits on it
+    start = time.monotonic()
+    try:
+        rf.allreduce(x, op=rf.Sum, name=name)
+    except rf.Error as exc:
+        return exc, time.monotonic() - start
+    return None, time.monotonic() - start
+
+
+def test_sigstop_named_at_timeout(make_job):
+    """A stopped peer holds no socket open or closed: the wait ends at RINGFLOW_TIMEOUT, and the
+    error names the rank it waited on."""
+    timeout, n = 3.0, 2
+    job = _shm_job(make_job, n, rank_timeout=timeout)
+    job.call(_collective, "allreduce", "warm-up")
+    os.kill(job.pid(1), signal.SIGSTOP)  # not job.kill: rank 0 must still take requests
+    try:
+        for result in job.run(_big_allreduce, "stopped.peer", ranks=[0], deadline=60):
+            error, elapsed = result.value
+            assert isinstance(error, rf.TimeoutError), result.describe()
+            assert "rank 1" in str(error), error
+            assert timeout - 0.5 < elapsed < timeout + 10, result.describe()
+    finally:
+        job.kill(1, signal.SIGKILL)
