@@ -1,7 +1,8 @@
 """Faults over the shared-memory transport (issue 13): a rank killed mid-collective or before
 one makes every survivor raise rf.PeerFailureError naming it within 5 s (the pair's TCP
-connection is the liveness channel: a futex sleeper looks at it every 50 ms), a stalled rank
-is named at the timeout with the flight recorder intact, and /dev/shm stays empty throughout.
+connection is the liveness channel: a futex sleeper looks at it every 50 ms), a stalled or
+SIGSTOPped rank is named at the timeout with the flight recorder intact, and /dev/shm stays
+empty throughout.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The shared-memory transport (issue 13): every collective exact against numpy over shm at
 N = 2, 3, 4 (sizes 0, 1, odd, not divisible by N, larger than the ring), the per-pair choice
-(RINGFLOW_TRANSPORT=auto|tcp|shm), and /dev/shm left empty (segments are unlinked once mapped,
-so even a SIGKILL leaves nothing; a full /dev/shm falls back to TCP or fails clearly).
+(RINGFLOW_TRANSPORT=auto|tcp|shm, mixed shm and TCP pairs, netlab namespaces of one machine),
+/dev/shm left empty (segments are unlinked once mapped, so even a SIGKILL leaves nothing; a full
+/dev/shm falls back to TCP or fails clearly), and hostile frames in the ring.
 """
 
 from __future__ import annotations
