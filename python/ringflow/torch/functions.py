@@ -1,9 +1,5 @@
-"""Broadcasting model and optimizer state, and moving picklable objects between ranks.
-
-Objects travel as cloudpickle pickles, as in Horovod (the standard library's pickle when
-cloudpickle is not installed: then lambdas and local classes do not pickle). When a rank cannot
-pickle its object, every rank raises instead of the others waiting for it.
-"""
+"""Broadcasting model and optimizer state; moving picklable objects between ranks
+(`broadcast_object`, `allgather_object`) is framework-neutral, in `ringflow._objects`."""
 
 from __future__ import annotations
 
@@ -11,19 +7,12 @@ import collections
 from collections.abc import Iterable
 from typing import Any
 
-try:
-    import cloudpickle as pickle
-except ImportError:  # pragma: no cover - cloudpickle comes with ringflow[torch]
-    import pickle  # type: ignore[no-redef]
-
-import numpy as np
 import torch
 
-from ringflow import _core
+from ringflow._objects import allgather_object, broadcast_object
 from ringflow._process_sets import global_process_set, set_id
 from ringflow._state import auto_name, engine
-from ringflow.torch import _ops
-from ringflow.torch.mpi_ops import broadcast_, broadcast_async_, synchronize
+from ringflow.torch.mpi_ops import broadcast_async_, synchronize
 
 __all__ = [
     "allgather_object",
@@ -189,55 +178,3 @@ def _load_root_state(optimizer: Any, root_rank: int, process_set) -> None:
     for handle in handles:
         synchronize(handle)
     optimizer.load_state_dict({"state": state, "param_groups": skeleton["param_groups"]})
-
-
-def _pickle(obj: Any) -> tuple[bytes, BaseException | None]:
-    try:
-        return pickle.dumps(obj), None
-    except Exception as error:  # any pickling failure: tell the other ranks, then raise
-        return b"", error
-
-
-def _bytes_tensor(data: bytes) -> torch.Tensor:
-    return torch.from_numpy(np.frombuffer(data, np.uint8).copy())
-
-
-def broadcast_object(obj: Any, root_rank: int = 0, name=None, process_set=global_process_set):
-    """root_rank's obj on every rank (root_rank gets obj itself back).
-
-    name defaults to an automatic one (Horovod uses the object's type name, which differs
-    between ranks that pass None).
-    """
-    base = auto_name("broadcast_object", name, set_id(process_set))
-    me = engine().rank
-    payload, error = _pickle(obj) if me == root_rank else (b"", None)
-    size = torch.tensor([-1 if error else len(payload)], dtype=torch.int64)
-    broadcast_(size, root_rank, f"{base}.size", process_set)
-    count = int(size[0])
-    if count < 0:
-        who = "this rank's" if me == root_rank else f"root rank {root_rank}'s"
-        raise _core.InvalidArgumentError(
-            f"rank {me}: broadcast_object '{base}': {who} object cannot be pickled: {error}"
-        ) from error
-    data = _bytes_tensor(payload) if me == root_rank else torch.empty(count, dtype=torch.uint8)
-    broadcast_(data, root_rank, f"{base}.data", process_set)
-    return obj if me == root_rank else pickle.loads(data.numpy().tobytes())
-
-
-def allgather_object(obj: Any, name=None, process_set=global_process_set) -> list:
-    """Every rank's obj (of process_set), in rank order."""
-    ps = set_id(process_set)
-    base = auto_name("allgather_object", name, ps)
-    payload, error = _pickle(obj)
-    size = torch.tensor([-1 if error else len(payload)], dtype=torch.int64)
-    sizes = _ops.allgather([size], f"{base}.size", process_set, sync=True).tolist()
-    if min(sizes) < 0:
-        ranks = engine().process_set_ranks(ps)
-        bad = [r for r, s in zip(ranks, sizes) if s < 0]
-        raise _core.InvalidArgumentError(
-            f"rank {engine().rank}: allgather_object '{base}': the objects of ranks {bad} "
-            f"cannot be pickled{f': {error}' if error else ''}"
-        ) from error
-    data = _ops.allgather([_bytes_tensor(payload)], f"{base}.data", process_set, sync=True).numpy()
-    offsets = np.cumsum([0, *sizes])
-    return [pickle.loads(data[a:b].tobytes()) for a, b in zip(offsets[:-1], offsets[1:])]

@@ -4,7 +4,7 @@ Forms: ``op`` returns a new tensor and is differentiable; ``op_`` works in place
 input; ``op_async`` / ``op_async_`` return a handle for `synchronize` (which returns what the
 blocking form would) and `poll`; ``grouped_op`` runs several tensors as one fused operation.
 
-Semantics: ``op`` defaults to Average; ops are Horovod's integers (see `_reduce_ops`, which also
+Semantics: ``op`` defaults to Average; ops are Horovod's integers (see `ringflow._reduce_ops`, which also
 has Horovod's errors for Adasum and for ops reducescatter does not take); the legacy
 ``average=True/False`` means Average/Sum and cannot be combined with ``op``. ``root_rank`` is a rank of the job. ``process_set`` takes a
 `ringflow.ProcessSet`. Every rank (of the set) calls every collective in the same order; errors
@@ -20,8 +20,7 @@ import torch
 import ringflow as _rf
 from ringflow._handles import Handle, poll, synchronize
 from ringflow._process_sets import ProcessSet, global_process_set
-from ringflow.torch import _autograd, _ops
-from ringflow.torch._reduce_ops import (
+from ringflow._reduce_ops import (
     Adasum,
     Average,
     Max,
@@ -31,6 +30,7 @@ from ringflow.torch._reduce_ops import (
     allreduce_op,
     reducescatter_op,
 )
+from ringflow.torch import _autograd, _ops
 from ringflow.torch.compression import Compression
 
 __all__ = [

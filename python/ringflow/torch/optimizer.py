@@ -54,8 +54,8 @@ import torch
 
 from ringflow import size
 from ringflow._process_sets import set_id
+from ringflow._reduce_ops import Adasum, core_op
 from ringflow.torch import _grads
-from ringflow.torch._reduce_ops import Adasum, core_op
 from ringflow.torch.compression import Compression
 from ringflow.torch.mpi_ops import (
     Average,

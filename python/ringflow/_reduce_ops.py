@@ -1,4 +1,5 @@
-"""Horovod's reduction ops and the rules for choosing one, as in Horovod 0.28.1.
+"""Horovod's reduction ops and the rules for choosing one, as in Horovod 0.28.1 (shared by
+ringflow.torch and ringflow.tensorflow).
 
 The ops are Horovod's integers (``Average = 0, Sum = 1, Adasum = 2, Min = 3, Max = 4,
 Product = 5``); ringflow's own `ringflow.ReduceOp` values are accepted too. Horovod's errors:
