@@ -58,6 +58,8 @@ def run_in_lab(system: str, spec: SweepSpec, hosts: int, timeout: float) -> Syst
                     "RINGFLOW_STORE_PORT": str(STORE_PORT),
                     "RINGFLOW_SECRET": secret,
                     "RINGFLOW_JOB_ID": f"netlab-{system}",
+                    # The namespaces share this machine's memory: auto would pick shm.
+                    "RINGFLOW_TRANSPORT": "tcp",
                     "MASTER_ADDR": head,
                     "MASTER_PORT": str(GLOO_PORT),
                     "GLOO_SOCKET_IFNAME": "eth0",

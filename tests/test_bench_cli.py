@@ -88,7 +88,8 @@ def test_allreduce_sweep_table_csv_json_and_skipped_peers(tmp_path: Path) -> Non
     assert systems["nonsense"]["status"] == systems["mpi"]["status"] == "skipped"
     assert systems["mpi"]["reason"] and "\n" not in systems["mpi"]["reason"]
     assert systems["nccl"]["status"] == "skipped" and "\n" not in systems["nccl"]["reason"]
-    assert document["config"]["device"] == "cpu" and document["config"]["transport"] == "tcp"
+    assert document["config"]["device"] == "cpu" and document["config"]["transport"] == "auto"
+    assert [row["transport"] for row in systems["ringflow"]["rows"]] == ["shm"] * 5
 
 
 @pytest.mark.timeout(60)

@@ -114,6 +114,7 @@ __all__ = [
     "join",
     "local_rank",
     "local_size",
+    "peer_transports",
     "poll",
     "rank",
     "recv",
@@ -257,6 +258,12 @@ def flight_recorder() -> dict[str, Any]:
     ``error`` that failed the job ("" while healthy). On a failure ringflow also prints it, or
     writes it to ``$RINGFLOW_FLIGHT_RECORDER/rank<r>.json``."""
     return json.loads(_engine().flight_recorder_json())
+
+
+def peer_transports() -> list[str]:
+    """How this rank's frames reach each rank, by rank: ``"shm"`` (shared memory on this host),
+    ``"tcp"`` or ``"self"``. Chosen at init per pair (``RINGFLOW_TRANSPORT=auto|tcp|shm``)."""
+    return list(_engine().peer_transports())
 
 
 def engine_stats() -> dict[str, int]:

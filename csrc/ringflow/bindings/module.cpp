@@ -389,6 +389,8 @@ PYBIND11_MODULE(_core, m) {
                              [](const rf::Engine& e) { return e.topology().cross_rank; })
       .def_property_readonly("cross_size",
                              [](const rf::Engine& e) { return e.topology().cross_size; })
+      .def("peer_transports", &rf::Engine::peer_transports,
+           "Per rank: \"shm\", \"tcp\" or \"self\".")
       .def("submit", &submit, py::arg("kind"), py::arg("tensors"), py::arg("outs"),
            py::arg("op") = ReduceOp::kSum, py::arg("root") = 0, py::arg("peer") = 0,
            py::arg("prescale") = 1.0, py::arg("postscale") = 1.0, py::arg("process_set") = 0,
@@ -510,14 +512,15 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "_probe_frames",
       [](const py::bytes& data, const std::vector<std::tuple<size_t, uint64_t, bool>>& recvs,
-         int peer) {
+         int peer, const std::string& transport) {
         std::vector<rf::testing::ProbeRecv> specs;
         for (const auto& [len, tag, variable] : recvs) specs.push_back({len, tag, variable});
         std::string bytes(data);
         rf::testing::ProbeResult result;
         {
           py::gil_scoped_release release;
-          result = rf::testing::probe_frames(bytes, specs, peer);
+          result = transport == "shm" ? rf::testing::probe_shm_frames(bytes, specs, peer)
+                                      : rf::testing::probe_frames(bytes, specs, peer);
         }
         py::list buffers;
         for (const auto& buffer : result.buffers) buffers.append(py::bytes(buffer));
@@ -532,8 +535,9 @@ PYBIND11_MODULE(_core, m) {
         out["error"] = result.message;
         return out;
       },
-      py::arg("data"), py::arg("recvs"), py::arg("peer"),
-      "Feeds data to a TcpPair from `peer` and runs receives (len, tag, variable_len): test-only.");
+      py::arg("data"), py::arg("recvs"), py::arg("peer"), py::arg("transport") = "tcp",
+      "Feeds data to a TcpPair (or ShmPair) from `peer` and runs receives (len, tag, "
+      "variable_len): test-only.");
 
   // --- CUDA (issue 14): device queries; the kernels (on device addresses) and their host
   // references (on host addresses) for tests/test_cuda_kernels_reference.py and

@@ -47,8 +47,8 @@ LogLevel parse_log_level(const std::string& text) {
 TransportKind parse_transport(const std::string& text) {
   if (text == "auto") return TransportKind::kAuto;
   if (text == "tcp") return TransportKind::kTcp;
-  RF_THROW(kInvalidArgument) << "RINGFLOW_TRANSPORT=" << text
-                             << " is not one of auto, tcp (shared memory comes later)";
+  if (text == "shm") return TransportKind::kShm;
+  RF_THROW(kInvalidArgument) << "RINGFLOW_TRANSPORT=" << text << " is not one of auto, tcp, shm";
   return TransportKind::kAuto;  // not reached
 }
 
@@ -73,6 +73,11 @@ EnvConfig read_env() {
   EnvConfig config;
   config.log_level = parse_log_level(env_string("RINGFLOW_LOG_LEVEL", "warning"));
   config.transport = parse_transport(env_string("RINGFLOW_TRANSPORT", "auto"));
+  config.shm_ring_bytes = static_cast<size_t>(
+      env_int("RINGFLOW_SHM_RING_BYTES", static_cast<long long>(config.shm_ring_bytes)));
+  RF_CHECK(config.shm_ring_bytes >= 4096 && config.shm_ring_bytes <= (size_t{1} << 40),
+           kInvalidArgument)
+      << "RINGFLOW_SHM_RING_BYTES=" << config.shm_ring_bytes << " is not within 4096 .. 2^40";
   config.socket_buffer_bytes =
       static_cast<size_t>(env_int("RINGFLOW_SOCKET_BUFFER", config.socket_buffer_bytes));
   config.network_interface = env_string("RINGFLOW_NETWORK_INTERFACE", "");

@@ -10,11 +10,12 @@
 
 namespace rf {
 
-enum class TransportKind { kAuto, kTcp };
+enum class TransportKind { kAuto, kTcp, kShm };
 
 struct EnvConfig {
   LogLevel log_level = LogLevel::kWarning;         // RINGFLOW_LOG_LEVEL
-  TransportKind transport = TransportKind::kAuto;  // RINGFLOW_TRANSPORT=auto|tcp
+  TransportKind transport = TransportKind::kAuto;  // RINGFLOW_TRANSPORT=auto|tcp|shm
+  size_t shm_ring_bytes = 1 << 20;                 // RINGFLOW_SHM_RING_BYTES (per peer pair)
   size_t socket_buffer_bytes = 4 << 20;            // RINGFLOW_SOCKET_BUFFER (bytes, 0 = OS default)
   // RINGFLOW_NETWORK_INTERFACE: the interface (e.g. eth1) whose IPv4 address this rank listens on
   // and advertises to its peers; empty: the address of the interface that reaches the store.

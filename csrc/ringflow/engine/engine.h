@@ -82,6 +82,12 @@ class Engine {
   int rank() const { return rank_; }
   int size() const { return size_; }
   const Topology& topology() const { return runtime_->topology(); }
+  // Per rank, how this rank's frames reach it: "shm", "tcp" or "self" (transport/select.h).
+  std::vector<std::string> peer_transports() const {
+    std::vector<std::string> kinds;
+    for (int r = 0; r < size_; ++r) kinds.emplace_back(runtime_->transport().peer_kind(r));
+    return kinds;
+  }
   uint32_t generation() const { return runtime_->generation(); }
   uint32_t store_instance() const { return runtime_->store_instance(); }
 

@@ -29,5 +29,9 @@ struct ProbeResult {
 };
 
 ProbeResult probe_frames(const std::string& bytes, const std::vector<ProbeRecv>& recvs, int peer);
+// The same through a ShmPair: the bytes go into its incoming shared-memory ring (4 KiB, so
+// longer streams wrap), then the pair's connection closes.
+ProbeResult probe_shm_frames(const std::string& bytes, const std::vector<ProbeRecv>& recvs,
+                             int peer);
 
 }  // namespace rf::testing

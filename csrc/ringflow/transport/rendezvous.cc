@@ -16,6 +16,7 @@
 #include "ringflow/net/handshake.h"
 #include "ringflow/net/handshake_acceptor.h"
 #include "ringflow/net/socket.h"
+#include "ringflow/transport/select.h"
 #include "ringflow/transport/tcp/tcp_transport.h"
 
 namespace rf {
@@ -202,7 +203,7 @@ Mesh connect_mesh(Store& store, const RendezvousOptions& options, const Deadline
   }
   Mesh mesh;
   mesh.topology = compute_topology(hosts, rank);
-  mesh.transport = std::make_unique<TcpTransport>(rank, std::move(sockets), spin_options());
+  mesh.transport = make_transport(rank, std::move(sockets), spin_options(), deadline);
   return mesh;
 }
 

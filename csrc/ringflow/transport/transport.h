@@ -48,6 +48,8 @@ class Transport {
   // after a wait completed. Stays set when a wait throws. Safe to read from any thread: the
   // heartbeat and the flight recorder report it.
   virtual int waiting_for() const { return -1; }
+  // How frames to `peer` travel: "tcp", "shm", or "self" for this rank.
+  virtual const char* peer_kind(int peer) const { return peer == rank() ? "self" : "tcp"; }
   // Tells every peer (best effort) why this rank gives up, and closes all connections.
   virtual void abort(const std::string& reason) noexcept = 0;
 };

@@ -30,15 +30,17 @@ __all__ = ["add_arguments", "add_parser", "build_parser", "main"]
 DESCRIPTION = """\
 Measure a collective over a range of sizes on N local ranks, nccl-tests style: per size the
 bytes, count, time (median over iterations of the slowest rank), algbw, busbw and the number of
-wrong elements (inputs are chosen so that the exact result is known). ringflow runs over TCP
-(RINGFLOW_TRANSPORT=tcp) unless --transport says otherwise. --peers runs the same sweep with
+wrong elements (inputs are chosen so that the exact result is known). ringflow runs over its
+default transport (RINGFLOW_TRANSPORT=auto: shared memory between ranks of one host) unless
+--transport says otherwise (tcp: loopback sockets); each ringflow row names the transport its
+ranks used. --peers runs the same sweep with
 torch.distributed's gloo backend and with Open MPI (mpi4py, mpirun over TCP) and prints the
 ratio ringflow busbw / peer busbw (> 1: ringflow is faster). A peer that is not installed is
 skipped with its reason.
 
 --device cuda measures torch CUDA tensors on the GPUs of this host (several ranks may share one
 GPU); the peers are then gloo on CUDA tensors (through host memory) and torch's nccl backend
-(--peers gloo,nccl), and ringflow's transport defaults to auto.
+(--peers gloo,nccl).
 
 bytes follow nccl-tests: the per-rank buffer for allreduce and broadcast, the gathered output for
 allgather, the input for reducescatter and the send buffer for alltoall; sizes are rounded down
@@ -153,8 +155,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--transport",
         choices=("tcp", "auto", "shm"),
         default=None,
-        help="RINGFLOW_TRANSPORT for ringflow's ranks (default tcp with --device cpu, auto with "
-        "--device cuda: the same-host GPU path)",
+        help="RINGFLOW_TRANSPORT for ringflow's ranks (default auto: shared memory between ranks "
+        "of one host; tcp measures the loopback network path)",
     )
     add("--csv", metavar="FILE", help="write one row per system and size")
     add("--json", metavar="FILE", help="write the configuration, machine and every row")
@@ -297,7 +299,7 @@ def main(args: argparse.Namespace) -> int:
         device=args.device,
     )
     if args.transport is None:
-        args.transport = "tcp" if args.device == "cpu" else "auto"
+        args.transport = "auto"
     if not spec.points(args.num_proc):
         print("ringflow bench: error: every size is below one element per rank", file=sys.stderr)
         return 2

@@ -98,9 +98,11 @@ def command_for(
     mpirun += ["--bind-to", "core:overload-allowed"]
     if os.geteuid() == 0:
         mpirun.append("--allow-run-as-root")
-    # TCP only, as ringflow: the ob1 PML over the tcp BTL on loopback (no vader shared memory).
-    mpirun += ["--mca", "pml", "ob1", "--mca", "btl", "tcp,self"]
-    mpirun += ["--mca", "btl_tcp_if_include", "lo"]
+    if transport == "tcp":
+        # TCP only, as ringflow: the ob1 PML over the tcp BTL on loopback (no vader shared memory).
+        mpirun += ["--mca", "pml", "ob1", "--mca", "btl", "tcp,self"]
+        mpirun += ["--mca", "btl_tcp_if_include", "lo"]
+    # Otherwise Open MPI's defaults: shared memory (vader) between the ranks of one host.
     command = [*mpirun, py, "-m", "ringflow.bench.peers", "mpi", *worker]
     return command, _environment({})
 

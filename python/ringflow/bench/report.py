@@ -32,6 +32,7 @@ CSV_FIELDS = (
     "busbw_gbps",
     "wrong",
     "ratio",
+    "transport",
 )
 _BUS = {"allreduce": "2(N-1)/N", "broadcast": "1"}
 
@@ -68,16 +69,16 @@ def _system_table(run: SystemRun, op: str) -> list[str]:
     lines = [
         f"# {run.system}",
         f"#{'size':>11} {'count':>12} {'type':>9} {'redop':>6} {'time':>11} "
-        f"{'algbw':>8} {'busbw':>8} {'#wrong':>7}",
+        f"{'algbw':>8} {'busbw':>8} {'#wrong':>7} {'transport':>9}",
         f"#{'(B)':>11} {'(elements)':>12} {'':>9} {'':>6} {'(us)':>11} "
-        f"{'(GB/s)':>8} {'(GB/s)':>8} {'':>7}",
+        f"{'(GB/s)':>8} {'(GB/s)':>8} {'':>7} {'':>9}",
     ]
     for row in run.rows:
         wrong = "N/A" if row["wrong"] is None else str(row["wrong"])
         lines.append(
             f"{row['bytes']:>12} {row['count']:>12} {row['dtype']:>9} {op:>6} "
             f"{row['time_us']:>11.1f} {row['algbw_gbps']:>8.3f} {row['busbw_gbps']:>8.3f} "
-            f"{wrong:>7}"
+            f"{wrong:>7} {row.get('transport') or '-':>9}"
         )
     average = sum(row["busbw_gbps"] for row in run.rows) / len(run.rows)
     lines.append(f"# Avg bus bandwidth    : {average:.3f} GB/s")

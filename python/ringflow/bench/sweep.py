@@ -74,6 +74,9 @@ class RingflowBackend:
         rf.init()
         self.rank = rf.rank()
         self.size = rf.size()
+        # What rank 0's frames travel by ("shm", "tcp", or "shm+tcp" on several hosts).
+        kinds = sorted({kind for kind in rf.peer_transports() if kind != "self"})
+        self.transport = "+".join(kinds) or "self"
         self._ops = {
             "sum": rf.Sum,
             "avg": rf.Average,
@@ -174,6 +177,7 @@ def run_sweep(backend: Backend, spec: SweepSpec, result_path: str, system: str) 
         row = measure(backend, spec, nbytes, count)
         if backend.rank == 0:
             row.update(system=system, collective=spec.collective, nranks=backend.size)
+            row["transport"] = getattr(backend, "transport", "")
             with open(result_path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
             print(f"{PROGRESS_MARKER} {index}", flush=True)
