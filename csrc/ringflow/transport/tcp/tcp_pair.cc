@@ -77,14 +77,25 @@ uint64_t TcpPair::retire(std::deque<Frame>& frames, Done done) {
 
 bool TcpPair::progress_sends() {
   bool idle = true;
-  for (auto& s : streams_) idle = s->progress_sends() && idle;
+  try {
+    for (auto& s : streams_) idle = s->progress_sends() && idle;
+  } catch (const Error&) {
+    // What completed before the failure stays completed (the caller may report it).
+    sends_done_ += retire(sends_, [this](size_t i) { return streams_[i]->sends_done(); });
+    throw;
+  }
   sends_done_ += retire(sends_, [this](size_t i) { return streams_[i]->sends_done(); });
   return idle;
 }
 
 bool TcpPair::progress_recvs() {
   bool idle = true;
-  for (auto& s : streams_) idle = s->progress_recvs() && idle;
+  try {
+    for (auto& s : streams_) idle = s->progress_recvs() && idle;
+  } catch (const Error&) {
+    recvs_done_ += retire(recvs_, [this](size_t i) { return streams_[i]->recvs_done(); });
+    throw;
+  }
   recvs_done_ += retire(recvs_, [this](size_t i) { return streams_[i]->recvs_done(); });
   return idle;
 }
