@@ -170,10 +170,10 @@ lab_only = pytest.mark.skipif(
 
 @lab_only
 def test_two_hosts_two_ranks_on_shared_memory():
-    """RINGFLOW_HIERARCHICAL=on: every allreduce that is not inline is the pipelined one."""
-    outputs = _run_lab(
-        2, 2, "blocks", {"RINGFLOW_HIERARCHICAL": "on", "RINGFLOW_TRANSPORT": "auto"}
-    )
+    """RINGFLOW_HIERARCHICAL=on, and no Bruck (so nothing inline): every size, 1 and 7 too, takes
+    the pipelined algorithm, with chunks of zero elements."""
+    env = {"RINGFLOW_HIERARCHICAL": "on", "RINGFLOW_BRUCK_MAX_BYTES": "0"}
+    outputs = _run_lab(2, 2, "blocks", {**env, "RINGFLOW_TRANSPORT": "auto"})
     for rank, out in enumerate(outputs):
         assert out["failures"] == [], f"rank {rank}"
         assert out["pipelined"] > 0 and out["gathered"] == out["flat"] == 0, (rank, out)
