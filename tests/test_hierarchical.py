@@ -5,8 +5,10 @@ On netlab "hosts" (network namespaces; the host of a rank is what the rendezvous
 namespace address): 2 hosts x 2 ranks (ranks placed host by host, every pair over shared memory)
 and 4 hosts x 2 ranks (ranks dealt round-robin, so a host's ranks are not neighbours; TCP), every
 dtype x op x size exact against numpy, fused and unfused. On loopback, RINGFLOW_HOST_ID makes the
-hosts: `off` never takes it, an uneven layout falls back to the flat ring, and random floats come
-out bitwise alike on every rank and fused or not. Which algorithm ran is read from the timeline.
+hosts: `off` never takes it, an uneven layout falls back to the flat ring, random floats come
+out bitwise alike on every rank, fused or not, and equal to the documented order computed here
+(pipelined, inline and gathered), and a process set is laid out by its own members. Which
+algorithm ran is read from each rank's timeline.
 """
 
 from __future__ import annotations
@@ -288,3 +290,35 @@ def _hierarchical_order(x: list[np.ndarray], hosts: int, local: int) -> np.ndarr
         out[sl] = acc
         start += c
     return out
+
+
+def _in_sets(tmp: str, sets: list[list[int]]) -> dict:
+    """A large integer-valued Sum on each registered set this rank belongs to."""
+    me = rf.rank()
+    registered = [rf.add_process_set(ranks) for ranks in sets]
+    timeline = str(Path(tmp) / "trace.json")
+    results = {}
+    for i, (ranks, ps) in enumerate(zip(sets, registered)):
+        if me not in ranks:
+            continue
+        rf.start_timeline(timeline)
+        got = rf.allreduce(_input(me, 20_011, "float32"), op=rf.Sum, name=f"set{i}", process_set=ps)
+        rf.stop_timeline()
+        results[i] = (got, _phases(timeline))
+    return results
+
+
+def test_process_sets_are_laid_out_by_their_own_members(make_job, tmp_path):
+    """Hosts [0, 1, 0, 1, 2, 2]: the set {0, 1, 2, 3} spans two hosts with two ranks each
+    (hierarchical, over a view of a view of the transport); {0, 1, 4} is uneven (flat)."""
+    hosts = [0, 1, 0, 1, 2, 2]
+    sets = [[0, 1, 2, 3], [0, 1, 4]]
+    job = make_job(len(hosts), rank_env=_host_env(hosts)).start()
+    results = job.call(_in_sets, str(tmp_path), sets)
+    for i, ranks in enumerate(sets):
+        want = np.sum([_input(r, 20_011, "float32") for r in ranks], axis=0, dtype=np.float32)
+        for rank in ranks:
+            got, phases = results[rank][i]
+            np.testing.assert_array_equal(got, want, err_msg=f"set {ranks}, rank {rank}")
+            assert (phases["pipelined"] > 0) == (i == 0), (ranks, rank, phases)
+            assert (phases["flat"] > 0) == (i == 1), (ranks, rank, phases)
