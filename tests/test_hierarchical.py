@@ -230,6 +230,9 @@ def test_loopback_hosts(make_job, tmp_path, hosts, mode, hierarchical):
         for a, b, f in zip(first["alone"], out["alone"], out["fused"]):
             assert a.tobytes() == b.tobytes(), f"rank {rank} differs from rank 0"
             assert f.tobytes() == b.tobytes(), f"rank {rank}: fused differs from unfused"
+    if len(hosts) == 3:  # said once, as a warning under `on`
+        for rank in range(3):
+            assert job.log_tail(rank).count("takes the flat algorithms, not hierarchical") == 1
     if hierarchical:  # the documented order, computed here: hosts {0, 1} and {2, 3}
         tensors = [
             np.random.default_rng(1000 + r).standard_normal(40_001).astype(np.float32)
