@@ -20,7 +20,10 @@ esac
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=${RINGFLOW_SANITIZE_DIR:-/tmp/ringflow-$mode}
 
-[[ -x $work/venv/bin/python ]] || python -m venv "$work/venv"
+# --system-site-packages: the test dependencies already installed beside the Python (CI installs
+# them for the main run: torch, TensorFlow, Spark, Ray, mpi4py) are reused, not fetched again;
+# ringflow itself is the instrumented install of this venv, which comes first on sys.path.
+[[ -x $work/venv/bin/python ]] || python -m venv --system-site-packages "$work/venv"
 # shellcheck disable=SC1091
 . "$work/venv/bin/activate"
 pip install -q scikit-build-core pybind11

@@ -45,6 +45,43 @@ void bruck_allreduce(const CollectiveContext& ctx, const void* in, void* out, si
 void fold_in_ring_order(const std::vector<const char*>& contributions, void* out, size_t count,
                         DType dtype, ReduceOp op, const std::vector<size_t>& chunk_counts = {});
 
+// Where a set's ranks live. Uniform: every host holds local_size ranks; this rank is
+// local_index on its host and its host is host_index (hosts numbered by their lowest member).
+// `enabled`: the engine runs allreduce hierarchically (select.h, choose_hierarchical).
+struct HostLayout {
+  bool uniform = false;
+  bool enabled = false;
+  int hosts = 1;
+  int local_size = 1;
+  int local_index = 0;
+  int host_index = 0;
+  std::vector<std::vector<int>> grid;  // grid[h][m]: set rank of local index m on host h
+  std::vector<int> local_members;      // grid[host_index]
+  std::vector<int> cross_members;      // grid[h][local_index] for every host h
+};
+// host_of[i]: set rank i's host, any numbering alike on every rank.
+HostLayout host_layout(const std::vector<int>& host_of, int my_index);
+
+// The allreduce's result for ranks on several hosts: ring reduce-scatter inside the host
+// (`local`), allreduce of this rank's block among the ranks with its local index (`cross`, one
+// per host, all local indices at once), ring allgather inside the host. chunk_counts: L x H
+// chunks (empty: even_blocks(count, L x H)); chunk l·H + h is reduced inside the host in block l,
+// then across hosts starting at host h — see hierarchical_allreduce.cc for the float order.
+void hierarchical_allreduce(const CollectiveContext& local, const CollectiveContext& cross,
+                            const void* in, void* out, size_t count, DType dtype, ReduceOp op,
+                            const ChunkFinisher& finish,
+                            const std::vector<size_t>& chunk_counts = {});
+// The same result for small counts: every rank gathers every input (Bruck, over the whole set)
+// and folds in hierarchical_allreduce's order.
+void gathered_hierarchical_allreduce(const CollectiveContext& ctx, const HostLayout& layout,
+                                     const void* in, void* out, size_t count, DType dtype,
+                                     ReduceOp op, const ChunkFinisher& finish,
+                                     const std::vector<size_t>& chunk_counts = {});
+// out = every set rank's contribution reduced in hierarchical_allreduce's order.
+void fold_in_hierarchical_order(const std::vector<const char*>& contributions,
+                                const HostLayout& layout, void* out, size_t count, DType dtype,
+                                ReduceOp op, const std::vector<size_t>& chunk_counts = {});
+
 // data (bytes) is copied from root to every rank: binomial tree (log2 N rounds, for small
 // buffers) or pipelined chain (every link carries the data once, for large ones).
 void binomial_broadcast(const CollectiveContext& ctx, void* data, size_t bytes, int root);

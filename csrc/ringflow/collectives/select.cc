@@ -1,5 +1,6 @@
 #include "ringflow/collectives/select.h"
 
+#include "ringflow/collectives/collective.h"
 #include "ringflow/collectives/segments.h"
 #include "ringflow/common/env.h"
 
@@ -16,6 +17,13 @@ AllreduceAlgorithm choose_allreduce(size_t bytes, int size) {
   return size > 1 && bytes * static_cast<size_t>(size - 1) <= env.bruck_max_bytes
              ? AllreduceAlgorithm::kBruck
              : AllreduceAlgorithm::kRing;
+}
+
+bool choose_hierarchical(const HostLayout& layout) {
+  // Each host sends 2 (H - 1) / H of the data instead of at least 2 (N - 1) / N: fewer network
+  // bytes at every size. Small sizes lose nothing: they gather, like the flat Bruck.
+  return env_config().hierarchical != "off" && layout.uniform && layout.hosts > 1 &&
+         layout.local_size > 1;
 }
 
 BroadcastAlgorithm choose_broadcast(size_t bytes, int size) {

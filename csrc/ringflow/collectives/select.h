@@ -7,11 +7,20 @@
 namespace rf {
 
 enum class AllreduceAlgorithm { kRing, kBruck };
+struct HostLayout;
+
 enum class BroadcastAlgorithm { kBinomial, kChain };
 
 // RINGFLOW_ALLREDUCE_ALGORITHM=auto|ring|bruck; auto picks bruck while (N - 1) x bytes, what
 // it makes each rank receive, is at most RINGFLOW_BRUCK_MAX_BYTES (64 KiB).
 AllreduceAlgorithm choose_allreduce(size_t bytes, int size);
+// Whether a set's allreduces run hierarchically (and reduce in hierarchical_allreduce's float
+// order, whatever their size, so fusion never changes a result's bits): only on a uniform layout
+// of more than one host with more than one rank each (uneven hosts keep the flat algorithms).
+// RINGFLOW_HIERARCHICAL=auto|on: then, since it always sends fewer bytes out of each host;
+// off: never. Small allreduces (where the flat choice is Bruck) gather every input and fold in
+// that order, unless `on` forces hierarchical_allreduce at every size.
+bool choose_hierarchical(const HostLayout& layout);
 // RINGFLOW_BROADCAST_ALGORITHM=auto|binomial|chain; auto picks chain from RINGFLOW_CHAIN_MIN_BYTES.
 BroadcastAlgorithm choose_broadcast(size_t bytes, int size);
 

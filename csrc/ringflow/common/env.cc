@@ -95,6 +95,8 @@ EnvConfig read_env() {
   config.chain_min_bytes = static_cast<size_t>(
       env_int("RINGFLOW_CHAIN_MIN_BYTES", static_cast<long long>(config.chain_min_bytes)));
   config.segment_bytes = positive_bytes("RINGFLOW_SEGMENT_BYTES", config.segment_bytes);
+  config.hierarchical = parse_choice(
+      "RINGFLOW_HIERARCHICAL", env_string("RINGFLOW_HIERARCHICAL", "auto"), {"auto", "on", "off"});
   config.kernel_isa = parse_choice("RINGFLOW_KERNEL_ISA", env_string("RINGFLOW_KERNEL_ISA", "auto"),
                                    {"auto", "generic"});
   config.deadlock_check = env_int("RINGFLOW_DEADLOCK_CHECK", 1) != 0;

@@ -30,6 +30,7 @@
 #include <unordered_set>
 #include <vector>
 
+#include "ringflow/collectives/collective.h"
 #include "ringflow/collectives/cuda_ipc_allreduce.h"
 #include "ringflow/common/error.h"
 #include "ringflow/common/scratch_buffer.h"
@@ -171,6 +172,8 @@ class Engine {
   void execute(std::vector<Ready>& bucket, uint64_t tag);
   void execute_inline_allreduce(Ready& tensor);
   void execute_allreduce(std::vector<Ready>& bucket, const CollectiveContext& ctx);
+  // Where a set's members live (by set rank), for hierarchical allreduce; says once when uneven.
+  HostLayout set_layout(const std::vector<int>& members, int my_index);
   void execute_allgather(std::vector<Ready>& bucket, const CollectiveContext& ctx);
   void execute_reducescatter(std::vector<Ready>& bucket, const CollectiveContext& ctx);
   void execute_broadcast(Ready& tensor, const CollectiveContext& ctx);
@@ -228,6 +231,7 @@ class Engine {
   std::vector<bool> joined_;  // ranks that called join() and wait for the others
   ResponseCache cache_;
   ScratchBuffer fusion_buffer_;
+  bool told_uneven_ = false;  // the flat fallback for uneven hosts was logged
   // Per member list: the CUDA buffers they map from each other (or that they cannot).
   std::map<std::vector<int>, std::unique_ptr<IpcPeerBuffers>> ipc_peers_;
   uint64_t next_tag_ = 1;

@@ -9,6 +9,7 @@
 #include "ringflow/collectives/select.h"
 #include "ringflow/common/check.h"
 #include "ringflow/common/env.h"
+#include "ringflow/common/log.h"
 #include "ringflow/engine/engine.h"
 #include "ringflow/engine/fusion.h"
 #include "ringflow/reduce/reduce.h"
@@ -190,7 +191,14 @@ void Engine::execute_inline_allreduce(Ready& item) {
     contributions.push_back(data.data());
   }
   void* out = item.local->submission.out;
-  fold_in_ring_order(contributions, out, count, request.dtype, request.op);
+  const std::vector<int>& members = item.tensor.members;
+  const auto me = std::lower_bound(members.begin(), members.end(), rank_) - members.begin();
+  const HostLayout hosts = set_layout(members, static_cast<int>(me));  // only its grid is used
+  if (hosts.enabled) {
+    fold_in_hierarchical_order(contributions, hosts, out, count, request.dtype, request.op);
+  } else {
+    fold_in_ring_order(contributions, out, count, request.dtype, request.op);
+  }
   scale_by(out, count, request.dtype, finishing_factor(request.op, request.postscale, set_size));
   trace(item, "INLINE_ALLREDUCE", start, Timeline::now_us());
   {
@@ -269,6 +277,29 @@ void Engine::trace(const Ready& item, const char* phase, int64_t start_us, int64
   timeline_.record(item.local->submission.request.name, phase, start_us, end_us);
 }
 
+HostLayout Engine::set_layout(const std::vector<int>& members, int my_index) {
+  const std::vector<int>& host_of = runtime_->topology().host_of;
+  if (env_config().hierarchical == "off" || host_of.size() != static_cast<size_t>(size_)) {
+    return HostLayout{};
+  }
+  std::vector<int> member_hosts;
+  for (int r : members) member_hosts.push_back(host_of[r]);
+  HostLayout layout = host_layout(member_hosts, my_index);
+  layout.enabled = choose_hierarchical(layout);
+  if (!layout.uniform && !told_uneven_) {
+    told_uneven_ = true;  // every rank sees the same layout, so every rank falls back alike
+    const std::string why = "rank " + std::to_string(rank_) +
+                            ": the hosts hold different numbers of this set's ranks: allreduce "
+                            "takes the flat algorithms, not hierarchical";
+    if (env_config().hierarchical == "on") {
+      RF_LOG(kWarning) << why;
+    } else {
+      RF_LOG(kInfo) << why;
+    }
+  }
+  return layout;
+}
+
 void Engine::execute_allreduce(std::vector<Ready>& bucket, const CollectiveContext& ctx) {
   const Request& request = bucket[0].local->submission.request;
   const DType dtype = request.dtype;
@@ -277,16 +308,28 @@ void Engine::execute_allreduce(std::vector<Ready>& bucket, const CollectiveConte
   const int set_size = ctx.size();
   const double factor = finishing_factor(op, request.postscale, average_divisor(bucket[0].tensor));
   auto finish = [=](void* data, size_t n) { scale_by(data, n, dtype, factor); };
+  const HostLayout hosts = set_layout(bucket[0].tensor.members, ctx.rank());
   auto run = [&](const void* in, void* out, size_t count, const std::vector<size_t>& chunks) {
     const int64_t start = Timeline::now_us();
-    const AllreduceAlgorithm algorithm = choose_allreduce(count * elem, set_size);
-    if (algorithm == AllreduceAlgorithm::kBruck) {
+    const char* phase = "HIERARCHICAL_ALLREDUCE";
+    const bool small = choose_allreduce(count * elem, set_size) == AllreduceAlgorithm::kBruck;
+    if (hosts.enabled && small && env_config().hierarchical != "on") {
+      gathered_hierarchical_allreduce(ctx, hosts, in, out, count, dtype, op, finish, chunks);
+      phase = "HIERARCHICAL_GATHER_ALLREDUCE";
+    } else if (hosts.enabled) {
+      SubsetTransport within(ctx.transport, hosts.local_members, hosts.local_index);
+      SubsetTransport across(ctx.transport, hosts.cross_members, hosts.host_index);
+      hierarchical_allreduce({within, ctx.tag, ctx.deadline}, {across, ctx.tag, ctx.deadline}, in,
+                             out, count, dtype, op, finish, chunks);
+    } else if (small) {
       bruck_allreduce(ctx, in, out, count, dtype, op, finish, chunks);
+      phase = allreduce_phase(AllreduceAlgorithm::kBruck);
     } else {
       ring_allreduce(ctx, in, out, count, dtype, op, finish, chunks);
+      phase = allreduce_phase(AllreduceAlgorithm::kRing);
     }
     const int64_t end = Timeline::now_us();
-    for (const Ready& item : bucket) trace(item, allreduce_phase(algorithm), start, end);
+    for (const Ready& item : bucket) trace(item, phase, start, end);
   };
   if (bucket.size() == 1) {
     Submission& s = bucket[0].local->submission;

@@ -18,7 +18,7 @@ struct Setting {
 };
 
 uint64_t choice_code(const std::string& choice) {
-  // Short enough to pack: "auto", "ring", "bruck", "binomial", "chain".
+  // Short enough to pack: "auto", "ring", "bruck", "binomial", "chain", "on", "off".
   uint64_t code = 0;
   std::memcpy(&code, choice.data(), std::min<size_t>(choice.size(), sizeof(code)));
   return code;
@@ -26,7 +26,7 @@ uint64_t choice_code(const std::string& choice) {
 
 std::string show(const Setting& setting) {
   const std::string name = setting.variable;
-  if (name.find("ALGORITHM") != std::string::npos) {
+  if (name.find("ALGORITHM") != std::string::npos || name == "RINGFLOW_HIERARCHICAL") {
     char text[sizeof(uint64_t) + 1] = {};
     std::memcpy(text, &setting.value, sizeof(uint64_t));
     return text;
@@ -45,6 +45,7 @@ std::vector<Setting> plan_settings() {
       {"RINGFLOW_BROADCAST_ALGORITHM", choice_code(env.broadcast_algorithm)},
       {"RINGFLOW_CHAIN_MIN_BYTES", env.chain_min_bytes},
       {"RINGFLOW_SEGMENT_BYTES", env.segment_bytes},
+      {"RINGFLOW_HIERARCHICAL", choice_code(env.hierarchical)},
       {"RINGFLOW_CUDA_IPC_BYTES", env.cuda_ipc_bytes},
       {"RINGFLOW_DEADLOCK_CHECK", env.deadlock_check ? 1u : 0u},
       {"RINGFLOW_JOIN_AVERAGE", env.join_average_contributors ? 1u : 0u},

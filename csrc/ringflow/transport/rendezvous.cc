@@ -36,6 +36,11 @@ Topology compute_topology(const std::vector<std::string>& hosts, int rank) {
   std::map<std::string, int> next_local_rank;
   std::vector<int> local_rank_of(hosts.size());
   for (size_t r = 0; r < hosts.size(); ++r) local_rank_of[r] = next_local_rank[hosts[r]]++;
+  std::map<std::string, int> host_number;
+  for (const std::string& host : hosts) {
+    host_number.emplace(host, static_cast<int>(host_number.size()));
+    topology.host_of.push_back(host_number[host]);
+  }
   topology.local_rank = local_rank_of[rank];
   topology.local_size = next_local_rank[hosts[rank]];
   topology.cross_rank = 0;

@@ -4,6 +4,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "ringflow/common/deadline.h"
 #include "ringflow/store/store.h"
@@ -27,6 +28,9 @@ struct Topology {
   int local_size = 1;
   int cross_rank = 0;
   int cross_size = 1;
+  // Every rank's host, numbered by the lowest rank on it; alike on every rank (the same store
+  // entries). Empty in a world of one. Hierarchical allreduce groups ranks by it.
+  std::vector<int> host_of;
 };
 
 struct Mesh {
