@@ -80,6 +80,9 @@ EnvConfig read_env() {
       << "RINGFLOW_SHM_RING_BYTES=" << config.shm_ring_bytes << " is not within 4096 .. 2^40";
   config.socket_buffer_bytes =
       static_cast<size_t>(env_int("RINGFLOW_SOCKET_BUFFER", config.socket_buffer_bytes));
+  config.tcp_streams = static_cast<int>(env_int("RINGFLOW_TCP_STREAMS", config.tcp_streams));
+  RF_CHECK(config.tcp_streams >= 1 && config.tcp_streams <= 8, kInvalidArgument)
+      << "RINGFLOW_TCP_STREAMS=" << config.tcp_streams << " is not within 1 .. 8";
   config.network_interface = env_string("RINGFLOW_NETWORK_INTERFACE", "");
   config.allreduce_algorithm =
       parse_choice("RINGFLOW_ALLREDUCE_ALGORITHM",

@@ -17,6 +17,7 @@ struct EnvConfig {
   TransportKind transport = TransportKind::kAuto;  // RINGFLOW_TRANSPORT=auto|tcp|shm
   size_t shm_ring_bytes = 1 << 20;                 // RINGFLOW_SHM_RING_BYTES (per peer pair)
   size_t socket_buffer_bytes = 4 << 20;            // RINGFLOW_SOCKET_BUFFER (bytes, 0 = OS default)
+  int tcp_streams = 2;  // RINGFLOW_TCP_STREAMS: connections per TCP peer pair (1 .. 8)
   // RINGFLOW_NETWORK_INTERFACE: the interface (e.g. eth1) whose IPv4 address this rank listens on
   // and advertises to its peers; empty: the address of the interface that reaches the store.
   std::string network_interface;

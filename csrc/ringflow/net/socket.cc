@@ -120,6 +120,19 @@ void set_nodelay(int fd) {
   ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 }
 
+namespace {
+int port_of(int fd, bool local) {
+  sockaddr_in addr{};
+  socklen_t len = sizeof(addr);
+  auto* raw = reinterpret_cast<sockaddr*>(&addr);
+  int rc = local ? ::getsockname(fd, raw, &len) : ::getpeername(fd, raw, &len);
+  return rc == 0 ? ntohs(addr.sin_port) : -1;
+}
+}  // namespace
+
+int local_port(int fd) { return port_of(fd, true); }
+int remote_port(int fd) { return port_of(fd, false); }
+
 std::string local_ip(int fd) {
   sockaddr_in addr{};
   socklen_t len = sizeof(addr);

@@ -29,6 +29,8 @@ UniqueFd accept_tcp(int listen_fd, const Deadline& deadline);
 void set_nonblocking(int fd);
 void set_nodelay(int fd);
 std::string local_ip(int fd);      // address this socket is bound to
+int local_port(int fd);            // port this socket is bound to (-1 if unknown)
+int remote_port(int fd);           // port of the connected peer (-1 if unknown)
 std::string peer_address(int fd);  // "ip:port" of the other end, for logs
 // The IPv4 address of network interface `name` (e.g. "eth0"); throws kInvalidArgument naming
 // `setting` and the interfaces that have one when it has none.

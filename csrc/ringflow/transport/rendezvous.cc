@@ -1,7 +1,9 @@
 #include "ringflow/transport/rendezvous.h"
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -103,9 +105,11 @@ UniqueFd connect_to_lower(const net::Endpoint& address, int peer, const net::Ide
 // nobody, and higher ranks need not wait for this rank to finish connecting downwards.
 class HigherRanks {
  public:
+  // Accepts up to `streams` connections from each higher rank (RINGFLOW_TCP_STREAMS: the pair
+  // uses the smaller of its two ranks' values, told by expect()).
   HigherRanks(int listen_fd, const net::Identity& me, const RendezvousOptions& options,
-              std::vector<UniqueFd>& sockets)
-      : rank_(options.rank), sockets_(sockets), missing_(options.size - 1 - options.rank) {
+              std::vector<std::vector<UniqueFd>>& sockets, size_t streams)
+      : rank_(options.rank), sockets_(sockets), streams_(streams) {
     net::AcceptorOptions acceptor;
     acceptor.who = "rank " + std::to_string(rank_);
     acceptor.me = me;
@@ -115,7 +119,7 @@ class HigherRanks {
                          const net::Identity& peer, std::string* reason) {
       std::lock_guard<std::mutex> lock(mutex_);
       bool wanted = peer.rank > rank_ && peer.rank < size && peer.generation == generation &&
-                    !sockets_[peer.rank].valid();
+                    sockets_[peer.rank].size() < streams_;
       if (wanted) return net::Verdict::kAccepted;
       *reason = "unexpected peer claiming rank " + std::to_string(peer.rank) + " at generation " +
                 std::to_string(peer.generation);
@@ -123,7 +127,7 @@ class HigherRanks {
     };
     acceptor.handshake_seconds = kAcceptedHandshakeSeconds;
     acceptor.max_pending = kMaxPendingHandshakes;
-    acceptor.max_connections = kMaxPendingHandshakes + sockets.size();
+    acceptor.max_connections = kMaxPendingHandshakes + sockets.size() * streams;
     acceptor_ = std::make_unique<net::HandshakeAcceptor>(
         listen_fd, std::move(acceptor),
         [this](UniqueFd fd, const net::Identity& peer, const std::string& address) {
@@ -131,18 +135,26 @@ class HigherRanks {
         });
   }
 
-  // Returns once every higher rank is connected; throws kTimeout naming those that are not.
-  void wait(const Deadline& deadline) {
+  // Returns once every higher rank p has connected expected[p] times; throws kTimeout naming
+  // those that have not.
+  void wait(const std::vector<size_t>& expected, const Deadline& deadline) {
+    auto complete = [&] {
+      for (size_t peer = rank_ + 1; peer < sockets_.size(); ++peer) {
+        if (sockets_[peer].size() < expected[peer]) return false;
+      }
+      return true;
+    };
+    bool done;
     {
       std::unique_lock<std::mutex> lock(mutex_);
       auto until = Deadline::Clock::now() + std::chrono::milliseconds(deadline.remaining_ms());
-      changed_.wait_until(lock, until, [this] { return missing_ == 0; });
+      done = changed_.wait_until(lock, until, complete);
     }
     acceptor_->close();  // joins every handshake thread: sockets_ is ours alone again
-    if (missing_ == 0) return;
+    if (done) return;
     std::ostringstream absent;
     for (size_t peer = rank_ + 1; peer < sockets_.size(); ++peer) {
-      if (!sockets_[peer].valid()) absent << " " << peer;
+      if (sockets_[peer].size() < expected[peer]) absent << " " << peer;
     }
     RF_THROW(kTimeout) << "rank " << rank_ << ": timed out waiting for ranks" << absent.str()
                        << " to connect";
@@ -151,20 +163,20 @@ class HigherRanks {
  private:
   void arrived(UniqueFd fd, int peer, const std::string& address) {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (sockets_[peer].valid()) {  // two connections claimed the same rank at once
-      RF_LOG(kWarning) << "rank " << rank_ << ": closed a second connection from " << address
+    if (sockets_[peer].size() >= streams_) {  // more connections claimed the rank at once
+      RF_LOG(kWarning) << "rank " << rank_ << ": closed a further connection from " << address
                        << " claiming rank " << peer;
       return;
     }
-    sockets_[peer] = std::move(fd);
-    if (--missing_ == 0) changed_.notify_all();
+    sockets_[peer].push_back(std::move(fd));
+    changed_.notify_all();
   }
 
   const int rank_;
-  std::vector<UniqueFd>& sockets_;
+  std::vector<std::vector<UniqueFd>>& sockets_;
+  const size_t streams_;
   std::mutex mutex_;
   std::condition_variable changed_;
-  int missing_;
   std::unique_ptr<net::HandshakeAcceptor> acceptor_;  // last: its threads use the members above
 };
 
@@ -177,28 +189,54 @@ std::string rendezvous_key(uint32_t generation, const char* what, int rank) {
 Mesh connect_mesh(Store& store, const RendezvousOptions& options, const Deadline& deadline) {
   const int rank = options.rank;
   const int size = options.size;
+  const size_t streams = static_cast<size_t>(env_config().tcp_streams);
   int port = 0;
   UniqueFd listener =
       net::listen_tcp(options.advertise_ip, 0, &port, env_config().socket_buffer_bytes);
-  std::vector<UniqueFd> sockets(size);
+  std::vector<std::vector<UniqueFd>> lanes(size);  // every connection to each peer
   net::Identity me{net::Role::kPeer, rank, options.generation, options.job_id};
-  HigherRanks higher(listener.get(), me, options, sockets);  // accepting from now on
+  HigherRanks higher(listener.get(), me, options, lanes, streams);  // accepting from now on
   // The host first: once a rank's address is visible, everything about it is.
   store.set(rendezvous_key(options.generation, "host", rank), options.host_id);
+  store.set(rendezvous_key(options.generation, "streams", rank), std::to_string(streams));
   store.set(rendezvous_key(options.generation, "addr", rank),
             options.advertise_ip + ":" + std::to_string(port));
+  // A pair uses as many connections as the smaller of its ranks' RINGFLOW_TCP_STREAMS.
+  auto pair_streams = [&](int peer) {
+    std::string theirs = store.get(rendezvous_key(options.generation, "streams", peer), deadline);
+    return std::min(streams, static_cast<size_t>(std::max(1, std::atoi(theirs.c_str()))));
+  };
 
   // Only the lower ranks' addresses are needed to connect; the higher ranks are being accepted
   // meanwhile.
   for (int peer = 0; peer < rank; ++peer) {
     auto address =
         net::Endpoint::parse(store.get(rendezvous_key(options.generation, "addr", peer), deadline));
-    sockets[peer] = connect_to_lower(address, peer, me, options, deadline);
+    const size_t count = pair_streams(peer);
+    for (size_t i = 0; i < count; ++i) {
+      lanes[peer].push_back(connect_to_lower(address, peer, me, options, deadline));
+    }
   }
-  higher.wait(deadline);
+  std::vector<size_t> expected(size, 0);
+  for (int peer = rank + 1; peer < size; ++peer) expected[peer] = pair_streams(peer);
+  higher.wait(expected, deadline);
 
+  std::vector<UniqueFd> sockets(size);
+  std::vector<std::vector<UniqueFd>> stripes(size);
   for (int peer = 0; peer < size; ++peer) {
-    if (sockets[peer].valid()) net::set_nodelay(sockets[peer].get());
+    if (lanes[peer].empty()) continue;
+    // Both sides order a pair's connections by the connecting side's port: stripe i is the same
+    // connection at both ends.
+    auto connector_port = [&](const UniqueFd& fd) {
+      return peer < rank ? net::local_port(fd.get()) : net::remote_port(fd.get());
+    };
+    std::sort(lanes[peer].begin(), lanes[peer].end(), [&](const UniqueFd& a, const UniqueFd& b) {
+      return connector_port(a) < connector_port(b);
+    });
+    for (auto& fd : lanes[peer]) net::set_nodelay(fd.get());
+    sockets[peer] = std::move(lanes[peer][0]);
+    for (size_t i = 1; i < lanes[peer].size(); ++i)
+      stripes[peer].push_back(std::move(lanes[peer][i]));
   }
   // Every rank published its host before its address, and every rank has connected: all
   // host ids are in the store now.
@@ -208,7 +246,8 @@ Mesh connect_mesh(Store& store, const RendezvousOptions& options, const Deadline
   }
   Mesh mesh;
   mesh.topology = compute_topology(hosts, rank);
-  mesh.transport = make_transport(rank, std::move(sockets), spin_options(), deadline);
+  mesh.transport =
+      make_transport(rank, std::move(sockets), spin_options(), deadline, std::move(stripes));
   return mesh;
 }
 

@@ -93,7 +93,8 @@ std::string differs(const HostProbe& mine, const HostProbe& theirs) {
 }  // namespace
 
 std::unique_ptr<Transport> make_transport(int rank, std::vector<UniqueFd> sockets, SpinOptions spin,
-                                          const Deadline& deadline) {
+                                          const Deadline& deadline,
+                                          std::vector<std::vector<UniqueFd>> stripes) {
   const int size = static_cast<int>(sockets.size());
   const TransportKind kind = env_config().transport;
   if (size <= 1) return std::make_unique<TcpTransport>(rank, std::move(sockets), spin);
@@ -170,9 +171,10 @@ std::unique_ptr<Transport> make_transport(int rank, std::vector<UniqueFd> socket
           << ": " << why[p];
     }
   }
-  if (!any) return std::make_unique<TcpTransport>(rank, std::move(sockets), spin);
+  if (!any)
+    return std::make_unique<TcpTransport>(rank, std::move(sockets), spin, std::move(stripes));
   return std::make_unique<shm::ShmTransport>(rank, std::move(sockets), std::move(segment),
-                                             std::move(theirs), spin);
+                                             std::move(theirs), spin, std::move(stripes));
 }
 
 }  // namespace rf

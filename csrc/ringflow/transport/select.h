@@ -18,7 +18,9 @@ namespace rf {
 // written there. Ranks in different network namespaces of one machine pass the probe and share
 // memory under auto; `tcp` skips it. Under `shm` a pair that cannot share memory is an error;
 // under auto it falls back to TCP with a warning when /dev/shm is full.
+// stripes[p]: further connections to rank p, used where the pair talks TCP.
 std::unique_ptr<Transport> make_transport(int rank, std::vector<UniqueFd> sockets, SpinOptions spin,
-                                          const Deadline& deadline);
+                                          const Deadline& deadline,
+                                          std::vector<std::vector<UniqueFd>> stripes = {});
 
 }  // namespace rf

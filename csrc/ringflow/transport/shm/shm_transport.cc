@@ -22,7 +22,8 @@ constexpr int kLivenessMs = 50;
 }  // namespace
 
 ShmTransport::ShmTransport(int rank, std::vector<UniqueFd> sockets, Segment mine,
-                           std::vector<Segment> theirs, SpinOptions spin)
+                           std::vector<Segment> theirs, SpinOptions spin,
+                           std::vector<std::vector<UniqueFd>> stripes)
     : rank_(rank),
       spin_(spin),
       mine_(std::move(mine)),
@@ -33,17 +34,26 @@ ShmTransport::ShmTransport(int rank, std::vector<UniqueFd> sockets, Segment mine
   RF_CHECK(epoll_fd_.valid(), kPeerFailure) << "epoll_create1: " << std::strerror(errno);
   for (size_t p = 0; p < sockets.size(); ++p) {
     if (!sockets[p].valid()) continue;
-    epoll_event event{};
-    event.events = EPOLLIN | EPOLLOUT | EPOLLET;  // as TcpTransport; doorbells are EPOLLIN
-    event.data.u32 = static_cast<uint32_t>(p);
-    RF_CHECK(::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_ADD, sockets[p].get(), &event) == 0,
-             kPeerFailure)
-        << "epoll_ctl: " << std::strerror(errno);
+    std::vector<int> fds{sockets[p].get()};
     if (theirs_[p].mapping.valid()) {
       shm_[p] = std::make_unique<ShmPair>(rank, static_cast<int>(p), std::move(sockets[p]), mine_,
                                           theirs_[p]);
     } else {
-      tcp_[p] = std::make_unique<TcpPair>(static_cast<int>(p), std::move(sockets[p]));
+      // Further stripes serve TCP peers only; a shared-memory peer's are closed on both sides.
+      std::vector<UniqueFd> streams;
+      streams.push_back(std::move(sockets[p]));
+      if (p < stripes.size()) {
+        for (auto& fd : stripes[p]) streams.push_back(std::move(fd));
+      }
+      tcp_[p] = std::make_unique<TcpPair>(static_cast<int>(p), std::move(streams));
+      fds = tcp_[p]->fds();
+    }
+    for (int fd : fds) {
+      epoll_event event{};
+      event.events = EPOLLIN | EPOLLOUT | EPOLLET;  // as TcpTransport; doorbells are EPOLLIN
+      event.data.u32 = static_cast<uint32_t>(p);
+      RF_CHECK(::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_ADD, fd, &event) == 0, kPeerFailure)
+          << "epoll_ctl: " << std::strerror(errno);
     }
   }
 }

@@ -21,9 +21,10 @@ namespace rf::shm {
 
 class ShmTransport : public Transport {
  public:
-  // sockets[p]: the connection to rank p; theirs[p]: p's mapped segment, or none for a TCP peer.
+  // sockets[p]: the connection to rank p; theirs[p]: p's mapped segment, or none for a TCP peer;
+  // stripes[p]: further connections to a TCP peer (RINGFLOW_TCP_STREAMS).
   ShmTransport(int rank, std::vector<UniqueFd> sockets, Segment mine, std::vector<Segment> theirs,
-               SpinOptions spin);
+               SpinOptions spin, std::vector<std::vector<UniqueFd>> stripes = {});
   ~ShmTransport() override;
 
   int rank() const override { return rank_; }

@@ -14,21 +14,28 @@
 
 namespace rf {
 
-TcpTransport::TcpTransport(int rank, std::vector<UniqueFd> sockets, SpinOptions spin)
+TcpTransport::TcpTransport(int rank, std::vector<UniqueFd> sockets, SpinOptions spin,
+                           std::vector<std::vector<UniqueFd>> stripes)
     : rank_(rank), spin_(spin), pairs_(sockets.size()), epoll_fd_(::epoll_create1(EPOLL_CLOEXEC)) {
   RF_CHECK(epoll_fd_.valid(), kPeerFailure) << "epoll_create1: " << std::strerror(errno);
   for (size_t p = 0; p < sockets.size(); ++p) {
     if (!sockets[p].valid()) continue;
+    std::vector<UniqueFd> streams;
+    streams.push_back(std::move(sockets[p]));
+    if (p < stripes.size()) {
+      for (auto& fd : stripes[p]) streams.push_back(std::move(fd));
+    }
+    pairs_[p] = std::make_unique<TcpPair>(static_cast<int>(p), std::move(streams));
     // Edge-triggered, both directions, registered once: a wait never pays an epoll_ctl. Every
     // wait tries the sockets before sleeping, so bytes that arrived before their receive was
     // posted are not lost with their edge.
-    epoll_event event{};
-    event.events = EPOLLIN | EPOLLOUT | EPOLLET;
-    event.data.u32 = static_cast<uint32_t>(p);
-    RF_CHECK(::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_ADD, sockets[p].get(), &event) == 0,
-             kPeerFailure)
-        << "epoll_ctl: " << std::strerror(errno);
-    pairs_[p] = std::make_unique<TcpPair>(static_cast<int>(p), std::move(sockets[p]));
+    for (int fd : pairs_[p]->fds()) {
+      epoll_event event{};
+      event.events = EPOLLIN | EPOLLOUT | EPOLLET;
+      event.data.u32 = static_cast<uint32_t>(p);
+      RF_CHECK(::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_ADD, fd, &event) == 0, kPeerFailure)
+          << "epoll_ctl: " << std::strerror(errno);
+    }
   }
 }
 

@@ -1,4 +1,4 @@
-// Transport over one TCP connection per peer (TcpPair), non-blocking sockets driven by epoll
+// Transport over TCP connections to each peer (TcpPair), non-blocking sockets driven by epoll
 // from the thread that waits.
 #pragma once
 
@@ -17,8 +17,10 @@ namespace rf {
 class TcpTransport : public Transport {
  public:
   // `sockets[p]` is the connected, authenticated socket to rank p (invalid for p == rank).
-  // spin: how a wait polls the sockets before sleeping in epoll (see SpinPolicy).
-  TcpTransport(int rank, std::vector<UniqueFd> sockets, SpinOptions spin);
+  // spin: how a wait polls the sockets before sleeping in epoll (see SpinPolicy). stripes[p]:
+  // further connections to rank p (RINGFLOW_TCP_STREAMS), in the order both sides agreed.
+  TcpTransport(int rank, std::vector<UniqueFd> sockets, SpinOptions spin,
+               std::vector<std::vector<UniqueFd>> stripes = {});
   ~TcpTransport() override;
 
   int rank() const override { return rank_; }
