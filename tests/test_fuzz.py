@@ -22,7 +22,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 TARGETS = ("frame_fuzzer", "handshake_fuzzer", "store_fuzzer")
-TOTAL_SECONDS = int(os.environ.get("RINGFLOW_FUZZ_SECONDS", "60"))
+TOTAL_SECONDS = int(os.environ.get("RINGFLOW_FUZZ_SECONDS", "30"))
 SECONDS_PER_TARGET = max(1, TOTAL_SECONDS // len(TARGETS))
 BUILD_SECONDS = 600
 """Bound on the fuzz build (about 20 s on 2 cores here)."""
