@@ -1,6 +1,7 @@
 """ringflow's engine (async, named, fused allreduces) against torch gloo used the way DDP uses it.
 
     python benchmarks/bench_engine.py -np 4 [--iters 10] [--warmup 2] [--json engine.json]
+                                      [--transport tcp|auto|shm]
 
 One command starts three jobs of N ranks on this host, one after the other, each with
 ``ringflow run --bind-to core``: torch gloo, ringflow, and ringflow with
@@ -453,6 +454,13 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--worker", choices=("gloo", "ringflow"), help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     p.add_argument("--resnet-only", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--transport",
+        choices=("tcp", "auto", "shm"),
+        default="tcp",
+        help="RINGFLOW_TRANSPORT of the ringflow jobs (default tcp, as the figures in "
+        "docs/performance.md's engine section; auto uses shared memory on one host)",
+    )
     args = p.parse_args(argv)
     if args.np < 1 or args.iters < 1 or args.warmup < 0:
         p.error("-np and --iters must be at least 1, --warmup at least 0")
@@ -465,7 +473,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return worker(args)
     resnet50_shapes()  # the asserts, before any job starts
     port = {"MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo"}
-    env_tcp = {"RINGFLOW_TRANSPORT": "tcp"}
+    env_transport = {"RINGFLOW_TRANSPORT": args.transport}
     jobs: list[tuple[str, str, list[str], dict[str, str]]] = []
     notes: list[str] = []
     if why := why_missing("gloo"):
@@ -482,13 +490,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         cache = os.environ.pop("RINGFLOW_CACHE_CAPACITY", None)
         if cache is not None:
             notes.append(f"RINGFLOW_CACHE_CAPACITY={cache} ignored: item 4 compares default with 0")
-        jobs.append(("ringflow", "ringflow", ["--worker", "ringflow"], env_tcp))
+        jobs.append(("ringflow", "ringflow", ["--worker", "ringflow"], env_transport))
         jobs.append(
             (
                 "nocache",
                 "ringflow, RINGFLOW_CACHE_CAPACITY=0",
                 ["--worker", "ringflow", "--resnet-only"],
-                {**env_tcp, "RINGFLOW_CACHE_CAPACITY": "0"},
+                {**env_transport, "RINGFLOW_CACHE_CAPACITY": "0"},
             )
         )
     print(f"bench_engine: {len(jobs)} jobs of {args.np} ranks", file=sys.stderr)
