@@ -14,10 +14,11 @@ struct AnnouncementHeader {
   uint32_t inline_count;
   uint32_t inline_bytes;  // the data of all inline entries together
   uint32_t waits;
-  uint32_t flags;  // kLeaving
+  uint32_t flags;  // kLeaving, kWantsJobRound
 };
 static_assert(sizeof(AnnouncementHeader) == 24, "part of the wire format");
 constexpr uint32_t kLeaving = 1;
+constexpr uint32_t kWantsJobRound = 2;
 
 #pragma pack(push, 1)
 struct InlineHeader {
@@ -39,7 +40,7 @@ constexpr uint32_t kMaxEntries = 1u << 20;
 size_t payload_bytes(const AnnouncementHeader& h) {
   RF_CHECK(h.descriptors <= kMaxEntries && h.cache_ids <= kMaxEntries &&
                h.inline_count <= kMaxEntries && h.inline_bytes <= (1u << 30) &&
-               h.waits <= kMaxEntries && (h.flags & ~kLeaving) == 0,
+               h.waits <= kMaxEntries && (h.flags & ~(kLeaving | kWantsJobRound)) == 0,
            kPeerFailure)
       << "received a malformed negotiation message";
   return h.descriptors * sizeof(Descriptor) + h.cache_ids * sizeof(uint32_t) +
@@ -56,7 +57,8 @@ RoundResult exchange_announcements(const CollectiveContext& ctx, const Announcem
   AnnouncementHeader header{
       static_cast<uint32_t>(mine.descriptors.size()), static_cast<uint32_t>(mine.cache_ids.size()),
       static_cast<uint32_t>(mine.inline_data.size()), inline_bytes,
-      static_cast<uint32_t>(mine.waits.size()),       mine.leaving ? kLeaving : 0u};
+      static_cast<uint32_t>(mine.waits.size()),
+      (mine.leaving ? kLeaving : 0u) | (mine.wants_job_round ? kWantsJobRound : 0u)};
   std::vector<char> payload(payload_bytes(header));
   char* cursor = payload.data();
   auto put = [&cursor](const void* data, size_t bytes) {
@@ -130,6 +132,7 @@ RoundResult exchange_announcements(const CollectiveContext& ctx, const Announcem
       out.waits[i] = TensorKey{entry.process_set, entry.name_hash};
     }
     out.leaving = (h.flags & kLeaving) != 0;
+    out.wants_job_round = (h.flags & kWantsJobRound) != 0;
     for (const Descriptor& d : out.descriptors) validate_descriptor(d);
   }
   return result;

@@ -26,6 +26,7 @@ struct Announcement {
   std::vector<InlineData> inline_data;  // the data of small allreduces among them
   std::vector<TensorKey> waits;         // pending tensors a caller began to wait on since
   bool leaving = false;                 // this rank shuts down after this round
+  bool wants_job_round = false;         // a process set's round: a job-wide round follows
 };
 
 struct RoundResult {

@@ -21,6 +21,8 @@ void Engine::leave() {
   }
   if (live_.size() <= 1) return;
   try {
+    // A channel's members hear it first, in the channel's order (set_channels.h).
+    if (channel_) run_channel_round(/*leaving=*/true);
     run_round(/*leaving=*/true);
   } catch (const Error& error) {
     poison(error);  // a peer died meanwhile: reported as any failure is
@@ -30,6 +32,7 @@ void Engine::leave() {
 }
 
 RoundResult Engine::exchange_among_live(const Announcement& mine) {
+  if (channel_round_) return exchange_in_channel(mine);
   const Deadline deadline = Deadline::after_seconds(timeout_s_);
   if (live_.size() == static_cast<size_t>(size_)) {
     return exchange_announcements(CollectiveContext{runtime_->transport(), round_tag_, deadline},

@@ -321,6 +321,10 @@ void Engine::background() {
       auto failure = inspect_stalls(table_, stall_, rank_, SteadyClock::now());
       if (failure) poison(Error(ErrorKind::kTimeout, *failure));
     }
+    if (channel_ && !channel_->table.empty() && !broken()) {
+      auto failure = inspect_stalls(channel_->table, stall_, rank_, SteadyClock::now());
+      if (failure) poison(Error(ErrorKind::kTimeout, *failure));
+    }
   }
 }
 
@@ -372,15 +376,22 @@ void Engine::progress_locked(const Handle* until) {
   // their next operation, which this rank's caller will bring along if it returns quickly.
   while (!broken() && !(until && until->done())) {
     bool news;
-    {
+    if (channel_) {
+      news = channel_news();  // set_channels.cc: the set's own rounds
+    } else {
       std::lock_guard<std::mutex> lock(queue_mutex_);
       news = !queue_.empty();
     }
-    news =
-        news || runtime_->transport().has_buffered_input() || peers_readable(0) || waits_overdue();
+    news = news || (!channel_ && (runtime_->transport().has_buffered_input() ||
+                                  peers_readable(0) || waits_overdue()));
     if (!news) break;
     try {
-      run_round();
+      if (channel_) {
+        run_channel_round();
+      } else {
+        run_round();
+        update_channel();
+      }
     } catch (const Error& error) {
       poison(error);
     } catch (const std::exception& error) {
@@ -389,8 +400,9 @@ void Engine::progress_locked(const Handle* until) {
       poison(Error(ErrorKind::kInternal, rank_prefix(rank_) + error.what()));
     }
   }
-  waiting_ = !table_.empty();
-  recorder_.set_idle(table_.size());
+  const size_t channel_pending = channel_ ? channel_->table.size() : 0;
+  waiting_ = !table_.empty() || channel_pending > 0;
+  recorder_.set_idle(table_.size() + channel_pending);
 }
 
 std::vector<int> Engine::members_of(const Descriptor& d) {
@@ -412,12 +424,8 @@ void Engine::run_round(bool leaving) {
   std::vector<Local> fresh;
   Announcement mine;
   mine.leaving = leaving;
-  {
-    // Waits travel with (or after) the submissions made before them: never ahead of one.
-    std::lock_guard<std::mutex> lock(queue_mutex_);
-    fresh.swap(queue_);
-    mine.waits.swap(new_waits_);
-  }
+  // Waits travel with (or after) the submissions made before them: never ahead of one.
+  take_queue(fresh, mine);
   // Small allreduces travel with their announcement, up to what Bruck would carry in one go.
   size_t inline_budget = env_config().bruck_max_bytes / std::max(1, size_ - 1);
   for (Local& local : fresh) {

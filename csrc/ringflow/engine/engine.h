@@ -19,6 +19,8 @@
 // what each rank was doing (heartbeat.h); the flight recorder is printed or written to a file.
 #pragma once
 
+#include <poll.h>
+
 #include <atomic>
 #include <map>
 #include <memory>
@@ -42,6 +44,7 @@
 #include "ringflow/engine/heartbeat.h"
 #include "ringflow/engine/process_sets.h"
 #include "ringflow/engine/response_cache.h"
+#include "ringflow/engine/set_channels.h"
 #include "ringflow/engine/runtime.h"
 #include "ringflow/engine/stall_inspector.h"
 #include "ringflow/engine/tensor_table.h"
@@ -157,10 +160,25 @@ class Engine {
   void begin_wait(const Handle& handle);
   void end_wait(const Handle& handle);
   bool waits_overdue();
+  // The tensors callers wait on that no round has carried for a while (empty: none overdue).
+  std::vector<TensorKey> overdue_waits();
   void note_waits(const RoundResult& round);
   void prune_waits();
   std::vector<int> members_of(const Descriptor& d);
   void apply_announcements(const RoundResult& round);
+  // set_channels.cc (see set_channels.h). The queued requests (and waits) the round being run
+  // announces: the channel's in a channel round, the others in a job-wide one.
+  void take_queue(std::vector<Local>& fresh, Announcement& mine);
+  // Whether the channel or the job has news for this rank (sets channel_job_news_).
+  bool channel_news();
+  // A channel round, then a job-wide round when some member asked for one.
+  void run_channel_round(bool leaving = false);
+  RoundResult exchange_in_channel(const Announcement& mine);
+  // After a job-wide round: the channel this rank should run now (the set table or the live
+  // ranks may have changed); an old one is given up.
+  void update_channel();
+  void abandon_channel();
+  void swap_channel_state();  // the channel's table, cache, waits and tags for the engine's
   void execute_ready(std::vector<PendingTensor> ready);
   // No data to move: barrier, add/remove_process_set, join.
   void complete_control(Ready& tensor);
@@ -241,6 +259,15 @@ class Engine {
   std::vector<bool> departed_;  // ranks that shut down (announced in a round)
   std::vector<int> live_;       // the ranks still in the job, this one included: rounds run here
   std::vector<std::vector<TensorKey>> waits_;  // by rank: the pending tensors its callers wait on
+  std::unique_ptr<SetChannel> channel_;        // null: job-wide rounds only (set_channels.h)
+  uint64_t channel_sets_version_ = 0;          // the set table's version it was chosen for
+  size_t channel_live_ = 0;                    // and the number of live ranks
+  bool channel_round_ = false;                 // run_round is running the channel's round
+  bool channel_job_news_ = false;              // this rank wants a job-wide round next
+  bool channel_wants_job_ = false;             // some member asked for one this round
+  bool channel_abandon_ = false;               // a member leaves: give the channel up
+  std::vector<pollfd> channel_pfds_;           // the sockets of the channel's other members
+  std::vector<pollfd> outside_pfds_;           // and of the live ranks outside it
 
   std::mutex stats_mutex_;
   EngineStats stats_;

@@ -16,12 +16,14 @@ ProcessSetTable::ProcessSetTable(int world_size) {
 int ProcessSetTable::add(const std::vector<int>& ranks) {
   const int id = next_id_++;
   sets_[id] = ranks;
+  ++version_;
   return id;
 }
 
 void ProcessSetTable::remove(int id) {
   RF_CHECK(id != 0, kInvalidArgument) << "the global process set cannot be removed";
   sets_.erase(id);
+  ++version_;
 }
 
 const std::vector<int>& ProcessSetTable::ranks(int id) const {

@@ -4,6 +4,7 @@
 // renumbers the members 0 … k-1 so the algorithms need not know about sets at all.
 #pragma once
 
+#include <cstdint>
 #include <map>
 #include <vector>
 
@@ -22,10 +23,14 @@ class ProcessSetTable {
   const std::vector<int>& ranks(int id) const;
   // Index of `rank` in the set, or -1.
   int index_of(int id, int rank) const;
+  const std::map<int, std::vector<int>>& all() const { return sets_; }
+  // Changes with every add and remove (set_channels.cc looks again only then).
+  uint64_t version() const { return version_; }
 
  private:
   std::map<int, std::vector<int>> sets_;
   int next_id_ = 1;
+  uint64_t version_ = 0;
 };
 
 // A view of `parent` restricted to `members` (global ranks, sorted): peer i is members[i].
@@ -52,6 +57,9 @@ class SubsetTransport : public Transport {
   std::vector<int> peer_fds() const override { return parent_.peer_fds(); }
   int peer_fd(int peer) const override { return parent_.peer_fd(members_[peer]); }
   bool has_buffered_input() const override { return parent_.has_buffered_input(); }
+  bool has_buffered_input_from(int peer) const override {
+    return parent_.has_buffered_input_from(members_[peer]);
+  }
   void abort(const std::string& reason) noexcept override { parent_.abort(reason); }
 
  private:

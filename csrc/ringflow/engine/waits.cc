@@ -34,6 +34,12 @@ bool Engine::waits_overdue() {
   return !new_waits_.empty() && Timeline::now_us() - new_waits_since_us_ >= kWaitAnnounceUs;
 }
 
+std::vector<TensorKey> Engine::overdue_waits() {
+  std::lock_guard<std::mutex> lock(queue_mutex_);
+  if (new_waits_.empty() || Timeline::now_us() - new_waits_since_us_ < kWaitAnnounceUs) return {};
+  return new_waits_;
+}
+
 void Engine::note_waits(const RoundResult& round) {
   for (int r = 0; r < size_; ++r) {
     for (const TensorKey& key : round.by_rank[r].waits) {

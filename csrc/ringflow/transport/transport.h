@@ -44,6 +44,12 @@ class Transport {
     return -1;
   }
   virtual bool has_buffered_input() const = 0;
+  // Whether bytes from `peer` already sit in a staging buffer (call has_buffered_input() first:
+  // it may read them in). The engine tells a process set's own traffic from the job's by it.
+  virtual bool has_buffered_input_from(int peer) const {
+    (void)peer;
+    return has_buffered_input();
+  }
   // The job rank this rank last went to sleep waiting for (its first pending operation), or -1
   // after a wait completed. Stays set when a wait throws. Safe to read from any thread: the
   // heartbeat and the flight recorder report it.

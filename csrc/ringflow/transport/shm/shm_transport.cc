@@ -229,6 +229,12 @@ bool ShmTransport::has_buffered_input() const {
   return const_cast<ShmTransport*>(this)->idle_check();
 }
 
+bool ShmTransport::has_buffered_input_from(int peer) const {
+  if (peer < 0 || peer >= size()) return false;
+  if (tcp_[peer] && tcp_[peer]->has_buffered_input()) return true;
+  return shm_[peer] && !shm_[peer]->failed() && shm_[peer]->has_input();
+}
+
 bool ShmTransport::idle_check() {
   mine_.header()->mode.store(kIdle, std::memory_order_seq_cst);
   std::atomic_thread_fence(std::memory_order_seq_cst);

@@ -39,6 +39,7 @@ class ShmTransport : public Transport {
   // Also marks this rank idle (the engine asks right before it sleeps on the sockets), so peers
   // ring its doorbell when they send; reads the doorbells already rung.
   bool has_buffered_input() const override;
+  bool has_buffered_input_from(int peer) const override;
   int waiting_for() const override { return waiting_for_.load(std::memory_order_relaxed); }
   const char* peer_kind(int peer) const override;
   void abort(const std::string& reason) noexcept override;

@@ -161,6 +161,10 @@ bool TcpTransport::has_buffered_input() const {
   return false;
 }
 
+bool TcpTransport::has_buffered_input_from(int peer) const {
+  return peer >= 0 && peer < size() && pairs_[peer] && pairs_[peer]->has_buffered_input();
+}
+
 void TcpTransport::abort(const std::string& reason) noexcept {
   std::string message = reason.substr(0, kMaxAbortMessageBytes);
   for (auto& p : pairs_) {

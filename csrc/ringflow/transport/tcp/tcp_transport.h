@@ -33,6 +33,7 @@ class TcpTransport : public Transport {
   std::vector<int> peer_fds() const override;
   int peer_fd(int peer) const override;
   bool has_buffered_input() const override;
+  bool has_buffered_input_from(int peer) const override;
   int waiting_for() const override { return waiting_for_.load(std::memory_order_relaxed); }
   void abort(const std::string& reason) noexcept override;
 
