@@ -55,8 +55,10 @@ RoundResult exchange_announcements(const CollectiveContext& ctx, const Announcem
     inline_bytes += static_cast<uint32_t>(data.bytes.size());
   }
   AnnouncementHeader header{
-      static_cast<uint32_t>(mine.descriptors.size()), static_cast<uint32_t>(mine.cache_ids.size()),
-      static_cast<uint32_t>(mine.inline_data.size()), inline_bytes,
+      static_cast<uint32_t>(mine.descriptors.size()),
+      static_cast<uint32_t>(mine.cache_ids.size()),
+      static_cast<uint32_t>(mine.inline_data.size()),
+      inline_bytes,
       static_cast<uint32_t>(mine.waits.size()),
       (mine.leaving ? kLeaving : 0u) | (mine.wants_job_round ? kWantsJobRound : 0u)};
   std::vector<char> payload(payload_bytes(header));

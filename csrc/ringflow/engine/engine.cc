@@ -376,14 +376,16 @@ void Engine::progress_locked(const Handle* until) {
   // their next operation, which this rank's caller will bring along if it returns quickly.
   while (!broken() && !(until && until->done())) {
     bool news;
-    if (channel_) {
-      news = channel_news();  // set_channels.cc: the set's own rounds
-    } else {
+    {
       std::lock_guard<std::mutex> lock(queue_mutex_);
       news = !queue_.empty();
     }
-    news = news || (!channel_ && (runtime_->transport().has_buffered_input() ||
-                                  peers_readable(0) || waits_overdue()));
+    if (channel_) {
+      news = channel_news();  // set_channels.cc: news for the set's rounds or the job's
+    } else {
+      news = news || runtime_->transport().has_buffered_input() || peers_readable(0) ||
+             waits_overdue();
+    }
     if (!news) break;
     try {
       if (channel_) {

@@ -70,7 +70,8 @@ bool Engine::channel_news() {
     std::lock_guard<std::mutex> lock(queue_mutex_);
     for (const Local& local : queue_) (local.own.process_set == channel_->set ? own : job) = true;
   }
-  for (const TensorKey& key : overdue_waits()) (key.process_set == channel_->set ? own : job) = true;
+  for (const TensorKey& key : overdue_waits())
+    (key.process_set == channel_->set ? own : job) = true;
   Transport& transport = runtime_->transport();
   // Asked first: over shared memory it also marks this rank idle, so peers ring its doorbell.
   if (transport.has_buffered_input()) {
@@ -82,8 +83,10 @@ bool Engine::channel_news() {
   }
   // A frame from a member starts (or is part of) a channel round; one from any other rank is
   // a job-wide round, which this rank joins after a channel round that says so.
-  if (!own && !channel_pfds_.empty()) own = ::poll(channel_pfds_.data(), channel_pfds_.size(), 0) > 0;
-  if (!job && !outside_pfds_.empty()) job = ::poll(outside_pfds_.data(), outside_pfds_.size(), 0) > 0;
+  if (!own && !channel_pfds_.empty())
+    own = ::poll(channel_pfds_.data(), channel_pfds_.size(), 0) > 0;
+  if (!job && !outside_pfds_.empty())
+    job = ::poll(outside_pfds_.data(), outside_pfds_.size(), 0) > 0;
   channel_job_news_ = job;
   return own || job;
 }
