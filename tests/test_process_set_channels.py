@@ -328,3 +328,40 @@ def test_killed_member_fails_both_sets(make_job, tmp_path):
             f"rank {result.rank} raised {raised_at - died_at:.1f} s after rank 1 died: {message}"
         )
         assert "rank 1" in message, f"rank {result.rank}: {message}"
+
+
+def _stalled_in_a_channel():
+    """Rank 2 waits on a B allreduce that rank 3 never submits; rank 3 and A's ranks wait in a
+    job-wide barrier that rank 2 never reaches. Neither rounds see the whole cycle (waits are
+    checked per channel), so the stall inspector ends it, naming a stalled tensor."""
+    rank = rf.rank()
+    a = rf.add_process_set([0, 1])
+    b = rf.add_process_set([2, 3])
+    if rank < 2:
+        rf.allreduce(_small("s.a", rank), name="s.a", op=rf.Sum, process_set=a)
+    start = time.monotonic()
+    try:
+        if rank == 2:
+            rf.allreduce(_small("s.lonely", rank), name="s.lonely", op=rf.Sum, process_set=b)
+        else:
+            rf.barrier()
+        error = None
+    except rf.Error as exc:
+        error = exc
+    elapsed = time.monotonic() - start
+    with contextlib.suppress(rf.Error):
+        rf.shutdown()
+    return type(error).__name__, str(error), elapsed
+
+
+def test_stall_inspector_names_channel_tensors(make_job):
+    env = {"RINGFLOW_STALL_CHECK_TIME": "1", "RINGFLOW_STALL_SHUTDOWN_TIME": "2"}
+    job = make_job(N, env=env, rank_timeout=30.0).start()
+    results = harness.values(job.run(_stalled_in_a_channel))
+    for rank, (kind, message, elapsed) in enumerate(results):
+        context = f"rank {rank}: {kind} after {elapsed:.1f} s: {message}"
+        assert kind != "NoneType" and elapsed < 10.0, context
+        # Each rank names the first stalled tensor it finds: the channel's or the job's.
+        lonely = "allreduce of tensor 's.lonely' submitted by rank 2 but not by rank 3"
+        barrier = "barrier of tensor 'barrier.noname.0' submitted by rank 0, rank 1, rank 3 but "
+        assert lonely in message or barrier + "not by rank 2" in message, context
