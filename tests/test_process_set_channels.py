@@ -126,6 +126,24 @@ def test_disjoint_set_not_delayed_by_busy_set(ch_pools, tmp_path):
         )
 
 
+def world_latency(with_sets, count=2000):
+    """Median time of a blocking 8-byte job-wide allreduce, with the disjoint sets [0, 1] and
+    [2, 3] in place (their members join each job-wide round through a channel round) or none
+    (benchmarks/bench_set_channels.py)."""
+    sets = [rf.add_process_set([0, 1]), rf.add_process_set([2, 3])] if with_sets else []
+    x = np.ones(2, dtype=np.float32)
+    times = []
+    try:
+        for _ in range(count):
+            start = time.perf_counter()
+            rf.allreduce(x, op=rf.Sum, name="w.lat")
+            times.append(time.perf_counter() - start)
+    finally:
+        for ps in sets:
+            rf.remove_process_set(ps)
+    return statistics.median(times[count // 10 :])
+
+
 _CYCLE = {"A": [0, 1], "B": [1, 2], "C": [0, 2]}
 
 
