@@ -126,6 +126,17 @@ def test_disjoint_set_not_delayed_by_busy_set(ch_pools, tmp_path):
         )
 
 
+def test_without_channels_set_b_waits(make_job, tmp_path):
+    """RINGFLOW_SET_CHANNELS=0 brings back job-wide rounds for every set: B's ops then wait for
+    A's whole batch (what the test above guards against), and results stay exact."""
+    job = make_job(N, env={"RINGFLOW_SET_CHANNELS": "0"}).start()
+    results = harness.values(job.run(_busy_and_quick, str(tmp_path / "a-done")))
+    for rank, (_, exact) in enumerate(results):
+        assert exact, f"rank {rank}: a result differs from numpy"
+    _, during = b_during_a(results)
+    assert min(len(latencies) for latencies in during.values()) < 10, during
+
+
 def world_latency(with_sets, count=2000):
     """Median time of a blocking 8-byte job-wide allreduce, with the disjoint sets [0, 1] and
     [2, 3] in place (their members join each job-wide round through a channel round) or none
@@ -383,3 +394,39 @@ def test_stall_inspector_names_channel_tensors(make_job):
         lonely = "allreduce of tensor 's.lonely' submitted by rank 2 but not by rank 3"
         barrier = "barrier of tensor 'barrier.noname.0' submitted by rank 0, rank 1, rank 3 but "
         assert lonely in message or barrier + "not by rank 2" in message, context
+
+
+def _mismatch_in_a_channel():
+    """B's members disagree on the shape; A runs meanwhile. The error names tensor, ranks and
+    field on both members, and both sets go on."""
+    rank = rf.rank()
+    a = rf.add_process_set([0, 1])
+    b = rf.add_process_set([2, 3])
+    error = None
+    try:
+        if rank >= 2:
+            try:
+                rf.allreduce(np.ones(rank + 1, np.int32), name="m.b", op=rf.Sum, process_set=b)
+            except rf.Error as exc:
+                error = (type(exc).__name__, str(exc))
+        mine = a if rank < 2 else b
+        after = rf.allreduce(_small("m.after", rank), name="m.after", op=rf.Sum, process_set=mine)
+    finally:
+        rf.remove_process_set(b)
+        rf.remove_process_set(a)
+    return error, after
+
+
+def test_mismatch_in_a_channel_names_the_field(ch_pools):
+    for rank, (error, after) in enumerate(ch_pools.call(N, _mismatch_in_a_channel)):
+        members = [0, 1] if rank < 2 else [2, 3]
+        np.testing.assert_array_equal(after, _small_sum("m.after", members))
+        if rank < 2:
+            assert error is None
+            continue
+        kind, message = error
+        assert kind == "MismatchError", message
+        assert (
+            "allreduce of tensor 'm.b': shape differs between ranks: rank 2 (3,), rank 3 (4,)"
+            in (message)
+        ), message

@@ -100,6 +100,7 @@ EnvConfig read_env() {
   config.kernel_isa = parse_choice("RINGFLOW_KERNEL_ISA", env_string("RINGFLOW_KERNEL_ISA", "auto"),
                                    {"auto", "generic"});
   config.deadlock_check = env_int("RINGFLOW_DEADLOCK_CHECK", 1) != 0;
+  config.set_channels = env_int("RINGFLOW_SET_CHANNELS", 1) != 0;
   config.cuda_ipc_bytes = static_cast<size_t>(
       env_int("RINGFLOW_CUDA_IPC_BYTES", static_cast<long long>(config.cuda_ipc_bytes)));
   config.fusion_threshold = static_cast<size_t>(

@@ -52,6 +52,9 @@ struct EnvConfig {
   // engine/deadlock.h: raise at once when every waiting rank's calls can never match; 0 turns
   // it off for programs that submit from one thread while another waits (then a stall times out).
   bool deadlock_check = true;  // RINGFLOW_DEADLOCK_CHECK=1|0
+  // engine/set_channels.h: a process set disjoint from every other runs its own rounds; 0 runs
+  // every set's rounds job-wide (a job-wide op then costs its members no channel round).
+  bool set_channels = true;  // RINGFLOW_SET_CHANNELS=1|0
 };
 
 // Parsed on first use; a malformed value throws rf::Error naming the variable.

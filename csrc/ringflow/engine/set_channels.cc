@@ -73,20 +73,24 @@ bool Engine::channel_news() {
   for (const TensorKey& key : overdue_waits())
     (key.process_set == channel_->set ? own : job) = true;
   Transport& transport = runtime_->transport();
-  // Asked first: over shared memory it also marks this rank idle, so peers ring its doorbell.
-  if (transport.has_buffered_input()) {
+  // As the job-wide loop does, the transport is asked only when the queue has nothing: over
+  // shared memory the question marks this rank idle, so that peers ring its doorbell.
+  if (!own && !job && transport.has_buffered_input()) {
     for (int r : live_) {
       if (r == rank_ || !transport.has_buffered_input_from(r)) continue;
-      (std::binary_search(channel_->members.begin(), channel_->members.end(), r) ? own : job) =
-          true;
+      const bool member = std::binary_search(channel_->members.begin(), channel_->members.end(), r);
+      (member ? own : job) = true;
     }
+    job = job || !own;  // input nobody owns: a job-wide round is always safe to ask for
   }
   // A frame from a member starts (or is part of) a channel round; one from any other rank is
   // a job-wide round, which this rank joins after a channel round that says so.
-  if (!own && !channel_pfds_.empty())
+  if (!own && !job && !channel_pfds_.empty()) {
     own = ::poll(channel_pfds_.data(), channel_pfds_.size(), 0) > 0;
-  if (!job && !outside_pfds_.empty())
+  }
+  if (!job && !outside_pfds_.empty()) {
     job = ::poll(outside_pfds_.data(), outside_pfds_.size(), 0) > 0;
+  }
   channel_job_news_ = job;
   return own || job;
 }
@@ -182,7 +186,9 @@ void Engine::update_channel() {
     channel_sets_version_ = sets_.version();
     channel_live_ = live_.size();
     // Only while every rank is in the job: a departure ends every channel for good.
-    if (live_.size() == static_cast<size_t>(size_)) set = isolated_set_of(sets_, rank_, size_);
+    if (env_config().set_channels && live_.size() == static_cast<size_t>(size_)) {
+      set = isolated_set_of(sets_, rank_, size_);
+    }
     if (set >= 0) members = sets_.ranks(set);
   }
   if (channel_ && channel_->set == set) return;

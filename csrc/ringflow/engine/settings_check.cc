@@ -48,6 +48,7 @@ std::vector<Setting> plan_settings() {
       {"RINGFLOW_HIERARCHICAL", choice_code(env.hierarchical)},
       {"RINGFLOW_CUDA_IPC_BYTES", env.cuda_ipc_bytes},
       {"RINGFLOW_DEADLOCK_CHECK", env.deadlock_check ? 1u : 0u},
+      {"RINGFLOW_SET_CHANNELS", env.set_channels ? 1u : 0u},
       {"RINGFLOW_JOIN_AVERAGE", env.join_average_contributors ? 1u : 0u},
   };
 }
