@@ -212,6 +212,46 @@ def test_overlapping_sets_in_a_cycle(ch_pools):
             np.testing.assert_array_equal(got, want, err_msg=f"rank {rank}: {name}")
 
 
+def _channel_beside_overlapping():
+    """A = [0, 1] has a channel; B and C = [2, 3] overlap each other, so they negotiate job-wide
+    (as every rank's job-wide ops do) while A's ranks work in their channel."""
+    rank = rf.rank()
+    a = rf.add_process_set([0, 1])
+    b = rf.add_process_set([2, 3])
+    c = rf.add_process_set([2, 3])
+    out = {}
+    try:
+        for step in range(6):
+            handles = {}
+            sets = [("a", a, [0, 1])] if rank < 2 else [("b", b, [2, 3]), ("c", c, [2, 3])]
+            if rank == 3:
+                sets.reverse()
+            for tag, ps, members in sets:
+                for k in range(2):
+                    name = f"mx.{tag}.{step}.{k}"
+                    x = _small(name, rank, 3 + 4000 * k)
+                    handles[name] = (
+                        members,
+                        rf.allreduce_async(x, name=name, op=rf.Sum, process_set=ps),
+                    )
+            if step % 2:
+                name = f"mx.w.{step}"
+                out[name] = (list(range(N)), rf.allreduce(_small(name, rank), name=name, op=rf.Sum))
+            for name, (members, handle) in handles.items():
+                out[name] = (members, rf.synchronize(handle))
+    finally:
+        for ps in (c, b, a):
+            rf.remove_process_set(ps)
+    return out
+
+
+def test_channel_beside_overlapping_sets(ch_pools):
+    for rank, out in enumerate(ch_pools.call(N, _channel_beside_overlapping)):
+        assert len(out) == 3 + 6 * (2 if rank < 2 else 4), f"rank {rank}: {sorted(out)}"
+        for name, (ranks, got) in out.items():
+            np.testing.assert_array_equal(got, _small_sum(name, ranks, got.size), err_msg=name)
+
+
 def _interleaved():
     """Blocking and async ops on A = [0, 1] / B = [2, 3] between job-wide ones; then a set that
     overlaps A is added while A still has a request pending in its channel."""
