@@ -33,12 +33,13 @@
 #include "ringflow/engine/process_sets.h"
 #include "ringflow/engine/response_cache.h"
 #include "ringflow/engine/tensor_table.h"
+#include "ringflow/transport/frame.h"
 
 namespace rf {
 
-// Channel tags: bit 62 set, the set id above bit 40, the channel's sequence below; job-wide
-// tags count up from 1 and point-to-point ones carry bit 63, so none of them collide.
-constexpr uint64_t kChannelTagBit = uint64_t{1} << 62;
+// Channel tags: kChannelTagBit (transport/frame.h), the set id from bit 40, the channel's
+// sequence below; job-wide tags count up from 1 and point-to-point ones carry bit 63, so none
+// of them collide.
 
 struct SetChannel {
   SetChannel(int set_id, std::vector<int> set_members, int rank, size_t cache_capacity,

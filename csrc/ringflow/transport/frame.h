@@ -10,6 +10,9 @@ namespace rf {
 
 constexpr uint32_t kFrameMagic = 0x52464652;  // "RFFR"
 constexpr uint64_t kPointToPointBit = uint64_t{1} << 63;
+// A process set's own rounds and operations (engine/set_channels.h): the set id from bit 40,
+// the set's sequence number below.
+constexpr uint64_t kChannelTagBit = uint64_t{1} << 62;
 constexpr uint64_t kMaxAbortMessageBytes = 64 * 1024;
 
 enum class FrameKind : uint32_t {

@@ -22,6 +22,9 @@ std::string describe_tag(uint64_t tag) {
   std::ostringstream text;
   if (tag & kPointToPointBit) {
     text << "point-to-point message #" << (tag & ~kPointToPointBit);
+  } else if (tag & kChannelTagBit) {
+    text << "process set " << ((tag & ~kChannelTagBit) >> 40) << " operation #"
+         << (tag & ((uint64_t{1} << 40) - 1));
   } else {
     text << "collective #" << tag;
   }
