@@ -407,10 +407,10 @@ def test_killed_member_fails_both_sets(make_job, tmp_path):
         assert "rank 1" in message, f"rank {result.rank}: {message}"
 
 
-def _stalled_in_a_channel():
+def _stuck_across_scopes():
     """Rank 2 waits on a B allreduce that rank 3 never submits; rank 3 and A's ranks wait in a
-    job-wide barrier that rank 2 never reaches. Neither rounds see the whole cycle (waits are
-    checked per channel), so the stall inspector ends it, naming a stalled tensor."""
+    job-wide barrier that rank 2 never reaches: a deadlock through a channel and the job-wide
+    rounds, which B's members find (they see both) and A's members hear of."""
     rank = rf.rank()
     a = rf.add_process_set([0, 1])
     b = rf.add_process_set([2, 3])
@@ -431,17 +431,52 @@ def _stalled_in_a_channel():
     return type(error).__name__, str(error), elapsed
 
 
+def test_deadlock_across_channel_and_job(make_job):
+    env = {"RINGFLOW_STALL_CHECK_TIME": "60", "RINGFLOW_STALL_SHUTDOWN_TIME": "60"}
+    job = make_job(N, env=env, rank_timeout=30.0).start()
+    for rank, (kind, message, elapsed) in enumerate(harness.values(job.run(_stuck_across_scopes))):
+        context = f"rank {rank}: {kind} after {elapsed:.1f} s: {message}"
+        assert "deadlock" in message and elapsed < 3.0, context
+        if rank >= 2:
+            assert kind == "MismatchError", context
+            assert "rank 2 waits in allreduce of 's.lonely' (not submitted by rank 3)" in message
+            assert "rank 3 waits in barrier of 'barrier.noname.0'" in message, context
+
+
+def _stalled_in_a_channel(token):
+    """Rank 2 waits on a B allreduce that rank 3 never submits, while rank 3 waits on nothing
+    (it stays in the job, out of ringflow, until rank 2 is done): no deadlock, a stall, which
+    the inspector reports from the channel's own table."""
+    rank = rf.rank()
+    store = harness.rank_store()
+    b = rf.add_process_set([2, 3])
+    result = None
+    if rank == 2:
+        start = time.monotonic()
+        handle = rf.allreduce_async(_small("t.lonely", rank), name="t.lonely", process_set=b)
+        try:
+            rf.synchronize(handle)
+        except rf.Error as exc:
+            result = (type(exc).__name__, str(exc), time.monotonic() - start)
+        store.set(f"{token}/done", b"1")
+    else:
+        store.get(f"{token}/done", timeout_s=20.0)
+    with contextlib.suppress(rf.Error):
+        rf.shutdown()
+    return result
+
+
 def test_stall_inspector_names_channel_tensors(make_job):
     env = {"RINGFLOW_STALL_CHECK_TIME": "1", "RINGFLOW_STALL_SHUTDOWN_TIME": "2"}
     job = make_job(N, env=env, rank_timeout=30.0).start()
-    results = harness.values(job.run(_stalled_in_a_channel))
-    for rank, (kind, message, elapsed) in enumerate(results):
-        context = f"rank {rank}: {kind} after {elapsed:.1f} s: {message}"
-        assert kind != "NoneType" and elapsed < 10.0, context
-        # Each rank names the first stalled tensor it finds: the channel's or the job's.
-        lonely = "allreduce of tensor 's.lonely' submitted by rank 2 but not by rank 3"
-        barrier = "barrier of tensor 'barrier.noname.0' submitted by rank 0, rank 1, rank 3 but "
-        assert lonely in message or barrier + "not by rank 2" in message, context
+    kind, message, elapsed = harness.values(
+        job.run(_stalled_in_a_channel, f"stall-{time.monotonic_ns()}")
+    )[2]
+    context = f"rank 2: {kind} after {elapsed:.1f} s: {message}"
+    assert kind == "TimeoutError" and elapsed < 10.0, context
+    assert "allreduce of tensor 't.lonely' submitted by rank 2 but not by rank 3" in message, (
+        context
+    )
 
 
 def _mismatch_in_a_channel():

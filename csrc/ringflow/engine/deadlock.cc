@@ -52,6 +52,12 @@ std::vector<int> still_missing(const TensorTable& table, const PendingTensor& te
 std::optional<std::string> find_deadlock(const TensorTable& table,
                                          const std::vector<std::vector<TensorKey>>& waits,
                                          const std::vector<bool>& joined, int rank) {
+  return find_deadlock(std::vector<const TensorTable*>{&table}, waits, joined, rank);
+}
+
+std::optional<std::string> find_deadlock(const std::vector<const TensorTable*>& tables,
+                                         const std::vector<std::vector<TensorKey>>& waits,
+                                         const std::vector<bool>& joined, int rank) {
   const int size = static_cast<int>(waits.size());
   int waiting = 0;  // it takes two (a rank never waits on a tensor only it must submit)
   for (const std::vector<TensorKey>& keys : waits) waiting += keys.empty() ? 0 : 1;
@@ -62,10 +68,13 @@ std::optional<std::string> find_deadlock(const TensorTable& table,
   std::vector<bool> stuck(size, false);
   for (int r = 0; r < size; ++r) {
     for (const TensorKey& key : waits[r]) {
-      const PendingTensor* tensor = table.find(key);
-      if (!tensor) continue;
-      waited[r].push_back(tensor);
-      missing[r].push_back(still_missing(table, *tensor, joined));
+      for (const TensorTable* table : tables) {
+        const PendingTensor* tensor = table->find(key);
+        if (!tensor) continue;
+        waited[r].push_back(tensor);
+        missing[r].push_back(still_missing(*table, *tensor, joined));
+        break;
+      }
     }
     stuck[r] = !waited[r].empty();
   }

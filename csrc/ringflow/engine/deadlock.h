@@ -26,5 +26,10 @@ namespace rf {
 std::optional<std::string> find_deadlock(const TensorTable& table,
                                          const std::vector<std::vector<TensorKey>>& waits,
                                          const std::vector<bool>& joined, int rank);
+// The same over several tables (a process set's own and the job-wide one, set_channels.h): a
+// waited tensor is looked up in each.
+std::optional<std::string> find_deadlock(const std::vector<const TensorTable*>& tables,
+                                         const std::vector<std::vector<TensorKey>>& waits,
+                                         const std::vector<bool>& joined, int rank);
 
 }  // namespace rf

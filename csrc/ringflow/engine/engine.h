@@ -178,6 +178,8 @@ class Engine {
   // ranks may have changed); an old one is given up.
   void update_channel();
   void abandon_channel();
+  // Deadlock detection over the channel's and the job's tables and waits together.
+  void check_deadlock_across();
   void swap_channel_state();  // the channel's table, cache, waits and tags for the engine's
   void execute_ready(std::vector<PendingTensor> ready);
   // No data to move: barrier, add/remove_process_set, join.

@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "ringflow/common/env.h"
+#include "ringflow/engine/deadlock.h"
 #include "ringflow/engine/engine.h"
 
 namespace rf {
@@ -116,10 +117,13 @@ void Engine::run_channel_round(bool leaving) {
     run_round(leaving);
   }
   if (channel_abandon_) abandon_channel();
-  if (leaving || !channel_wants_job_) return;  // leave() runs its job-wide round itself
+  if (leaving) return;  // leave() runs its job-wide round itself
+  check_deadlock_across();
+  if (!channel_wants_job_) return;
   run_round();
   update_channel();
   if (!channel_) return;
+  check_deadlock_across();
   // A tensor that waited only for ranks that joined in that round is ready now, on every
   // member alike: run it without waiting for the channel's next round.
   swap_channel_state();
@@ -130,6 +134,25 @@ void Engine::run_channel_round(bool leaving) {
     throw;
   }
   swap_channel_state();
+}
+
+void Engine::check_deadlock_across() {
+  // Rounds check their own scope (run_round). A cycle through both, e.g. a member waiting on
+  // the channel's tensor that its peer, waiting in a job-wide call, never submits, is found
+  // here: the members know both tables and every wait in them, alike, at the same points of
+  // their sequence. Ranks outside the channel hear of it through the members' abort.
+  if (!channel_ || !env_config().deadlock_check) return;
+  auto any = [](const std::vector<std::vector<TensorKey>>& waits) {
+    return std::any_of(waits.begin(), waits.end(), [](const auto& keys) { return !keys.empty(); });
+  };
+  if (!any(waits_) || !any(channel_->waits)) return;
+  std::vector<std::vector<TensorKey>> both = waits_;
+  for (size_t r = 0; r < both.size(); ++r) {
+    both[r].insert(both[r].end(), channel_->waits[r].begin(), channel_->waits[r].end());
+  }
+  if (auto deadlock = find_deadlock({&channel_->table, &table_}, both, joined_, rank_)) {
+    throw Error(ErrorKind::kMismatch, *deadlock);  // progress_locked poisons the engine
+  }
 }
 
 RoundResult Engine::exchange_in_channel(const Announcement& mine) {

@@ -23,8 +23,8 @@
 // another, or whose member left the job, is given up: its members put the requests still
 // pending in it back in their queues, and the next job-wide round announces them afresh.
 //
-// Deadlock detection (deadlock.h) runs per channel on the channel's own waits; a deadlock that
-// spans a channel and the job-wide rounds is left to the stall inspector's timeout.
+// Deadlock detection (deadlock.h): each round checks its own scope; the channel's members also
+// check both scopes together (check_deadlock_across), and their abort tells the others.
 #pragma once
 
 #include <cstdint>
