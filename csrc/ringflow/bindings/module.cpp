@@ -417,6 +417,7 @@ PYBIND11_MODULE(_core, m) {
         d["inline_allreduces"] = s.inline_allreduces;
         d["fused_ops"] = s.fused_ops;
         d["fused_tensors"] = s.fused_tensors;
+        d["direct_allreduces"] = s.direct_allreduces;
         return d;
       });
 

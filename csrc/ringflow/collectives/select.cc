@@ -8,7 +8,9 @@ namespace rf {
 
 AllreduceAlgorithm choose_allreduce(size_t bytes, int size) {
   const EnvConfig& env = env_config();
-  if (env.allreduce_algorithm == "ring") return AllreduceAlgorithm::kRing;
+  if (env.allreduce_algorithm == "ring" || env.allreduce_algorithm == "direct") {
+    return AllreduceAlgorithm::kRing;  // direct: choose_shm_direct decides between the two
+  }
   if (env.allreduce_algorithm == "bruck") return AllreduceAlgorithm::kBruck;
   // Bruck receives (N - 1) x the data in log2(N) rounds; the ring 2 (N - 1) / N x in
   // 2 (N - 1) rounds. Small messages are all latency, large ones all bandwidth, so the switch
@@ -17,6 +19,16 @@ AllreduceAlgorithm choose_allreduce(size_t bytes, int size) {
   return size > 1 && bytes * static_cast<size_t>(size - 1) <= env.bruck_max_bytes
              ? AllreduceAlgorithm::kBruck
              : AllreduceAlgorithm::kRing;
+}
+
+bool choose_shm_direct(size_t bytes, bool possible) {
+  const EnvConfig& env = env_config();
+  if (!possible || env.allreduce_algorithm == "ring" || env.allreduce_algorithm == "bruck") {
+    return false;
+  }
+  // Measured (docs/performance.md): above Bruck's sizes direct beats the ring over the
+  // shared-memory rings at N = 2, 3, 4, oversubscribed too.
+  return env.allreduce_algorithm == "direct" || bytes >= env.direct_min_bytes;
 }
 
 bool choose_hierarchical(const HostLayout& layout) {

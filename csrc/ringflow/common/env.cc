@@ -78,6 +78,10 @@ EnvConfig read_env() {
   RF_CHECK(config.shm_ring_bytes >= 4096 && config.shm_ring_bytes <= (size_t{1} << 40),
            kInvalidArgument)
       << "RINGFLOW_SHM_RING_BYTES=" << config.shm_ring_bytes << " is not within 4096 .. 2^40";
+  config.shm_area_bytes = static_cast<size_t>(
+      env_int("RINGFLOW_SHM_AREA_BYTES", static_cast<long long>(config.shm_area_bytes)));
+  RF_CHECK(config.shm_area_bytes <= (size_t{1} << 40), kInvalidArgument)
+      << "RINGFLOW_SHM_AREA_BYTES=" << config.shm_area_bytes << " is above 2^40";
   config.socket_buffer_bytes =
       static_cast<size_t>(env_int("RINGFLOW_SOCKET_BUFFER", config.socket_buffer_bytes));
   config.tcp_streams = static_cast<int>(env_int("RINGFLOW_TCP_STREAMS", config.tcp_streams));
@@ -86,7 +90,10 @@ EnvConfig read_env() {
   config.network_interface = env_string("RINGFLOW_NETWORK_INTERFACE", "");
   config.allreduce_algorithm =
       parse_choice("RINGFLOW_ALLREDUCE_ALGORITHM",
-                   env_string("RINGFLOW_ALLREDUCE_ALGORITHM", "auto"), {"auto", "ring", "bruck"});
+                   env_string("RINGFLOW_ALLREDUCE_ALGORITHM", "auto"),
+                   {"auto", "ring", "bruck", "direct"});
+  config.direct_min_bytes = static_cast<size_t>(
+      env_int("RINGFLOW_DIRECT_MIN_BYTES", static_cast<long long>(config.direct_min_bytes)));
   config.bruck_max_bytes = static_cast<size_t>(
       env_int("RINGFLOW_BRUCK_MAX_BYTES", static_cast<long long>(config.bruck_max_bytes)));
   config.broadcast_algorithm = parse_choice("RINGFLOW_BROADCAST_ALGORITHM",

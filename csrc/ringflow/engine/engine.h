@@ -67,6 +67,7 @@ struct EngineStats {
   uint64_t inline_allreduces = 0;  // small allreduces reduced from the round's own data
   uint64_t fused_ops = 0;          // operations that carried more than one tensor
   uint64_t fused_tensors = 0;      // tensors that travelled in them
+  uint64_t direct_allreduces = 0;  // allreduces that read same-host peers' memory directly
 };
 
 class Engine {

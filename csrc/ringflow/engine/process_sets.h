@@ -52,6 +52,8 @@ class SubsetTransport : public Transport {
   std::vector<int> peer_fds() const override { return parent_.peer_fds(); }
   int peer_fd(int peer) const override { return parent_.peer_fd(members_[peer]); }
   bool has_buffered_input() const override { return parent_.has_buffered_input(); }
+  shm::CollectiveAreas* collective_areas() override { return parent_.collective_areas(); }
+  int job_rank(int peer) const override { return parent_.job_rank(members_[peer]); }
   void abort(const std::string& reason) noexcept override { parent_.abort(reason); }
 
  private:

@@ -1,0 +1,180 @@
+"""The direct shared-memory allreduce (issue 13): ranks of one host reduce their slice of each
+piece straight from every peer's collective area (collectives/shm_direct_allreduce.cc).
+
+Every dtype x op x size (0, 1, odd, not divisible by N, larger than the whole area: many
+pieces) at N = 2, 3, 4 against a numpy fold in the documented order (chunk c of the ring's
+chunks from rank c onwards), bit for bit, on random floats where the order shows; the same
+requests with the ring forced give the same bits; fused and unfused give the same bits; and a
+rank SIGKILLed mid-collective makes every survivor raise within 5 s, leaving /dev/shm as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+
+import ringflow as rf
+from tests import harness
+from tests import reference as ref
+from tests.test_failure_reports import _start_loop
+from tests.test_failures import DEAD_PEER_S, names_dead_rank
+from tests.test_shm_transport import _shm_segments
+
+pytestmark = pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm on this host")
+
+SLOT_BYTES = 4096
+AREA_BYTES = 3 * SLOT_BYTES
+"""A tiny area (three 4 KiB slots), so that modest sizes already take many pieces."""
+BASE_ENV = {
+    "RINGFLOW_TRANSPORT": "shm",
+    "RINGFLOW_SHM_AREA_BYTES": str(AREA_BYTES),
+    "RINGFLOW_CYCLE_TIME": "5",
+}
+ENVS = {
+    "direct": {**BASE_ENV, "RINGFLOW_ALLREDUCE_ALGORITHM": "direct"},
+    "ring": {**BASE_ENV, "RINGFLOW_ALLREDUCE_ALGORITHM": "ring"},
+}
+DTYPES = [d for d in ref.DTYPES if d != "bool"]
+LARGE = AREA_BYTES + 5
+"""Elements: more than the whole area for every dtype (4 pieces of uint8, 24 of float64)."""
+
+
+def _sizes(n):
+    return [0, 1, 7, 10 * n + 1, LARGE]
+
+
+def _input(dtype_name, op, size, rank):
+    """Full-range integers (Sum and Product wrap); random floats in [0.5, 1.5) for the ops
+    that round, so a change of reduction order shows in the bits; normal ones for Min/Max."""
+    seed = ref.seed_of("direct", dtype_name, op, size)
+    dt = ref.dtype(dtype_name)
+    if ref.is_float(dt) and op not in ("Min", "Max"):
+        return ref.positive_input(seed, rank, (size,), dtype_name)
+    return ref.exact_input(seed, rank, (size,), dtype_name, op)
+
+
+def ring_order(inputs, op):
+    """The documented float order: element i of chunk c (even_blocks(count, N)) is
+    x_{c+N-1} op (... op (x_{c+1} op x_c)), each step rounded to the dtype (float16 and
+    bfloat16 through float32); Average then scales by 1/N in the accumulation type."""
+    n, count, dt = len(inputs), inputs[0].size, inputs[0].dtype
+    acc = ref.acc_dtype(dt) if ref.is_float(dt) else dt
+    out = np.empty(count, dtype=dt)
+    bounds = np.cumsum([0] + [count // n + (1 if c < count % n else 0) for c in range(n)])
+    for c in range(n):
+        part = slice(bounds[c], bounds[c + 1])
+        total = inputs[c][part]
+        for k in range(1, n):
+            step = ref._combine(inputs[(c + k) % n][part].astype(acc), total.astype(acc), op)
+            total = step.astype(dt)
+        out[part] = total
+    return ref.scale(out, ref.finishing_factor(op, 1.0, n))
+
+
+# -- rank functions -------------------------------------------------------------------------------
+
+
+def _matrix(n_sizes):
+    me = rf.rank()
+    before = rf.engine_stats()["direct_allreduces"]
+    out = {}
+    for dtype_name in DTYPES:
+        for op in ref.OPS:
+            for size in n_sizes:
+                x = _input(dtype_name, op, size, me)
+                out[dtype_name, op, size] = rf.allreduce(
+                    x, op=getattr(rf, op), name=f"m.{dtype_name}.{op}.{size}"
+                )
+    return out, rf.engine_stats()["direct_allreduces"] - before
+
+
+def _fused_and_unfused(n_sizes):
+    """The same float tensors in one grouped (fused) call, then one call each."""
+    me = rf.rank()
+    tensors = [_input("float32", "Sum", size, me) for size in n_sizes]
+    tensors += [_input("float16", "Sum", size, me + 1) for size in n_sizes]
+    before = rf.engine_stats()["fused_ops"]
+    fused = rf.grouped_allreduce(tensors, op=rf.Sum, name="fused")
+    did_fuse = rf.engine_stats()["fused_ops"] > before
+    alone = [rf.allreduce(t, op=rf.Sum, name=f"alone.{i}") for i, t in enumerate(tensors)]
+    return fused, alone, did_fuse
+
+
+# -- fixtures -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def jobs():
+    started = {}
+
+    def get(kind, n):
+        if (kind, n) not in started:
+            started[kind, n] = harness.Job(n, env=ENVS[kind]).start()
+        return started[kind, n]
+
+    yield get
+    for job in started.values():
+        job.close()
+
+
+# -- tests ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_every_dtype_and_op_exact_and_equal_to_the_ring(jobs, n):
+    sizes = _sizes(n)
+    direct = jobs("direct", n).call(_matrix, sizes)
+    ring = jobs("ring", n).call(_matrix, sizes)
+    nonempty = len(DTYPES) * len(ref.OPS) * (len(sizes) - 1)
+    for rank in range(n):
+        assert direct[rank][1] == nonempty, f"rank {rank}: {direct[rank][1]} direct allreduces"
+        assert ring[rank][1] == 0, f"rank {rank}: the forced ring went direct"
+    for dtype_name in DTYPES:
+        for op in ref.OPS:
+            for size in sizes:
+                key = (dtype_name, op, size)
+                context = f"n {n}, {dtype_name} {op}, {size} elements"
+                inputs = [_input(dtype_name, op, size, r) for r in range(n)]
+                expected = ring_order(inputs, op)
+                for rank in range(n):
+                    got = direct[rank][0][key]
+                    ref.assert_bits_equal(got, expected, f"direct, rank {rank}, {context}")
+                    ref.assert_bits_equal(ring[rank][0][key], got, f"ring, rank {rank}, {context}")
+
+
+@pytest.mark.parametrize("n", [3, 4])
+def test_fused_equals_unfused(jobs, n):
+    results = jobs("direct", n).call(_fused_and_unfused, [1, 7, 10 * n + 1, LARGE, 3 * LARGE])
+    for rank, (fused, alone, did_fuse) in enumerate(results):
+        assert did_fuse, f"rank {rank}: the grouped call was not fused"
+        for i, (a, b) in enumerate(zip(fused, alone)):
+            ref.assert_bits_equal(a, b, f"rank {rank}, tensor {i}: fused differs from alone")
+            ref.assert_bits_equal(a, results[0][0][i], f"rank {rank}, tensor {i} vs rank 0")
+
+
+@pytest.mark.parametrize("n", [2, 4])
+def test_sigkill_mid_collective(make_job, n):
+    """Ranks loop over 800 KB allreduces (50 pieces of the tiny area); one is SIGKILLed."""
+    victim = n - 1
+    job = make_job(n, env=ENVS["direct"], rank_timeout=10.0)
+    job.start()
+    pids = [job.pid(r) for r in range(n)]
+    _start_loop(job, victim)
+    killed_at = time.monotonic()
+    job.kill(victim)
+    results = job.collect(deadline=40)
+    assert time.monotonic() - killed_at < DEAD_PEER_S, harness.describe_all(results)
+    for result in results:
+        if result.rank == victim:
+            assert result.died and result.exitcode == -signal.SIGKILL, result.describe()
+            continue
+        assert result.ok, result.describe()
+        step, error, since_ok = result.value
+        assert step >= 3 and isinstance(error, rf.PeerFailureError), result.describe()
+        assert since_ok < DEAD_PEER_S, result.describe()
+        assert names_dead_rank(str(error), victim), result.describe()
+    assert _shm_segments(pids) == []
