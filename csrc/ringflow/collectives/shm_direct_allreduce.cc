@@ -3,22 +3,24 @@
 //
 // Vocabulary: the buffer is cut into *pieces* of one area slot each; each piece into one
 // *slice* per rank (even_blocks). For piece k, in slot k % kAreaSlots, every rank
-//   1. copies its input piece into its own slot and publishes kFilled,
-//   2. reduces its slice from every rank's slot (waiting on their kFilled) into `out`, copies
-//      the result back over its own slice of its slot (only it reads that slice of its input)
-//      and publishes kReduced,
+//   1. copies the other ranks' slices of its input piece into its own slot (its own slice only
+//      it reads: straight from `in`) and publishes kFilled,
+//   2. reduces its slice from `in` and every other rank's slot (waiting on their kFilled),
+//      block by block in L1, into `out` and over its own slice of its slot; publishes kReduced,
 //   3. copies every other rank's reduced slice into `out` (waiting on their kReduced) and
-//      publishes kCopied: it is done with piece k in every slot.
-// No rank waits for a global barrier: only for the counters of the data it reads. Copying in
-// piece k + 1 comes right after step 2, before step 3 of piece k, so a slow rank finds its
-// peers' next inputs ready. Its slot held piece k + 1 - kAreaSlots = k - 2; every peer finished
-// that (kCopied) before it copied in piece k, which this rank saw (kFilled of piece k), so with
-// three slots that copy never waits. At the end each rank waits for everyone's kCopied of the
-// last piece: then its slots are free for whichever collective comes next.
+//      publishes kCopied: it reads nothing of piece k any more.
+// No rank waits for a barrier, only for the counters of the data it reads. Copying in piece
+// k + 1 comes right after step 2, before step 3 of piece k, so a slow rank finds its peers' next
+// inputs ready. A slot is filled again only once every rank that read it has published kCopied
+// for it (CollectiveAreas::wait_slot_free): within one allreduce, with three slots, that wait
+// never blocks (slot (k + 1) % 3 held piece k - 2, which every peer finished before it filled
+// piece k); across allreduces it replaces a barrier at the end.
 //
-// Bytes through memory per byte of the buffer, per rank: read 3 and write 2 + 1/N (copy in
-// 1 + 1, reduce 1 + 1/N, slice back 1/N + 1/N, copy out (N - 1)/N + (N - 1)/N); the ring over
-// the shared-memory rings moves ~2 (N - 1)/N x (two copies each way) plus its reductions.
+// Bytes through memory per byte of the buffer, per rank: copy in (N - 1)/N read + written,
+// reduce 1 read + 2/N written, copy out (N - 1)/N read + written: 3 - 2/N read and 2 written,
+// 5 - 2/N in all (N = 2: 4, N = 4: 4.5). The ring over the shared-memory rings copies
+// each of its 2 (N - 1)/N sent bytes into and out of a ring, and reduces (N - 1)/N: about
+// 4 x 2 (N - 1)/N + 3 (N - 1)/N = 5.5 (N = 2) and 8.25 (N = 4).
 //
 // Float order: element i of chunk c (the ring's chunks: chunk_counts, or even_blocks(count, N))
 // is reduced as x_{c+N-1} op (… op (x_{c+1} op x_c)), as ring_allreduce and bruck_allreduce
@@ -44,21 +46,25 @@ std::vector<int> job_ranks(const CollectiveContext& ctx) {
   return ranks;
 }
 
-// Folds elements [first, first + n) (of the whole buffer, inside one chunk c) in ring order from
-// contributions[r] (each rank's copy of the piece, starting at element `piece_first`).
-void fold(const std::vector<const char*>& contributions, size_t piece_first, size_t first,
-          size_t n, int chunk, char* target, DType dtype, ReduceOp op) {
+// Folds elements [first, first + n) of the buffer (inside chunk c) in ring order, block by block
+// in `scratch` (stays in L1), finishes each block and writes it to `out` and to `shared` (this
+// rank's slot). contributions[r] points at rank r's copy of element `first`.
+void fold(const std::vector<const char*>& contributions, size_t n, int chunk, DType dtype,
+          ReduceOp op, const ChunkFinisher& finish, char* scratch, char* out, char* shared) {
   const int size = static_cast<int>(contributions.size());
   const size_t elem = dtype_size(dtype);
   const size_t block = std::max<size_t>(1, kFoldBlockBytes / elem);
   for (size_t done = 0; done < n; done += block) {
     const size_t len = std::min(block, n - done);
-    const size_t at = (first - piece_first + done) * elem;
-    char* into = target + (first + done) * elem;
-    std::memcpy(into, contributions[chunk] + at, len * elem);
+    const size_t at = done * elem;
+    std::memcpy(scratch, contributions[chunk] + at, len * elem);
     for (int k = 1; k < size; ++k) {
-      reduce(contributions[(chunk + k) % size] + at, into, into, len, dtype, op);
+      reduce(contributions[(chunk + k) % size] + at, scratch, scratch, len, dtype, op);
     }
+    if (finish) finish(scratch, len);
+    // After every read of this block: `out` may be the input (in place).
+    std::memcpy(out + at, scratch, len * elem);
+    std::memcpy(shared + at, scratch, len * elem);
   }
 }
 
@@ -102,49 +108,60 @@ void shm_direct_allreduce(const CollectiveContext& ctx, const void* in, void* ou
   auto piece_count = [&](size_t k) { return std::min(per_piece, count - k * per_piece); };
   auto copy_in = [&](size_t k) {
     if (k >= pieces) return;
-    if (k >= shm::kAreaSlots) {
-      for (int r = 0; r < size; ++r) wait_for(r, shm::kCopied, k - shm::kAreaSlots, "allreduce");
+    const int slot_index = static_cast<int>(k % shm::kAreaSlots);
+    areas.wait_slot_free(slot_index, ctx.deadline);
+    // Only this rank reads its own slice: it folds that straight from `in`.
+    const std::vector<size_t> slices = block_offsets(even_blocks(piece_count(k), size));
+    char* slot = areas.slot(self, slot_index);
+    const char* from = static_cast<const char*>(in) + piece_first(k) * elem;
+    std::memcpy(slot, from, slices[me] * elem);
+    std::memcpy(slot + slices[me + 1] * elem, from + slices[me + 1] * elem,
+                (slices[size] - slices[me + 1]) * elem);
+    std::vector<std::pair<int, uint64_t>> readers;
+    for (int r = 0; r < size; ++r) {
+      if (r != me) readers.emplace_back(ranks[r], base[r] + k + 1);
     }
-    std::memcpy(areas.slot(self, static_cast<int>(k % shm::kAreaSlots)),
-                static_cast<const char*>(in) + piece_first(k) * elem, piece_count(k) * elem);
+    areas.slot_filled(slot_index, std::move(readers));
     publish(shm::kFilled, k);
   };
 
   char* target = static_cast<char*>(out);
+  std::vector<char> scratch(kFoldBlockBytes + elem);
   copy_in(0);
   for (size_t k = 0; k < pieces; ++k) {
     const int slot = static_cast<int>(k % shm::kAreaSlots);
     const size_t first = piece_first(k);
     const std::vector<size_t> slices = block_offsets(even_blocks(piece_count(k), size));
-    std::vector<const char*> contributions(size);
+    std::vector<char*> slots(size);
     for (int r = 0; r < size; ++r) {
       wait_for(r, shm::kFilled, k, "allreduce (input)");
-      contributions[r] = areas.slot(ranks[r], slot);
+      slots[r] = areas.slot(ranks[r], slot);
     }
     // This rank's slice, cut where the ring's chunks change.
     const size_t slice_end = first + slices[me + 1];
+    std::vector<const char*> contributions(size);
     for (size_t at = first + slices[me]; at < slice_end;) {
       const int chunk = static_cast<int>(
           std::upper_bound(chunk_at.begin(), chunk_at.end(), at) - chunk_at.begin() - 1);
       const size_t n = std::min(slice_end, chunk_at[chunk + 1]) - at;
-      fold(contributions, first, at, n, chunk, target, dtype, op);
+      for (int r = 0; r < size; ++r) {
+        contributions[r] = r == me ? static_cast<const char*>(in) + at * elem
+                                   : slots[r] + (at - first) * elem;
+      }
+      fold(contributions, n, chunk, dtype, op, finish, scratch.data(), target + at * elem,
+           slots[me] + (at - first) * elem);
       at += n;
     }
-    const size_t mine = slices[me + 1] - slices[me];
-    if (finish && mine > 0) finish(target + (first + slices[me]) * elem, mine);
-    std::memcpy(areas.slot(self, slot) + slices[me] * elem, target + (first + slices[me]) * elem,
-                mine * elem);
     publish(shm::kReduced, k);
     copy_in(k + 1);
     for (int r = 0; r < size; ++r) {
       if (r == me) continue;
       wait_for(r, shm::kReduced, k, "allreduce (reduced slice)");
-      std::memcpy(target + (first + slices[r]) * elem, contributions[r] + slices[r] * elem,
+      std::memcpy(target + (first + slices[r]) * elem, slots[r] + slices[r] * elem,
                   (slices[r + 1] - slices[r]) * elem);
     }
     publish(shm::kCopied, k);
   }
-  for (int r = 0; r < size; ++r) wait_for(r, shm::kCopied, pieces - 1, "allreduce (finish)");
 }
 
 }  // namespace rf

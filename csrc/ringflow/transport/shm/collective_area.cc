@@ -14,9 +14,6 @@ namespace {
 
 // A sleeper wakes this often to read its peers' connections: a dead peer's EOF wakes nobody.
 constexpr int kLivenessMs = 50;
-// How long a wait yields before it sleeps: long enough to cover a peer copying a piece on the
-// other core, short enough that ranks outnumbering cores hand theirs over quickly.
-constexpr auto kYieldFor = std::chrono::microseconds(50);
 
 size_t round_up(size_t n) { return (n + kCacheLine - 1) / kCacheLine * kCacheLine; }
 
@@ -32,11 +29,12 @@ size_t collective_area_bytes(int ranks, size_t data_bytes) {
 }
 
 CollectiveAreas::CollectiveAreas(int rank, int ranks, const Segment& mine,
-                                 const std::vector<Segment>& theirs,
+                                 const std::vector<Segment>& theirs, SpinOptions spin,
                                  std::function<void(int)> check_peer, std::atomic<int>* waiting_for)
     : rank_(rank),
       ranks_(ranks),
       views_(static_cast<size_t>(ranks)),
+      spin_(spin),
       check_peer_(std::move(check_peer)),
       waiting_for_(waiting_for) {
   for (int r = 0; r < ranks; ++r) {
@@ -134,13 +132,13 @@ void CollectiveAreas::wait(int owner, AreaStage stage, uint64_t target,
   if (ready()) return;
   waiting_for_->store(owner, std::memory_order_relaxed);
   View& me = views_[rank_];
-  auto checked = Clock::now();
+  const auto start = Clock::now();
+  auto checked = start;
   while (true) {
-    const auto yield_until = Clock::now() + kYieldFor;
-    do {
+    const auto yield_until = Clock::now() + std::chrono::microseconds(spin_.budget_us());
+    while (!ready() && Clock::now() < yield_until) {
       ::sched_yield();  // lets a peer on this core finish its piece
-      if (ready()) break;
-    } while (Clock::now() < yield_until);
+    }
     if (!ready()) {
       const uint32_t seen = me.header->wake.load(std::memory_order_seq_cst);
       me.control->waiting.store(1, std::memory_order_seq_cst);
@@ -160,7 +158,19 @@ void CollectiveAreas::wait(int owner, AreaStage stage, uint64_t target,
         << "timed out waiting for rank " << owner << " in the shared-memory " << what
         << " (its counter " << counter(owner, rank_, stage) << ", " << target << " needed)";
   }
+  spin_.waited(std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start).count());
   waiting_for_->store(-1, std::memory_order_relaxed);
+}
+
+void CollectiveAreas::wait_slot_free(int index, const Deadline& deadline) {
+  for (const auto& [reader, count] : readers_[index]) {
+    wait(reader, kCopied, count, {reader}, deadline, "allreduce (a slot still being read)");
+  }
+  readers_[index].clear();
+}
+
+void CollectiveAreas::slot_filled(int index, std::vector<std::pair<int, uint64_t>> readers) {
+  readers_[index] = std::move(readers);
 }
 
 }  // namespace rf::shm

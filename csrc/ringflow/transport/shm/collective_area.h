@@ -15,14 +15,17 @@
 // Per-pair counting lets process sets with different members use the areas one after another.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <utility>
 #include <vector>
 
 #include "ringflow/common/deadline.h"
 #include "ringflow/transport/shm/segment.h"
+#include "ringflow/transport/tcp/spin_policy.h"
 
 namespace rf::shm {
 
@@ -48,7 +51,8 @@ class CollectiveAreas {
  public:
   // check_peer(p) throws kPeerFailure when p's connection says it died or aborted.
   CollectiveAreas(int rank, int ranks, const Segment& mine, const std::vector<Segment>& theirs,
-                  std::function<void(int)> check_peer, std::atomic<int>* waiting_for);
+                  SpinOptions spin, std::function<void(int)> check_peer,
+                  std::atomic<int>* waiting_for);
 
   int rank() const { return rank_; }
   // Whether every pair among `ranks` (job ranks) shares memory and each has an area, as every
@@ -60,10 +64,16 @@ class CollectiveAreas {
   uint64_t counter(int owner, int peer, AreaStage stage) const;
   // Sets this rank's counter towards each of `peers` and wakes those asleep.
   void publish(const std::vector<int>& peers, AreaStage stage, const std::vector<uint64_t>& values);
-  // Until `owner`'s counter towards this rank reaches `target`: polls, yields, then sleeps on
-  // this rank's futex; reads `members`' connections every kLivenessMs, so a dead peer throws.
+  // Until `owner`'s counter towards this rank reaches `target`: polls (yielding the core) for
+  // the spin policy's budget, then sleeps on this rank's futex; reads `members`' connections
+  // every kLivenessMs, so a dead peer throws.
   void wait(int owner, AreaStage stage, uint64_t target, const std::vector<int>& members,
             const Deadline& deadline, const char* what);
+  // This rank's slot `index` may be overwritten once each reader (job rank, kCopied count) has
+  // read it: recorded when the slot is filled, waited for before it is filled again, so no
+  // collective ends with a barrier.
+  void wait_slot_free(int index, const Deadline& deadline);
+  void slot_filled(int index, std::vector<std::pair<int, uint64_t>> readers);
 
  private:
   struct View {
@@ -79,6 +89,8 @@ class CollectiveAreas {
   int rank_;
   int ranks_;
   std::vector<View> views_;  // by job rank; header null: no area
+  std::array<std::vector<std::pair<int, uint64_t>>, kAreaSlots> readers_;
+  SpinPolicy spin_;  // adapts as the transport's: long waits (a busy core) sleep sooner
   std::function<void(int)> check_peer_;
   std::atomic<int>* waiting_for_;
 };

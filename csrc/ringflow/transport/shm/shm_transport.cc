@@ -62,7 +62,7 @@ ShmTransport::ShmTransport(int rank, std::vector<UniqueFd> sockets, Segment mine
     RF_CHECK(pair && !pair->failed(), kPeerFailure)
         << "rank " << rank_ << " has no connection to rank " << peer << " any more";
   };
-  areas_ = std::make_unique<CollectiveAreas>(rank, size(), mine_, theirs_, check_peer,
+  areas_ = std::make_unique<CollectiveAreas>(rank, size(), mine_, theirs_, spin, check_peer,
                                              &waiting_for_);
 }
 
