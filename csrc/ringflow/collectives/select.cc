@@ -21,14 +21,18 @@ AllreduceAlgorithm choose_allreduce(size_t bytes, int size) {
              : AllreduceAlgorithm::kRing;
 }
 
-bool choose_shm_direct(size_t bytes, bool possible) {
+bool choose_shm_direct(size_t bytes, int size, bool possible) {
   const EnvConfig& env = env_config();
   if (!possible || env.allreduce_algorithm == "ring" || env.allreduce_algorithm == "bruck") {
     return false;
   }
-  // Measured (docs/performance.md): above Bruck's sizes direct beats the ring over the
-  // shared-memory rings at N = 2, 3, 4, oversubscribed too.
-  return env.allreduce_algorithm == "direct" || bytes >= env.direct_min_bytes;
+  if (env.allreduce_algorithm == "direct") return true;
+  if (env.direct_min_bytes >= 0) return bytes >= static_cast<size_t>(env.direct_min_bytes);
+  // Measured (docs/performance.md, 2 cores): at N = 2 each rank reduces half either way and
+  // the ring's finer pipelining keeps up until the data leaves the caches (4-16 MiB); from
+  // N = 3 direct moves 5 - 2/N bytes per byte against the ring's 11 (N - 1)/N and wins at every
+  // size above Bruck's, oversubscribed too.
+  return size > 2 || bytes >= (size_t{8} << 20);
 }
 
 bool choose_hierarchical(const HostLayout& layout) {

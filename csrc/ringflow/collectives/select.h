@@ -17,8 +17,9 @@ AllreduceAlgorithm choose_allreduce(size_t bytes, int size);
 // Whether an allreduce that is not Bruck's (choose_allreduce) reads its peers' memory directly
 // (shm_direct_allreduce) instead of going around the ring. `possible`: shm_direct_possible.
 // RINGFLOW_ALLREDUCE_ALGORITHM=direct forces it at every size where possible (Bruck and the
-// inline path then never run); auto takes it from RINGFLOW_DIRECT_MIN_BYTES (0: every size).
-bool choose_shm_direct(size_t bytes, bool possible);
+// inline path then never run); auto takes it from RINGFLOW_DIRECT_MIN_BYTES, whose default
+// (auto) is the crossover measured for `size` ranks.
+bool choose_shm_direct(size_t bytes, int size, bool possible);
 // Whether a set's allreduces run hierarchically (and reduce in hierarchical_allreduce's float
 // order, whatever their size, so fusion never changes a result's bits): only on a uniform layout
 // of more than one host with more than one rank each (uneven hosts keep the flat algorithms).

@@ -57,8 +57,10 @@ void fold(const std::vector<const char*>& contributions, size_t n, int chunk, DT
   for (size_t done = 0; done < n; done += block) {
     const size_t len = std::min(block, n - done);
     const size_t at = done * elem;
-    std::memcpy(scratch, contributions[chunk] + at, len * elem);
-    for (int k = 1; k < size; ++k) {
+    // x_{c+1} op x_c, then each further rank: the ring's order, operands as it passes them.
+    reduce(contributions[(chunk + 1) % size] + at, contributions[chunk] + at, scratch, len, dtype,
+           op);
+    for (int k = 2; k < size; ++k) {
       reduce(contributions[(chunk + k) % size] + at, scratch, scratch, len, dtype, op);
     }
     if (finish) finish(scratch, len);
@@ -141,12 +143,12 @@ void shm_direct_allreduce(const CollectiveContext& ctx, const void* in, void* ou
     const size_t slice_end = first + slices[me + 1];
     std::vector<const char*> contributions(size);
     for (size_t at = first + slices[me]; at < slice_end;) {
-      const int chunk = static_cast<int>(
-          std::upper_bound(chunk_at.begin(), chunk_at.end(), at) - chunk_at.begin() - 1);
+      const int chunk = static_cast<int>(std::upper_bound(chunk_at.begin(), chunk_at.end(), at) -
+                                         chunk_at.begin() - 1);
       const size_t n = std::min(slice_end, chunk_at[chunk + 1]) - at;
       for (int r = 0; r < size; ++r) {
-        contributions[r] = r == me ? static_cast<const char*>(in) + at * elem
-                                   : slots[r] + (at - first) * elem;
+        contributions[r] =
+            r == me ? static_cast<const char*>(in) + at * elem : slots[r] + (at - first) * elem;
       }
       fold(contributions, n, chunk, dtype, op, finish, scratch.data(), target + at * elem,
            slots[me] + (at - first) * elem);

@@ -88,12 +88,11 @@ EnvConfig read_env() {
   RF_CHECK(config.tcp_streams >= 1 && config.tcp_streams <= 8, kInvalidArgument)
       << "RINGFLOW_TCP_STREAMS=" << config.tcp_streams << " is not within 1 .. 8";
   config.network_interface = env_string("RINGFLOW_NETWORK_INTERFACE", "");
-  config.allreduce_algorithm =
-      parse_choice("RINGFLOW_ALLREDUCE_ALGORITHM",
-                   env_string("RINGFLOW_ALLREDUCE_ALGORITHM", "auto"),
-                   {"auto", "ring", "bruck", "direct"});
-  config.direct_min_bytes = static_cast<size_t>(
-      env_int("RINGFLOW_DIRECT_MIN_BYTES", static_cast<long long>(config.direct_min_bytes)));
+  config.allreduce_algorithm = parse_choice("RINGFLOW_ALLREDUCE_ALGORITHM",
+                                            env_string("RINGFLOW_ALLREDUCE_ALGORITHM", "auto"),
+                                            {"auto", "ring", "bruck", "direct"});
+  const std::string direct_min = env_string("RINGFLOW_DIRECT_MIN_BYTES", "auto");
+  if (direct_min != "auto") config.direct_min_bytes = env_int("RINGFLOW_DIRECT_MIN_BYTES", 0);
   config.bruck_max_bytes = static_cast<size_t>(
       env_int("RINGFLOW_BRUCK_MAX_BYTES", static_cast<long long>(config.bruck_max_bytes)));
   config.broadcast_algorithm = parse_choice("RINGFLOW_BROADCAST_ALGORITHM",

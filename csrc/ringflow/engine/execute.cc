@@ -324,7 +324,7 @@ void Engine::execute_allreduce(std::vector<Ready>& bucket, const CollectiveConte
     } else if (small) {
       bruck_allreduce(ctx, in, out, count, dtype, op, finish, chunks);
       phase = allreduce_phase(AllreduceAlgorithm::kBruck);
-    } else if (choose_shm_direct(count * elem, shm_direct_possible(ctx))) {
+    } else if (choose_shm_direct(count * elem, set_size, shm_direct_possible(ctx))) {
       shm_direct_allreduce(ctx, in, out, count, dtype, op, finish, chunks);
       phase = "SHM_DIRECT_ALLREDUCE";
       std::lock_guard<std::mutex> lock(stats_mutex_);

@@ -41,7 +41,7 @@ std::vector<Setting> plan_settings() {
       {"RINGFLOW_FUSION_THRESHOLD", env.fusion_threshold},
       {"RINGFLOW_CACHE_CAPACITY", env.cache_capacity},
       {"RINGFLOW_BRUCK_MAX_BYTES", env.bruck_max_bytes},
-      {"RINGFLOW_DIRECT_MIN_BYTES", env.direct_min_bytes},
+      {"RINGFLOW_DIRECT_MIN_BYTES", static_cast<uint64_t>(env.direct_min_bytes)},
       {"RINGFLOW_ALLREDUCE_ALGORITHM", choice_code(env.allreduce_algorithm)},
       {"RINGFLOW_BROADCAST_ALGORITHM", choice_code(env.broadcast_algorithm)},
       {"RINGFLOW_CHAIN_MIN_BYTES", env.chain_min_bytes},

@@ -121,8 +121,8 @@ std::unique_ptr<Transport> make_transport(int rank, std::vector<UniqueFd> socket
     const size_t area = env_config().shm_area_bytes == 0
                             ? 0
                             : shm::collective_area_bytes(size, env_config().shm_area_bytes);
-    bool created = shm::create_segment(rank, size, candidates, me.ring_bytes, area, &segment,
-                                       &failure);
+    bool created =
+        shm::create_segment(rank, size, candidates, me.ring_bytes, area, &segment, &failure);
     if (!created && area > 0) {
       // The rings alone may still fit: the direct collectives are only faster, not needed.
       created = shm::create_segment(rank, size, candidates, me.ring_bytes, 0, &segment, &failure);

@@ -86,8 +86,8 @@ size_t CollectiveAreas::slot_bytes(const std::vector<int>& ranks) const {
 
 char* CollectiveAreas::slot(int owner, int index) const {
   const View& view = views_[owner];
-  return view.data + static_cast<size_t>(index) * (view.data_bytes / kAreaSlots / kCacheLine *
-                                                   kCacheLine);
+  return view.data +
+         static_cast<size_t>(index) * (view.data_bytes / kAreaSlots / kCacheLine * kCacheLine);
 }
 
 uint64_t CollectiveAreas::counter(int owner, int peer, AreaStage stage) const {

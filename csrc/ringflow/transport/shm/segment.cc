@@ -59,9 +59,9 @@ bool create_segment(int rank, int ranks, const std::vector<int>& producers, size
   int error = ::posix_fallocate(fd.get(), 0, static_cast<off_t>(bytes));
   if (error != 0) {
     ::unlink(path.c_str());
-    *why = "cannot reserve " + std::to_string(bytes) + " bytes in /dev/shm (" +
-           std::strerror(error) +
-           "; RINGFLOW_SHM_RING_BYTES sizes the rings, RINGFLOW_SHM_AREA_BYTES the collective area)";
+    *why =
+        "cannot reserve " + std::to_string(bytes) + " bytes in /dev/shm (" + std::strerror(error) +
+        "; RINGFLOW_SHM_RING_BYTES sizes the rings, RINGFLOW_SHM_AREA_BYTES the collective area)";
     return false;
   }
   Mapping mapping(fd.get(), bytes);
