@@ -104,6 +104,32 @@ def _fused_and_unfused(n_sizes):
     return fused, alone, did_fuse
 
 
+def _sets_interleaved(sizes):
+    """Allreduces on the world and on overlapping process sets, one after another: each pair's
+    counters must stay in step whichever set used the areas last."""
+    me = rf.rank()
+    sets = [rf.add_process_set([0, 2]), rf.add_process_set([1, 2, 3]), None]
+    before = rf.engine_stats()["direct_allreduces"]
+    out = []
+    for round_ in range(2):
+        for i, ps in enumerate(sets):
+            if ps is not None and me not in ps.ranks:
+                continue
+            for size in sizes:
+                x = _input("float32", "Sum", size, me + 10 * i + round_)
+                kwargs = {} if ps is None else {"process_set": ps}
+                out.append(rf.allreduce(x, op=rf.Sum, name=f"s{i}.{size}.{round_}", **kwargs))
+    return out, rf.engine_stats()["direct_allreduces"] - before
+
+
+def _auto_choice(counts):
+    """How many of these float32 allreduces the automatic choice ran directly."""
+    before = rf.engine_stats()["direct_allreduces"]
+    for count in counts:
+        rf.allreduce(np.ones(count, dtype=np.float32), op=rf.Sum, name=f"auto.{count}")
+    return rf.engine_stats()["direct_allreduces"] - before
+
+
 # -- fixtures -------------------------------------------------------------------------------------
 
 
@@ -178,3 +204,29 @@ def test_sigkill_mid_collective(make_job, n):
         assert since_ok < DEAD_PEER_S, result.describe()
         assert names_dead_rank(str(error), victim), result.describe()
     assert _shm_segments(pids) == []
+
+
+def test_process_sets_share_the_areas(jobs):
+    """World, {0, 2} and {1, 2, 3} in turn (twice): exact, and every one of them direct."""
+    n, sizes = 4, [7, LARGE]
+    results = jobs("direct", n).call(_sets_interleaved, sizes)
+    members = [[0, 2], [1, 2, 3], list(range(n))]
+    for rank, (got, direct) in enumerate(results):
+        expected = []
+        for round_ in range(2):
+            for i, ranks in enumerate(members):
+                if rank not in ranks:
+                    continue
+                for size in sizes:
+                    inputs = [_input("float32", "Sum", size, r + 10 * i + round_) for r in ranks]
+                    expected.append(ring_order(inputs, "Sum"))
+        assert direct == len(expected), f"rank {rank}: {direct} of {len(expected)} direct"
+        for j, (a, b) in enumerate(zip(got, expected)):
+            ref.assert_bits_equal(a, b, f"rank {rank}, allreduce {j}")
+
+
+def test_auto_choice(make_job):
+    """Default settings at N = 3: Bruck's sizes stay Bruck, above them the allreduce is direct."""
+    job = make_job(3, env={"RINGFLOW_TRANSPORT": "shm"}).start()
+    threshold = 65536 // 4 // 2  # Bruck's largest float32 count at N = 3
+    assert job.call(_auto_choice, [1, threshold, threshold + 1, 300_001]) == [2, 2, 2]
