@@ -35,7 +35,12 @@ BASE_ENV = {
     "RINGFLOW_CYCLE_TIME": "5",
 }
 ENVS = {
-    "direct": {**BASE_ENV, "RINGFLOW_ALLREDUCE_ALGORITHM": "direct"},
+    "direct": {
+        **BASE_ENV,
+        "RINGFLOW_ALLREDUCE_ALGORITHM": "direct",
+        "RINGFLOW_ALLGATHER_ALGORITHM": "direct",
+        "RINGFLOW_BROADCAST_ALGORITHM": "direct",
+    },
     "ring": {**BASE_ENV, "RINGFLOW_ALLREDUCE_ALGORITHM": "ring"},
 }
 DTYPES = [d for d in ref.DTYPES if d != "bool"]
@@ -128,6 +133,26 @@ def _auto_choice(counts):
     for count in counts:
         rf.allreduce(np.ones(count, dtype=np.float32), op=rf.Sum, name=f"auto.{count}")
     return rf.engine_stats()["direct_allreduces"] - before
+
+
+def _gathers(rows_of, dtypes):
+    """Allgathers whose first dimension differs by rank (some 0, some beyond the area) and
+    broadcasts from every root, on 3-column rows."""
+    me, n = rf.rank(), rf.size()
+    before = rf.engine_stats()["direct_gathers"]
+    out = {}
+    for dtype_name in dtypes:
+        for rows in rows_of:
+            mine = ref.bit_patterns(
+                ref.seed_of("ag", dtype_name, rows), me, (rows[me], 3), dtype_name
+            )
+            out["ag", dtype_name, rows] = rf.allgather(mine, name=f"ag.{dtype_name}.{rows}")
+            for root in range(n):
+                x = ref.bit_patterns(
+                    ref.seed_of("bc", dtype_name, rows), me, (rows[0], 3), dtype_name
+                )
+                out["bc", dtype_name, rows, root] = rf.broadcast(x, root, name=f"bc.{rows}.{root}")
+    return out, rf.engine_stats()["direct_gathers"] - before
 
 
 # -- fixtures -------------------------------------------------------------------------------------
@@ -256,3 +281,29 @@ def test_no_room_for_the_area(make_job):
         ref.assert_bits_equal(total, expected, f"rank {rank}")
     assert "no room for the" in job.log_tail(0)
     assert _shm_segments([job.pid(r) for r in range(3)]) == []
+
+
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_allgather_and_broadcast(jobs, n):
+    """Forced direct (also at N = 2): bit patterns (NaNs, -0.0) copied exactly."""
+    big = AREA_BYTES // 3 + 5  # rows of 3 elements: beyond the area for every dtype
+    rows_of = [tuple([0] * n), tuple(range(1, n + 1)), tuple([big] + [0] * (n - 2) + [7])]
+    dtypes = ["uint8", "float16", "float64"]
+    results = jobs("direct", n).call(_gathers, rows_of, dtypes)
+    for rank, (got, direct) in enumerate(results):
+        assert direct > 0, f"rank {rank}: no allgather or broadcast went direct"
+        for dtype_name in dtypes:
+            for rows in rows_of:
+                blocks = [
+                    ref.bit_patterns(
+                        ref.seed_of("ag", dtype_name, rows), r, (rows[r], 3), dtype_name
+                    )
+                    for r in range(n)
+                ]
+                context = f"rank {rank}, {dtype_name}, rows {rows}"
+                ref.assert_bits_equal(got["ag", dtype_name, rows], np.concatenate(blocks), context)
+                for root in range(n):
+                    sent = ref.bit_patterns(
+                        ref.seed_of("bc", dtype_name, rows), root, (rows[0], 3), dtype_name
+                    )
+                    ref.assert_bits_equal(got["bc", dtype_name, rows, root], sent, context)

@@ -270,5 +270,6 @@ def engine_stats() -> dict[str, int]:
     """Counters since init: negotiation rounds and bytes, response-cache hits, operations run
     (`responses`; a fused bucket counts once), small allreduces reduced from the round's own data
     (`inline_allreduces`, not in `responses`), fused operations and the tensors they carried,
-    and allreduces that read same-host peers' memory directly (`direct_allreduces`)."""
+    and the allreduces, allgathers and broadcasts that read same-host peers' memory directly
+    (`direct_allreduces`, `direct_gathers`)."""
     return dict(_engine().stats())

@@ -98,6 +98,11 @@ void chain_broadcast(const CollectiveContext& ctx, void* data, size_t bytes, int
 // back to back in rank order; fills in the others around the ring.
 void ring_allgatherv(const CollectiveContext& ctx, void* out,
                      const std::vector<size_t>& block_bytes);
+// The same, for ranks of one host that map each other's collective areas (shm_direct_possible):
+// every rank copies its block into its area and the others' out of theirs. A broadcast is the
+// case where only the root's block is not empty.
+void shm_direct_allgatherv(const CollectiveContext& ctx, void* out,
+                           const std::vector<size_t>& block_bytes);
 
 // `in` holds every block back to back (block_counts[r] elements for rank r); `out` receives
 // this rank's block, reduced over all ranks.

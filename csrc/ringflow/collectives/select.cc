@@ -35,6 +35,16 @@ bool choose_shm_direct(size_t bytes, int size, bool possible) {
   return size > 2 || bytes >= (size_t{8} << 20);
 }
 
+bool choose_shm_direct_allgather(int size, bool possible) {
+  const std::string& choice = env_config().allgather_algorithm;
+  return possible && (choice == "direct" || (choice == "auto" && size > 2));
+}
+
+bool choose_shm_direct_broadcast(int size, bool possible) {
+  const std::string& choice = env_config().broadcast_algorithm;
+  return possible && (choice == "direct" || (choice == "auto" && size > 2));
+}
+
 bool choose_hierarchical(const HostLayout& layout) {
   // Each host sends 2 (H - 1) / H of the data instead of at least 2 (N - 1) / N: fewer network
   // bytes at every size. Small sizes lose nothing: they gather, like the flat Bruck.

@@ -20,6 +20,12 @@ AllreduceAlgorithm choose_allreduce(size_t bytes, int size);
 // inline path then never run); auto takes it from RINGFLOW_DIRECT_MIN_BYTES, whose default
 // (auto) is the crossover measured for `size` ranks.
 bool choose_shm_direct(size_t bytes, int size, bool possible);
+// Whether an allgather (RINGFLOW_ALLGATHER_ALGORITHM=auto|ring|direct) or a broadcast
+// (RINGFLOW_BROADCAST_ALGORITHM=direct) copies through the collective areas
+// (shm_direct_allgatherv) instead of the ring, chain or tree. `possible`: shm_direct_possible.
+// auto: from 3 ranks (at 2 every algorithm copies each byte in and out once).
+bool choose_shm_direct_allgather(int size, bool possible);
+bool choose_shm_direct_broadcast(int size, bool possible);
 // Whether a set's allreduces run hierarchically (and reduce in hierarchical_allreduce's float
 // order, whatever their size, so fusion never changes a result's bits): only on a uniform layout
 // of more than one host with more than one rank each (uneven hosts keep the flat algorithms).

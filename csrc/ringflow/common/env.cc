@@ -97,7 +97,10 @@ EnvConfig read_env() {
       env_int("RINGFLOW_BRUCK_MAX_BYTES", static_cast<long long>(config.bruck_max_bytes)));
   config.broadcast_algorithm = parse_choice("RINGFLOW_BROADCAST_ALGORITHM",
                                             env_string("RINGFLOW_BROADCAST_ALGORITHM", "auto"),
-                                            {"auto", "binomial", "chain"});
+                                            {"auto", "binomial", "chain", "direct"});
+  config.allgather_algorithm =
+      parse_choice("RINGFLOW_ALLGATHER_ALGORITHM",
+                   env_string("RINGFLOW_ALLGATHER_ALGORITHM", "auto"), {"auto", "ring", "direct"});
   config.chain_min_bytes = static_cast<size_t>(
       env_int("RINGFLOW_CHAIN_MIN_BYTES", static_cast<long long>(config.chain_min_bytes)));
   config.segment_bytes = positive_bytes("RINGFLOW_SEGMENT_BYTES", config.segment_bytes);

@@ -27,8 +27,10 @@ struct EnvConfig {
   // RINGFLOW_DIRECT_MIN_BYTES: allreduces from this size read same-host peers' memory directly
   // (collectives/select.cc); "auto" (-1): the measured crossover for the set's size.
   long long direct_min_bytes = -1;
-  size_t bruck_max_bytes = 64 << 10;         // RINGFLOW_BRUCK_MAX_BYTES
-  std::string broadcast_algorithm = "auto";  // RINGFLOW_BROADCAST_ALGORITHM=auto|binomial|chain
+  size_t bruck_max_bytes = 64 << 10;  // RINGFLOW_BRUCK_MAX_BYTES
+  std::string broadcast_algorithm =
+      "auto";  // RINGFLOW_BROADCAST_ALGORITHM=auto|binomial|chain|direct
+  std::string allgather_algorithm = "auto";  // RINGFLOW_ALLGATHER_ALGORITHM=auto|ring|direct
   size_t chain_min_bytes = 1 << 20;          // RINGFLOW_CHAIN_MIN_BYTES
   size_t segment_bytes = 512 << 10;          // RINGFLOW_SEGMENT_BYTES
   std::string hierarchical = "auto";         // RINGFLOW_HIERARCHICAL=auto|on|off
