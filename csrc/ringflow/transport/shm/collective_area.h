@@ -2,7 +2,8 @@
 // same-host peers read directly, so an allreduce among them moves each byte through memory a
 // few times instead of through the rings (collectives/shm_direct_allreduce.cc).
 //
-// Layout (every field on its own cache line; the owner writes, peers read, except `waiting`):
+// Layout (the owner writes every field, its peers only read; the flag and each counter on its
+// own cache line):
 //   AreaControl                  waiting flag: the owner sleeps on its segment's futex
 //   shm_with[ranks]              1 byte per job rank: the owner shares memory with it
 //   progress[ranks][kStages]     the owner's counters towards each peer (see below)
@@ -11,7 +12,9 @@
 // Counters are per ordered pair and only grow: progress[p][stage] counts the pieces the owner
 // has taken through `stage` in the collectives it ran with rank p. Two ranks run their shared
 // collectives in the same order and cut them into the same pieces, so at the start of one both
-// have the same counts for the pair, and the owner's own count is the base both sides use.
+// have the same counts for the pair, and the owner's own count is the base both sides use. This
+// holds because every collective on the areas publishes each of the three stages once per piece
+// to every other member, whether or not that stage had work (allgather reduces nothing).
 // Per-pair counting lets process sets with different members use the areas one after another.
 #pragma once
 
