@@ -34,7 +34,7 @@ FUSION = 65536
 """RINGFLOW_FUSION_THRESHOLD in these jobs: the large sizes do not fit one fused buffer."""
 LARGE = 300_001
 """Odd, over a MiB in every dtype here, many segments."""
-FLAT = ("RING_ALLREDUCE", "BRUCK_ALLREDUCE")
+FLAT = ("RING_ALLREDUCE", "BRUCK_ALLREDUCE", "SHM_DIRECT_ALLREDUCE")
 
 
 def _sizes(n: int) -> list[int]:

@@ -18,8 +18,8 @@ import numpy as np
 import ringflow as rf
 
 ALGORITHMS = {
-    "allreduce": {"RING_ALLREDUCE", "BRUCK_ALLREDUCE", "INLINE_ALLREDUCE"},
-    "broadcast": {"BINOMIAL_BROADCAST", "CHAIN_BROADCAST"},
+    "allreduce": {"RING_ALLREDUCE", "BRUCK_ALLREDUCE", "INLINE_ALLREDUCE", "SHM_DIRECT_ALLREDUCE"},
+    "broadcast": {"BINOMIAL_BROADCAST", "CHAIN_BROADCAST", "SHM_DIRECT_BROADCAST"},
 }
 SEQUENCE = {"tl.grad.a": "allreduce", "tl.grad.b": "allreduce", "tl.weights": "broadcast"}
 PHASES = {
@@ -34,6 +34,9 @@ PHASES = {
     "RING_REDUCESCATTER",
     "BINOMIAL_BROADCAST",
     "CHAIN_BROADCAST",
+    "SHM_DIRECT_ALLREDUCE",
+    "SHM_DIRECT_ALLGATHER",
+    "SHM_DIRECT_BROADCAST",
     "PAIRWISE_ALLTOALL",
     "BARRIER",
 }

@@ -417,6 +417,8 @@ PYBIND11_MODULE(_core, m) {
         d["inline_allreduces"] = s.inline_allreduces;
         d["fused_ops"] = s.fused_ops;
         d["fused_tensors"] = s.fused_tensors;
+        d["direct_allreduces"] = s.direct_allreduces;
+        d["direct_gathers"] = s.direct_gathers;
         return d;
       });
 

@@ -40,6 +40,13 @@ void ring_allreduce(const CollectiveContext& ctx, const void* in, void* out, siz
 void bruck_allreduce(const CollectiveContext& ctx, const void* in, void* out, size_t count,
                      DType dtype, ReduceOp op, const ChunkFinisher& finish,
                      const std::vector<size_t>& chunk_counts = {});
+// The same result for ranks of one host that map each other's collective area: each reduces its
+// slice of every piece straight from the others' memory (shm_direct_allreduce.cc), in the
+// ring's order. Only where shm_direct_possible(ctx), which every member answers alike.
+bool shm_direct_possible(const CollectiveContext& ctx);
+void shm_direct_allreduce(const CollectiveContext& ctx, const void* in, void* out, size_t count,
+                          DType dtype, ReduceOp op, const ChunkFinisher& finish,
+                          const std::vector<size_t>& chunk_counts = {});
 // out = every rank's contribution (by rank) reduced chunk by chunk in the ring's order: what
 // bruck_allreduce does once it holds them all (the engine also uses it for inline data).
 void fold_in_ring_order(const std::vector<const char*>& contributions, void* out, size_t count,
@@ -91,6 +98,11 @@ void chain_broadcast(const CollectiveContext& ctx, void* data, size_t bytes, int
 // back to back in rank order; fills in the others around the ring.
 void ring_allgatherv(const CollectiveContext& ctx, void* out,
                      const std::vector<size_t>& block_bytes);
+// The same, for ranks of one host that map each other's collective areas (shm_direct_possible):
+// every rank copies its block into its area and the others' out of theirs. A broadcast is the
+// case where only the root's block is not empty.
+void shm_direct_allgatherv(const CollectiveContext& ctx, void* out,
+                           const std::vector<size_t>& block_bytes);
 
 // `in` holds every block back to back (block_counts[r] elements for rank r); `out` receives
 // this rank's block, reduced over all ranks.

@@ -8,7 +8,9 @@ namespace rf {
 
 AllreduceAlgorithm choose_allreduce(size_t bytes, int size) {
   const EnvConfig& env = env_config();
-  if (env.allreduce_algorithm == "ring") return AllreduceAlgorithm::kRing;
+  if (env.allreduce_algorithm == "ring" || env.allreduce_algorithm == "direct") {
+    return AllreduceAlgorithm::kRing;  // direct: choose_shm_direct decides between the two
+  }
   if (env.allreduce_algorithm == "bruck") return AllreduceAlgorithm::kBruck;
   // Bruck receives (N - 1) x the data in log2(N) rounds; the ring 2 (N - 1) / N x in
   // 2 (N - 1) rounds. Small messages are all latency, large ones all bandwidth, so the switch
@@ -17,6 +19,30 @@ AllreduceAlgorithm choose_allreduce(size_t bytes, int size) {
   return size > 1 && bytes * static_cast<size_t>(size - 1) <= env.bruck_max_bytes
              ? AllreduceAlgorithm::kBruck
              : AllreduceAlgorithm::kRing;
+}
+
+bool choose_shm_direct(size_t bytes, int size, bool possible) {
+  const EnvConfig& env = env_config();
+  if (!possible || env.allreduce_algorithm == "ring" || env.allreduce_algorithm == "bruck") {
+    return false;
+  }
+  if (env.allreduce_algorithm == "direct") return true;
+  if (env.direct_min_bytes >= 0) return bytes >= static_cast<size_t>(env.direct_min_bytes);
+  // Measured (docs/performance.md, 2 cores): at N = 2 each rank reduces half either way and
+  // the ring's finer pipelining keeps up until the data leaves the caches (4-16 MiB); from
+  // N = 3 direct moves 5 - 2/N bytes per byte against the ring's 11 (N - 1)/N and wins at every
+  // size above Bruck's, oversubscribed too.
+  return size > 2 || bytes >= (size_t{8} << 20);
+}
+
+bool choose_shm_direct_allgather(int size, bool possible) {
+  const std::string& choice = env_config().allgather_algorithm;
+  return possible && (choice == "direct" || (choice == "auto" && size > 2));
+}
+
+bool choose_shm_direct_broadcast(int size, bool possible) {
+  const std::string& choice = env_config().broadcast_algorithm;
+  return possible && (choice == "direct" || (choice == "auto" && size > 2));
 }
 
 bool choose_hierarchical(const HostLayout& layout) {

@@ -14,6 +14,18 @@ enum class BroadcastAlgorithm { kBinomial, kChain };
 // RINGFLOW_ALLREDUCE_ALGORITHM=auto|ring|bruck; auto picks bruck while (N - 1) x bytes, what
 // it makes each rank receive, is at most RINGFLOW_BRUCK_MAX_BYTES (64 KiB).
 AllreduceAlgorithm choose_allreduce(size_t bytes, int size);
+// Whether an allreduce that is not Bruck's (choose_allreduce) reads its peers' memory directly
+// (shm_direct_allreduce) instead of going around the ring. `possible`: shm_direct_possible.
+// RINGFLOW_ALLREDUCE_ALGORITHM=direct forces it at every size where possible (Bruck and the
+// inline path then never run); auto takes it from RINGFLOW_DIRECT_MIN_BYTES, whose default
+// (auto) is the crossover measured for `size` ranks.
+bool choose_shm_direct(size_t bytes, int size, bool possible);
+// Whether an allgather (RINGFLOW_ALLGATHER_ALGORITHM=auto|ring|direct) or a broadcast
+// (RINGFLOW_BROADCAST_ALGORITHM=direct) copies through the collective areas
+// (shm_direct_allgatherv) instead of the ring, chain or tree. `possible`: shm_direct_possible.
+// auto: from 3 ranks (at 2 every algorithm copies each byte in and out once).
+bool choose_shm_direct_allgather(int size, bool possible);
+bool choose_shm_direct_broadcast(int size, bool possible);
 // Whether a set's allreduces run hierarchically (and reduce in hierarchical_allreduce's float
 // order, whatever their size, so fusion never changes a result's bits): only on a uniform layout
 // of more than one host with more than one rank each (uneven hosts keep the flat algorithms).

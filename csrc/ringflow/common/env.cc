@@ -78,20 +78,29 @@ EnvConfig read_env() {
   RF_CHECK(config.shm_ring_bytes >= 4096 && config.shm_ring_bytes <= (size_t{1} << 40),
            kInvalidArgument)
       << "RINGFLOW_SHM_RING_BYTES=" << config.shm_ring_bytes << " is not within 4096 .. 2^40";
+  config.shm_area_bytes = static_cast<size_t>(
+      env_int("RINGFLOW_SHM_AREA_BYTES", static_cast<long long>(config.shm_area_bytes)));
+  RF_CHECK(config.shm_area_bytes <= (size_t{1} << 40), kInvalidArgument)
+      << "RINGFLOW_SHM_AREA_BYTES=" << config.shm_area_bytes << " is above 2^40";
   config.socket_buffer_bytes =
       static_cast<size_t>(env_int("RINGFLOW_SOCKET_BUFFER", config.socket_buffer_bytes));
   config.tcp_streams = static_cast<int>(env_int("RINGFLOW_TCP_STREAMS", config.tcp_streams));
   RF_CHECK(config.tcp_streams >= 1 && config.tcp_streams <= 8, kInvalidArgument)
       << "RINGFLOW_TCP_STREAMS=" << config.tcp_streams << " is not within 1 .. 8";
   config.network_interface = env_string("RINGFLOW_NETWORK_INTERFACE", "");
-  config.allreduce_algorithm =
-      parse_choice("RINGFLOW_ALLREDUCE_ALGORITHM",
-                   env_string("RINGFLOW_ALLREDUCE_ALGORITHM", "auto"), {"auto", "ring", "bruck"});
+  config.allreduce_algorithm = parse_choice("RINGFLOW_ALLREDUCE_ALGORITHM",
+                                            env_string("RINGFLOW_ALLREDUCE_ALGORITHM", "auto"),
+                                            {"auto", "ring", "bruck", "direct"});
+  const std::string direct_min = env_string("RINGFLOW_DIRECT_MIN_BYTES", "auto");
+  if (direct_min != "auto") config.direct_min_bytes = env_int("RINGFLOW_DIRECT_MIN_BYTES", 0);
   config.bruck_max_bytes = static_cast<size_t>(
       env_int("RINGFLOW_BRUCK_MAX_BYTES", static_cast<long long>(config.bruck_max_bytes)));
   config.broadcast_algorithm = parse_choice("RINGFLOW_BROADCAST_ALGORITHM",
                                             env_string("RINGFLOW_BROADCAST_ALGORITHM", "auto"),
-                                            {"auto", "binomial", "chain"});
+                                            {"auto", "binomial", "chain", "direct"});
+  config.allgather_algorithm =
+      parse_choice("RINGFLOW_ALLGATHER_ALGORITHM",
+                   env_string("RINGFLOW_ALLGATHER_ALGORITHM", "auto"), {"auto", "ring", "direct"});
   config.chain_min_bytes = static_cast<size_t>(
       env_int("RINGFLOW_CHAIN_MIN_BYTES", static_cast<long long>(config.chain_min_bytes)));
   config.segment_bytes = positive_bytes("RINGFLOW_SEGMENT_BYTES", config.segment_bytes);

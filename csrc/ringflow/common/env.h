@@ -16,15 +16,21 @@ struct EnvConfig {
   LogLevel log_level = LogLevel::kWarning;         // RINGFLOW_LOG_LEVEL
   TransportKind transport = TransportKind::kAuto;  // RINGFLOW_TRANSPORT=auto|tcp|shm
   size_t shm_ring_bytes = 1 << 20;                 // RINGFLOW_SHM_RING_BYTES (per peer pair)
-  size_t socket_buffer_bytes = 4 << 20;            // RINGFLOW_SOCKET_BUFFER (bytes, 0 = OS default)
+  size_t shm_area_bytes = 3 << 20;  // RINGFLOW_SHM_AREA_BYTES: collective area per rank (0: none)
+  size_t socket_buffer_bytes = 4 << 20;  // RINGFLOW_SOCKET_BUFFER (bytes, 0 = OS default)
   int tcp_streams = 2;  // RINGFLOW_TCP_STREAMS: connections per TCP peer pair (1 .. 8)
   // RINGFLOW_NETWORK_INTERFACE: the interface (e.g. eth1) whose IPv4 address this rank listens on
   // and advertises to its peers; empty: the address of the interface that reaches the store.
   std::string network_interface;
   // Algorithm choice (collectives/select.cc) and pipelining.
-  std::string allreduce_algorithm = "auto";  // RINGFLOW_ALLREDUCE_ALGORITHM=auto|ring|bruck
-  size_t bruck_max_bytes = 64 << 10;         // RINGFLOW_BRUCK_MAX_BYTES
-  std::string broadcast_algorithm = "auto";  // RINGFLOW_BROADCAST_ALGORITHM=auto|binomial|chain
+  std::string allreduce_algorithm = "auto";  // RINGFLOW_ALLREDUCE_ALGORITHM=auto|ring|bruck|direct
+  // RINGFLOW_DIRECT_MIN_BYTES: allreduces from this size read same-host peers' memory directly
+  // (collectives/select.cc); "auto" (-1): the measured crossover for the set's size.
+  long long direct_min_bytes = -1;
+  size_t bruck_max_bytes = 64 << 10;  // RINGFLOW_BRUCK_MAX_BYTES
+  std::string broadcast_algorithm =
+      "auto";  // RINGFLOW_BROADCAST_ALGORITHM=auto|binomial|chain|direct
+  std::string allgather_algorithm = "auto";  // RINGFLOW_ALLGATHER_ALGORITHM=auto|ring|direct
   size_t chain_min_bytes = 1 << 20;          // RINGFLOW_CHAIN_MIN_BYTES
   size_t segment_bytes = 512 << 10;          // RINGFLOW_SEGMENT_BYTES
   std::string hierarchical = "auto";         // RINGFLOW_HIERARCHICAL=auto|on|off

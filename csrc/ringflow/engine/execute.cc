@@ -42,6 +42,16 @@ int64_t average_divisor(const PendingTensor& tensor) {
   return static_cast<int64_t>(tensor.members.size());
 }
 
+// Allgatherv through the collective areas or around the ring; returns the timeline phase.
+const char* allgatherv(const CollectiveContext& ctx, void* out, const std::vector<size_t>& blocks) {
+  if (choose_shm_direct_allgather(ctx.size(), shm_direct_possible(ctx))) {
+    shm_direct_allgatherv(ctx, out, blocks);
+    return "SHM_DIRECT_ALLGATHER";
+  }
+  ring_allgatherv(ctx, out, blocks);
+  return "RING_ALLGATHER";
+}
+
 const char* allreduce_phase(AllreduceAlgorithm algorithm) {
   return algorithm == AllreduceAlgorithm::kBruck ? "BRUCK_ALLREDUCE" : "RING_ALLREDUCE";
 }
@@ -272,6 +282,12 @@ void Engine::execute(std::vector<Ready>& bucket, uint64_t tag) {
   for (Ready& item : bucket) settle(*item.local, nullptr);
 }
 
+void Engine::count_direct_gather(const char* phase) {
+  if (std::strncmp(phase, "SHM_DIRECT", 10) != 0) return;
+  std::lock_guard<std::mutex> lock(stats_mutex_);
+  ++stats_.direct_gathers;
+}
+
 void Engine::trace(const Ready& item, const char* phase, int64_t start_us, int64_t end_us) {
   if (!timeline_.active() || !item.local) return;
   timeline_.record(item.local->submission.request.name, phase, start_us, end_us);
@@ -324,6 +340,11 @@ void Engine::execute_allreduce(std::vector<Ready>& bucket, const CollectiveConte
     } else if (small) {
       bruck_allreduce(ctx, in, out, count, dtype, op, finish, chunks);
       phase = allreduce_phase(AllreduceAlgorithm::kBruck);
+    } else if (choose_shm_direct(count * elem, set_size, shm_direct_possible(ctx))) {
+      shm_direct_allreduce(ctx, in, out, count, dtype, op, finish, chunks);
+      phase = "SHM_DIRECT_ALLREDUCE";
+      std::lock_guard<std::mutex> lock(stats_mutex_);
+      if (count > 0) ++stats_.direct_allreduces;
     } else {
       ring_allreduce(ctx, in, out, count, dtype, op, finish, chunks);
       phase = allreduce_phase(AllreduceAlgorithm::kRing);
@@ -407,21 +428,23 @@ void Engine::execute_allgather(std::vector<Ready>& bucket, const CollectiveConte
     }
     std::vector<size_t> blocks(set_size);
     for (int m = 0; m < set_size; ++m) blocks[m] = layout.block_bytes(0, m);
-    ring_allgatherv(ctx, out, blocks);
-    trace(bucket[0], "RING_ALLGATHER", start, Timeline::now_us());
+    const char* phase = allgatherv(ctx, out, blocks);
+    count_direct_gather(phase);
+    trace(bucket[0], phase, start, Timeline::now_us());
     return;
   }
   fusion_buffer_.reserve(layout.total_bytes());
   char* fused = fusion_buffer_.data();
   pack_slot(layout, me, sources, fused);
   const int64_t packed = Timeline::now_us();
-  ring_allgatherv(ctx, fused, layout.slot_bytes());
+  const char* phase = allgatherv(ctx, fused, layout.slot_bytes());
+  count_direct_gather(phase);
   const int64_t gathered = Timeline::now_us();
   unpack_all(layout, fused, targets);
   const int64_t end = Timeline::now_us();
   for (const Ready& item : bucket) {
     trace(item, "MEMCPY_IN_FUSION_BUFFER", start, packed);
-    trace(item, "RING_ALLGATHER", packed, gathered);
+    trace(item, phase, packed, gathered);
     trace(item, "MEMCPY_OUT_FUSION_BUFFER", gathered, end);
   }
 }
@@ -493,7 +516,13 @@ void Engine::execute_broadcast(Ready& item, const CollectiveContext& ctx) {
   const int root = static_cast<int>(
       std::lower_bound(members.begin(), members.end(), s.request.root) - members.begin());
   const int64_t start = Timeline::now_us();
-  if (choose_broadcast(bytes, ctx.size()) == BroadcastAlgorithm::kChain) {
+  if (choose_shm_direct_broadcast(ctx.size(), shm_direct_possible(ctx))) {
+    std::vector<size_t> blocks(ctx.size(), 0);
+    blocks[root] = bytes;
+    shm_direct_allgatherv(ctx, s.in, blocks);
+    count_direct_gather("SHM_DIRECT_BROADCAST");
+    trace(item, "SHM_DIRECT_BROADCAST", start, Timeline::now_us());
+  } else if (choose_broadcast(bytes, ctx.size()) == BroadcastAlgorithm::kChain) {
     chain_broadcast(ctx, s.in, bytes, root);
     trace(item, "CHAIN_BROADCAST", start, Timeline::now_us());
   } else {

@@ -60,6 +60,8 @@ class SubsetTransport : public Transport {
   bool has_buffered_input_from(int peer) const override {
     return parent_.has_buffered_input_from(members_[peer]);
   }
+  shm::CollectiveAreas* collective_areas() override { return parent_.collective_areas(); }
+  int job_rank(int peer) const override { return parent_.job_rank(members_[peer]); }
   void abort(const std::string& reason) noexcept override { parent_.abort(reason); }
 
  private:

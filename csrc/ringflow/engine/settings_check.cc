@@ -18,7 +18,7 @@ struct Setting {
 };
 
 uint64_t choice_code(const std::string& choice) {
-  // Short enough to pack: "auto", "ring", "bruck", "binomial", "chain", "on", "off".
+  // Short enough to pack: "auto", "ring", "bruck", "binomial", "chain", "direct", "on", "off".
   uint64_t code = 0;
   std::memcpy(&code, choice.data(), std::min<size_t>(choice.size(), sizeof(code)));
   return code;
@@ -41,8 +41,10 @@ std::vector<Setting> plan_settings() {
       {"RINGFLOW_FUSION_THRESHOLD", env.fusion_threshold},
       {"RINGFLOW_CACHE_CAPACITY", env.cache_capacity},
       {"RINGFLOW_BRUCK_MAX_BYTES", env.bruck_max_bytes},
+      {"RINGFLOW_DIRECT_MIN_BYTES", static_cast<uint64_t>(env.direct_min_bytes)},
       {"RINGFLOW_ALLREDUCE_ALGORITHM", choice_code(env.allreduce_algorithm)},
       {"RINGFLOW_BROADCAST_ALGORITHM", choice_code(env.broadcast_algorithm)},
+      {"RINGFLOW_ALLGATHER_ALGORITHM", choice_code(env.allgather_algorithm)},
       {"RINGFLOW_CHAIN_MIN_BYTES", env.chain_min_bytes},
       {"RINGFLOW_SEGMENT_BYTES", env.segment_bytes},
       {"RINGFLOW_HIERARCHICAL", choice_code(env.hierarchical)},

@@ -11,6 +11,7 @@
 #include "ringflow/common/env.h"
 #include "ringflow/common/log.h"
 #include "ringflow/net/socket.h"
+#include "ringflow/transport/shm/collective_area.h"
 #include "ringflow/transport/shm/segment.h"
 #include "ringflow/transport/shm/shm_transport.h"
 #include "ringflow/transport/tcp/tcp_transport.h"
@@ -117,7 +118,21 @@ std::unique_ptr<Transport> make_transport(int rank, std::vector<UniqueFd> socket
   std::vector<SegmentOffer> offers(size);
   if (!candidates.empty()) {
     std::string failure;
-    if (shm::create_segment(rank, size, candidates, me.ring_bytes, &segment, &failure)) {
+    const size_t area = env_config().shm_area_bytes == 0
+                            ? 0
+                            : shm::collective_area_bytes(size, env_config().shm_area_bytes);
+    bool created =
+        shm::create_segment(rank, size, candidates, me.ring_bytes, area, &segment, &failure);
+    if (!created && area > 0) {
+      // The rings alone may still fit: the direct collectives are only faster, not needed.
+      created = shm::create_segment(rank, size, candidates, me.ring_bytes, 0, &segment, &failure);
+      if (created) {
+        RF_LOG(kWarning) << "rank " << rank << ": /dev/shm has no room for the " << area
+                         << "-byte collective area (RINGFLOW_SHM_AREA_BYTES); same-host "
+                            "allreduce goes around the rings";
+      }
+    }
+    if (created) {
       for (int p : candidates) {
         offers[p].offered = 1;
         std::strncpy(offers[p].path, segment.path.c_str(), sizeof(offers[p].path) - 1);

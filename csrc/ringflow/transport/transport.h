@@ -12,6 +12,10 @@
 
 namespace rf {
 
+namespace shm {
+class CollectiveAreas;
+}
+
 class Transport {
  public:
   virtual ~Transport() = default;
@@ -56,6 +60,10 @@ class Transport {
   virtual int waiting_for() const { return -1; }
   // How frames to `peer` travel: "tcp", "shm", or "self" for this rank.
   virtual const char* peer_kind(int peer) const { return peer == rank() ? "self" : "tcp"; }
+  // Same-host peers' collective areas (transport/shm/collective_area.h), in job ranks; null
+  // when this transport has none. job_rank() maps this transport's peer numbers to those.
+  virtual shm::CollectiveAreas* collective_areas() { return nullptr; }
+  virtual int job_rank(int peer) const { return peer; }
   // Tells every peer (best effort) why this rank gives up, and closes all connections.
   virtual void abort(const std::string& reason) noexcept = 0;
 };

@@ -28,8 +28,9 @@ uint64_t random_u64() {
 
 }  // namespace
 
-size_t segment_bytes(int ranks, size_t producers, size_t ring_bytes) {
-  return header_bytes(ranks) + producers * (sizeof(RingControl) + round_up(ring_bytes));
+size_t segment_bytes(int ranks, size_t producers, size_t ring_bytes, size_t area_bytes) {
+  return header_bytes(ranks) + producers * (sizeof(RingControl) + round_up(ring_bytes)) +
+         round_up(area_bytes);
 }
 
 RingControl* Segment::ring_from(int rank) const {
@@ -45,8 +46,8 @@ RingControl* Segment::ring_from(int rank) const {
 }
 
 bool create_segment(int rank, int ranks, const std::vector<int>& producers, size_t ring_bytes,
-                    Segment* out, std::string* why) {
-  const size_t bytes = segment_bytes(ranks, producers.size(), ring_bytes);
+                    size_t area_bytes, Segment* out, std::string* why) {
+  const size_t bytes = segment_bytes(ranks, producers.size(), ring_bytes, area_bytes);
   std::string path = "/dev/shm/ringflow-" + std::to_string(::getpid()) + "-r" +
                      std::to_string(rank) + "-" + std::to_string(random_u64() & 0xffffffffffULL);
   UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
@@ -58,8 +59,9 @@ bool create_segment(int rank, int ranks, const std::vector<int>& producers, size
   int error = ::posix_fallocate(fd.get(), 0, static_cast<off_t>(bytes));
   if (error != 0) {
     ::unlink(path.c_str());
-    *why = "cannot reserve " + std::to_string(bytes) + " bytes in /dev/shm (" +
-           std::strerror(error) + "; RINGFLOW_SHM_RING_BYTES sizes the rings)";
+    *why =
+        "cannot reserve " + std::to_string(bytes) + " bytes in /dev/shm (" + std::strerror(error) +
+        "; RINGFLOW_SHM_RING_BYTES sizes the rings, RINGFLOW_SHM_AREA_BYTES the collective area)";
     return false;
   }
   Mapping mapping(fd.get(), bytes);
@@ -81,6 +83,8 @@ bool create_segment(int rank, int ranks, const std::vector<int>& producers, size
     offsets[producer] = next;
     next += sizeof(RingControl) + round_up(ring_bytes);
   }
+  header->area_offset = area_bytes > 0 ? next : 0;  // zeroed by posix_fallocate
+  header->area_bytes = round_up(area_bytes);
   out->path = std::move(path);
   out->mapping = std::move(mapping);
   return true;

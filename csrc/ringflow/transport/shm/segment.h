@@ -30,6 +30,8 @@ struct alignas(kCacheLine) SegmentHeader {
   uint64_t nonce;  // proves to a peer that it mapped this rank's segment, not a namesake
   uint64_t ranks;
   uint64_t ring_bytes;
+  uint64_t area_offset;  // the collective area (0: none; collective_area.h)
+  uint64_t area_bytes;   // its size, control included
   alignas(kCacheLine) std::atomic<uint32_t> wake;  // futex word
   alignas(kCacheLine) std::atomic<uint32_t> mode;  // WaitMode
   // Then `ranks` offsets (0: no ring from that rank), each to a RingControl.
@@ -57,15 +59,19 @@ struct Segment {
   char* ring_data(RingControl* ring) const { return reinterpret_cast<char*>(ring + 1); }
 };
 
-// Creates this rank's segment with a ring from each of `producers` (mode 0600, O_EXCL, sized
-// with posix_fallocate so a full /dev/shm fails here, not with SIGBUS later). Returns false and
-// sets *why on failure.
+// Creates this rank's segment with a ring from each of `producers` and a collective area of
+// area_bytes (0: none) (mode 0600, O_EXCL, sized with posix_fallocate so a full /dev/shm fails
+// here, not with SIGBUS later). Returns false and sets *why on failure.
 bool create_segment(int rank, int ranks, const std::vector<int>& producers, size_t ring_bytes,
-                    Segment* out, std::string* why);
+                    size_t area_bytes, Segment* out, std::string* why);
+inline bool create_segment(int rank, int ranks, const std::vector<int>& producers,
+                           size_t ring_bytes, Segment* out, std::string* why) {
+  return create_segment(rank, ranks, producers, ring_bytes, 0, out, why);
+}
 // Maps a peer's segment by path and checks it is the one announced (size, magic, nonce).
 bool open_segment(const std::string& path, size_t bytes, uint64_t nonce, Segment* out,
                   std::string* why);
 void unlink_segment(Segment* segment);
-size_t segment_bytes(int ranks, size_t producers, size_t ring_bytes);
+size_t segment_bytes(int ranks, size_t producers, size_t ring_bytes, size_t area_bytes = 0);
 
 }  // namespace rf::shm

@@ -56,6 +56,14 @@ ShmTransport::ShmTransport(int rank, std::vector<UniqueFd> sockets, Segment mine
           << "epoll_ctl: " << std::strerror(errno);
     }
   }
+  auto check_peer = [this](int peer) {
+    ShmPair* pair = shm_[peer].get();
+    if (pair) pair->read_socket(false);  // throws what the connection said
+    RF_CHECK(pair && !pair->failed(), kPeerFailure)
+        << "rank " << rank_ << " has no connection to rank " << peer << " any more";
+  };
+  areas_ = std::make_unique<CollectiveAreas>(rank, size(), mine_, theirs_, spin, check_peer,
+                                             &waiting_for_);
 }
 
 ShmTransport::~ShmTransport() = default;

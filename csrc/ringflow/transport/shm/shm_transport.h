@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "ringflow/common/unique_fd.h"
+#include "ringflow/transport/shm/collective_area.h"
 #include "ringflow/transport/shm/segment.h"
 #include "ringflow/transport/shm/shm_pair.h"
 #include "ringflow/transport/tcp/spin_policy.h"
@@ -43,6 +44,7 @@ class ShmTransport : public Transport {
   int waiting_for() const override { return waiting_for_.load(std::memory_order_relaxed); }
   const char* peer_kind(int peer) const override;
   void abort(const std::string& reason) noexcept override;
+  CollectiveAreas* collective_areas() override { return areas_.get(); }
 
  private:
   void check_peer(int peer) const;
@@ -62,6 +64,7 @@ class ShmTransport : public Transport {
   UniqueFd epoll_fd_;
   std::vector<int> active_;
   std::atomic<int> waiting_for_{-1};
+  std::unique_ptr<CollectiveAreas> areas_;  // after the pairs: it reads their connections
 };
 
 }  // namespace rf::shm
