@@ -28,6 +28,8 @@ constexpr int kArrivalGapUs = 50;
 constexpr int64_t kCallerSpinUs = 50;
 // How long after a blocking call the background thread leaves the sockets to callers.
 constexpr int kBlindMs = 1;
+// How often the background thread inspects stalls while callers drive.
+constexpr int kInspectionMs = 100;
 
 // Each rank writes its own trace: rank 0 at the path given, rank r at "<stem>.rank<r><ext>".
 std::string timeline_path(const std::string& path, int rank) {
@@ -313,14 +315,20 @@ EngineStats Engine::stats() {
 }
 
 void Engine::background() {
+  auto next_inspection = SteadyClock::now();
   while (!stopping_) {
     wait_for_activity();
     if (stopping_) break;
-    std::lock_guard<std::mutex> lock(comm_mutex_);
     // While callers drive, a round a peer began is theirs to join, with the tensor they are
-    // about to submit: joining it from here, empty-handed, would cost every rank a round.
-    if (!callers_drive() || !queue_empty()) progress_locked();
+    // about to submit: joining it from here, empty-handed, would cost every rank a round. Nor
+    // is the lock taken then (but for the stall inspector, now and then): preempted while
+    // holding it, with more ranks than cores, this thread would stall the caller for a slice.
+    const bool leave_to_callers = callers_drive() && queue_empty();
+    if (leave_to_callers && SteadyClock::now() < next_inspection) continue;
+    std::lock_guard<std::mutex> lock(comm_mutex_);
+    if (!leave_to_callers) progress_locked();
     if (!table_.empty() && !broken()) {
+      next_inspection = SteadyClock::now() + std::chrono::milliseconds(kInspectionMs);
       auto failure = inspect_stalls(table_, stall_, rank_, SteadyClock::now());
       if (failure) poison(Error(ErrorKind::kTimeout, *failure));
     }

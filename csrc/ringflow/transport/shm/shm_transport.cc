@@ -34,7 +34,9 @@ ShmTransport::ShmTransport(int rank, std::vector<UniqueFd> sockets, Segment mine
       shm_(sockets.size()),
       tcp_(sockets.size()),
       epoll_fd_(::epoll_create1(EPOLL_CLOEXEC)),
-      bulletin_spin_(SpinOptions{std::max(spin.max_us, kBulletinSpinUs), true}) {
+      // RINGFLOW_SPIN_US=0 (never poll) holds here too.
+      bulletin_spin_(
+          SpinOptions{spin.max_us == 0 ? 0 : std::max(spin.max_us, kBulletinSpinUs), true}) {
   RF_CHECK(epoll_fd_.valid(), kPeerFailure) << "epoll_create1: " << std::strerror(errno);
   for (size_t p = 0; p < sockets.size(); ++p) {
     if (!sockets[p].valid()) continue;
