@@ -29,7 +29,8 @@ constexpr int kDoorbellGraceUs = 20;
 bool ShmTransport::bulletin_ahead() const {
   if (!bulletin_) return false;
   for (int p = 0; p < size(); ++p) {
-    if (p == rank_ || !shm_[p] || shm_[p]->failed()) continue;
+    // Only atomics here (input_hint runs on any thread); a dead peer's number stays put.
+    if (p == rank_) continue;
     if (bulletin_of(theirs_[p])->published.load(std::memory_order_acquire) >
         bulletin_round_.load(std::memory_order_relaxed)) {
       return true;
