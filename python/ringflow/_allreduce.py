@@ -26,6 +26,16 @@ _NO_SPLITS: list[int] = []
 
 def _allreduce(x, op, name, pre, post, process_set, *, in_place, sync, grouped=False):
     """Every allreduce form: one tensor or a group, in place or not, blocking or a Handle."""
+    if sync and not grouped and process_set is None and type(x) is np.ndarray:
+        # The commonest call in one trip into the core: a usable host array, blocking, on the
+        # global set (what _arrays.describe would accept as is).
+        dtype = _arrays.host_dtype(x, in_place)
+        if dtype is not None:
+            out = x if in_place else np.empty(x.shape, x.dtype)
+            engine().allreduce_now(
+                x, dtype, auto_name("allreduce", name), out, op, float(pre), float(post)
+            )
+            return out
     ps = set_id(process_set)
     xs = list(x) if grouped else [x]
     base = auto_name("allreduce", name, ps)

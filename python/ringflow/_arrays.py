@@ -85,6 +85,14 @@ def problem(x: Any, array: np.ndarray | None, writable: bool) -> str:
     return ""
 
 
+def host_dtype(array: np.ndarray, writable: bool) -> _core.DType | None:
+    """The core's dtype of a host array `describe` would take as is, else None."""
+    flags = array.flags
+    if flags.c_contiguous and (flags.writeable or not writable):
+        return _DTYPES.get(array.dtype)
+    return None
+
+
 def describe(x: Any, name: str, *, writable: bool = False) -> tuple[Any, _core.Tensor]:
     """x as a numpy array (or a `_device.DeviceArray` for CUDA memory) and the core's
     descriptor of it, named for negotiation and errors.

@@ -85,18 +85,18 @@ RoundResult exchange_announcements(const CollectiveContext& ctx, const Announcem
   block.payload = payload.data();
   block.payload_bytes = payload.size();
   GatheredBlocks gathered;
+  const PayloadSize size_of = [](const char* raw) {
+    AnnouncementHeader h;
+    std::memcpy(&h, raw, sizeof(h));
+    return payload_bytes(h);
+  };
   if (ctx.size() == 1) {
     gathered.headers = block.header;
     gathered.payloads.push_back(payload);
-  } else {
-    bruck_allgather(
-        ctx, block,
-        [](const char* raw) {
-          AnnouncementHeader h;
-          std::memcpy(&h, raw, sizeof(h));
-          return payload_bytes(h);
-        },
-        &gathered);
+  } else if (!ctx.transport.oneshot_allgather(block.header, block.payload, block.payload_bytes,
+                                              size_of, &gathered.headers, &gathered.payloads,
+                                              ctx.tag, ctx.deadline)) {
+    bruck_allgather(ctx, block, size_of, &gathered);
   }
   RoundResult result;
   result.bytes = sizeof(header) + payload.size();

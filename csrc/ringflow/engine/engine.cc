@@ -28,6 +28,8 @@ constexpr int kArrivalGapUs = 50;
 constexpr int64_t kCallerSpinUs = 50;
 // How long after a blocking call the background thread leaves the sockets to callers.
 constexpr int kBlindMs = 1;
+// How often the background thread inspects stalls while callers drive.
+constexpr int kInspectionMs = 100;
 
 // Each rank writes its own trace: rank 0 at the path given, rank r at "<stem>.rank<r><ext>".
 std::string timeline_path(const std::string& path, int rank) {
@@ -248,6 +250,7 @@ void Engine::wait(const HandlePtr& handle) {
 
 bool Engine::peers_readable(int timeout_ms) {
   if (broken()) return false;
+  if (runtime_->transport().input_hint()) return true;  // a round began in shared memory
   // Called on every pass of the progress loop, from callers and the background thread: one
   // array per thread, filled when the list changes (a peer left, another engine after a later
   // init()), instead of an allocation per call (poll only writes revents).
@@ -312,12 +315,20 @@ EngineStats Engine::stats() {
 }
 
 void Engine::background() {
+  auto next_inspection = SteadyClock::now();
   while (!stopping_) {
     wait_for_activity();
     if (stopping_) break;
+    // While callers drive, a round a peer began is theirs to join, with the tensor they are
+    // about to submit: joining it from here, empty-handed, would cost every rank a round. Nor
+    // is the lock taken then (but for the stall inspector, now and then): preempted while
+    // holding it, with more ranks than cores, this thread would stall the caller for a slice.
+    const bool leave_to_callers = callers_drive() && queue_empty();
+    if (leave_to_callers && SteadyClock::now() < next_inspection) continue;
     std::lock_guard<std::mutex> lock(comm_mutex_);
-    progress_locked();
+    if (!leave_to_callers) progress_locked();
     if (!table_.empty() && !broken()) {
+      next_inspection = SteadyClock::now() + std::chrono::milliseconds(kInspectionMs);
       auto failure = inspect_stalls(table_, stall_, rank_, SteadyClock::now());
       if (failure) poison(Error(ErrorKind::kTimeout, *failure));
     }
@@ -328,12 +339,20 @@ void Engine::background() {
   }
 }
 
+bool Engine::callers_drive() const {
+  return drivers_.load() > 0 || Timeline::now_us() - last_driven_us_.load() < kBlindMs * 1000;
+}
+
+bool Engine::queue_empty() {
+  std::lock_guard<std::mutex> lock(queue_mutex_);
+  return queue_.empty();
+}
+
 void Engine::wait_for_activity() {
   std::vector<pollfd> fds{pollfd{wake_fd_.get(), POLLIN, 0}};
   // While callers drive (blocking calls in a loop), they watch the sockets themselves: waking
   // this thread too would only take a core from them. It looks again within kBlindMs.
-  const bool callers_drive =
-      drivers_.load() > 0 || Timeline::now_us() - last_driven_us_.load() < kBlindMs * 1000;
+  const bool callers_drive = this->callers_drive();
   if (!callers_drive && !broken()) {
     std::lock_guard<std::mutex> lock(fds_mutex_);
     for (int fd : peer_fds_) fds.push_back(pollfd{fd, POLLIN, 0});

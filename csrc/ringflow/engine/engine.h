@@ -141,6 +141,8 @@ class Engine {
   // still arriving for the cycle time.
   void wait_for_activity();
   bool peers_readable(int timeout_ms);
+  bool callers_drive() const;  // blocking calls drive the engine now (or did within kBlindMs)
+  bool queue_empty();
   // With comm_mutex_ held: rounds until no rank has news for this one (or `until` is done).
   void progress_locked(const Handle* until = nullptr);
   // `leaving`: this rank's last round (departure.cc); it announces that and applies nothing.

@@ -29,35 +29,35 @@ void ResponseCache::put(const TensorKey& key, const std::vector<Descriptor>& by_
   if (it != ids_.end()) {
     Entry& entry = entries_[it->second];
     entry.by_member = by_member;
+    by_use_.erase({entry.last_used, it->second});
     entry.last_used = ++clock_;
+    by_use_.insert({entry.last_used, it->second});
     return;
   }
-  uint32_t id = static_cast<uint32_t>(entries_.size());
-  for (uint32_t i = 0; i < entries_.size(); ++i) {
-    if (!entries_[i].live) {
-      id = i;
-      break;
-    }
-  }
-  if (id == entries_.size()) {
-    if (entries_.size() < capacity_) {
-      entries_.emplace_back();
-    } else {
-      id = 0;  // full: evict the least recently used
-      for (uint32_t i = 1; i < entries_.size(); ++i) {
-        if (entries_[i].last_used < entries_[id].last_used) id = i;
-      }
-      ids_.erase(entries_[id].key);
-    }
+  uint32_t id;
+  if (!free_.empty()) {
+    id = *free_.begin();
+    free_.erase(free_.begin());
+  } else if (entries_.size() < capacity_) {
+    id = static_cast<uint32_t>(entries_.size());
+    entries_.emplace_back();
+  } else {
+    id = by_use_.begin()->second;  // full: evict the least recently used
+    by_use_.erase(by_use_.begin());
+    ids_.erase(entries_[id].key);
   }
   entries_[id] = Entry{key, by_member, ++clock_, true};
+  by_use_.insert({clock_, id});
   ids_[key] = id;
 }
 
 void ResponseCache::erase(const TensorKey& key) {
   auto it = ids_.find(key);
   if (it == ids_.end()) return;
-  entries_[it->second].live = false;
+  Entry& entry = entries_[it->second];
+  entry.live = false;
+  by_use_.erase({entry.last_used, it->second});
+  free_.insert(it->second);
   ids_.erase(it);
 }
 

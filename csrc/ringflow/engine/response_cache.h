@@ -7,7 +7,9 @@
 
 #include <cstdint>
 #include <optional>
+#include <set>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "ringflow/engine/negotiation.h"
@@ -52,6 +54,10 @@ class ResponseCache {
   size_t capacity_;
   std::vector<Entry> entries_;  // indexed by id; ids of erased entries are reused
   std::unordered_map<TensorKey, uint32_t, TensorKeyHash> ids_;
+  // Dead ids (lowest reused first) and live entries by last use: a put costs O(log n), not a
+  // scan of the whole cache (every unnamed call adds an entry, so a full cache is the norm).
+  std::set<uint32_t> free_;
+  std::set<std::pair<uint64_t, uint32_t>> by_use_;
   uint64_t clock_ = 0;
 };
 

@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -54,6 +55,9 @@ class Transport {
     (void)peer;
     return has_buffered_input();
   }
+  // Lock-free, from any thread: a peer began something this rank has not taken part in yet,
+  // in memory no socket reports (a bulletin round). A caller waiting for peers polls it.
+  virtual bool input_hint() const { return false; }
   // The job rank this rank last went to sleep waiting for (its first pending operation), or -1
   // after a wait completed. Stays set when a wait throws. Safe to read from any thread: the
   // heartbeat and the flight recorder report it.
@@ -64,6 +68,20 @@ class Transport {
   // when this transport has none. job_rank() maps this transport's peer numbers to those.
   virtual shm::CollectiveAreas* collective_areas() { return nullptr; }
   virtual int job_rank(int peer) const { return peer; }
+  // Every rank's block (a header of the same size on every rank, then payload_size(header)
+  // bytes) gathered in one step through memory all ranks map, instead of frames: each rank
+  // publishes its own and reads the others' (shm/bulletin.h). False where this transport cannot
+  // (a peer on another host), which is the same answer on every rank: gather by frames then.
+  virtual bool oneshot_allgather(const std::vector<char>& header, const char* payload,
+                                 size_t payload_bytes,
+                                 const std::function<size_t(const char*)>& payload_size,
+                                 std::vector<char>* headers,
+                                 std::vector<std::vector<char>>* payloads, uint64_t tag,
+                                 const Deadline& deadline) {
+    (void)header, (void)payload, (void)payload_bytes, (void)payload_size, (void)headers;
+    (void)payloads, (void)tag, (void)deadline;
+    return false;
+  }
   // Tells every peer (best effort) why this rank gives up, and closes all connections.
   virtual void abort(const std::string& reason) noexcept = 0;
 };

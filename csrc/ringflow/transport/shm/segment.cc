@@ -10,6 +10,7 @@
 #include <random>
 
 #include "ringflow/common/unique_fd.h"
+#include "ringflow/transport/shm/bulletin.h"
 
 namespace rf::shm {
 
@@ -17,9 +18,7 @@ namespace {
 
 size_t round_up(size_t n) { return (n + kCacheLine - 1) / kCacheLine * kCacheLine; }
 
-size_t header_bytes(int ranks) {
-  return round_up(sizeof(SegmentHeader) + sizeof(uint64_t) * static_cast<size_t>(ranks));
-}
+size_t header_bytes(int ranks) { return bulletin_offset(ranks) + kBulletinBytes; }
 
 uint64_t random_u64() {
   std::random_device device;
@@ -27,6 +26,10 @@ uint64_t random_u64() {
 }
 
 }  // namespace
+
+size_t bulletin_offset(int ranks) {
+  return round_up(sizeof(SegmentHeader) + sizeof(uint64_t) * static_cast<size_t>(ranks));
+}
 
 size_t segment_bytes(int ranks, size_t producers, size_t ring_bytes, size_t area_bytes) {
   return header_bytes(ranks) + producers * (sizeof(RingControl) + round_up(ring_bytes)) +
@@ -77,6 +80,7 @@ bool create_segment(int rank, int ranks, const std::vector<int>& producers, size
   header->ring_bytes = ring_bytes;
   header->mode.store(kIdle);
   uint64_t* offsets = reinterpret_cast<uint64_t*>(header + 1);
+  new (mapping.data() + bulletin_offset(ranks)) BulletinControl{};
   size_t next = header_bytes(ranks);
   for (int producer : producers) {
     new (mapping.data() + next) RingControl{};

@@ -73,5 +73,7 @@ bool open_segment(const std::string& path, size_t bytes, uint64_t nonce, Segment
                   std::string* why);
 void unlink_segment(Segment* segment);
 size_t segment_bytes(int ranks, size_t producers, size_t ring_bytes, size_t area_bytes = 0);
+// Where the bulletin (bulletin.h) starts: right after the header and its ring offsets.
+size_t bulletin_offset(int ranks);
 
 }  // namespace rf::shm

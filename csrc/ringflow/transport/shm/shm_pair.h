@@ -45,6 +45,9 @@ class ShmPair {
   void read_socket(bool settle);
   // A doorbell is owed or the caller slept: read_socket() is worth a syscall.
   bool socket_owed() const;
+  // Wakes the peer for data published outside the rings (the bulletin): a futex wake if it
+  // sleeps there, a doorbell if it sleeps on the sockets or sits in the engine.
+  void wake_for_data() { notify(true); }
   // Frame bytes in the incoming ring not yet delivered (the engine starts a round on them).
   bool has_input() const;
 

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -41,8 +42,14 @@ class ShmTransport : public Transport {
   // ring its doorbell when they send; reads the doorbells already rung.
   bool has_buffered_input() const override;
   bool has_buffered_input_from(int peer) const override;
+  bool input_hint() const override { return bulletin_ahead(); }
   int waiting_for() const override { return waiting_for_.load(std::memory_order_relaxed); }
   const char* peer_kind(int peer) const override;
+  // Through the bulletins when every peer shares memory with this rank (bulletin.cc).
+  bool oneshot_allgather(const std::vector<char>& header, const char* payload, size_t payload_bytes,
+                         const std::function<size_t(const char*)>& payload_size,
+                         std::vector<char>* headers, std::vector<std::vector<char>>* payloads,
+                         uint64_t tag, const Deadline& deadline) override;
   void abort(const std::string& reason) noexcept override;
   CollectiveAreas* collective_areas() override { return areas_.get(); }
 
@@ -54,6 +61,11 @@ class ShmTransport : public Transport {
   bool progress_active(bool slept);
   void sleep(const Deadline& deadline);
   std::string pending_summary() const;
+  // bulletin.cc: a peer published a round this rank has not taken part in yet; and the wait
+  // for every peer's block of the current round.
+  bool bulletin_ahead() const;
+  void wait_bulletins(std::vector<char>& got, const Deadline& deadline,
+                      const std::function<void(int)>& take);
 
   int rank_;
   SpinPolicy spin_;
@@ -65,6 +77,9 @@ class ShmTransport : public Transport {
   std::vector<int> active_;
   std::atomic<int> waiting_for_{-1};
   std::unique_ptr<CollectiveAreas> areas_;  // after the pairs: it reads their connections
+  bool bulletin_ = false;  // every peer shares memory: one-shot allgathers go there
+  std::atomic<uint64_t> bulletin_round_{0};  // the last round this rank published
+  SpinPolicy bulletin_spin_;
 };
 
 }  // namespace rf::shm
