@@ -26,7 +26,6 @@ from tests import soak_plan as plan
 MAX_REPORTED = 10
 """Mismatch descriptions a rank sends back (all of them are counted)."""
 
-_PAGE = os.sysconf("SC_PAGE_SIZE")
 _libc = ctypes.CDLL(None)
 _malloc_trim = getattr(_libc, "malloc_trim", None)  # glibc only
 _MALLINFO2_FIELDS = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
@@ -67,20 +66,31 @@ def fill_caches() -> None:
             rf.synchronize(handle)
 
 
+def _private_rss() -> int:
+    """Resident bytes of this process, its shared-memory mappings (RssShmem) left out."""
+    fields = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(("VmRSS:", "RssShmem:")):
+                name, value, _unit = line.split()
+                fields[name] = int(value) * 1024
+    return fields["VmRSS:"] - fields.get("RssShmem:", 0)
+
+
 def resources() -> dict[str, int]:
     """Open file descriptors and resident memory of this process.
 
     ``rss`` is measured after a garbage collection and ``malloc_trim(0)``, which hands the
     allocator's free pages back to the OS: what remains is memory something still holds, so a
-    leak shows in it and allocator caching does not. ``rss_raw`` is before the trim.
+    leak shows in it and allocator caching does not. ``rss_raw`` is before the trim. Both leave
+    out shared memory (the ranks' /dev/shm segments, whose pages count once first touched by a
+    collective that reaches deeper into a peer's area than any before, not by a leak).
     """
-    with open("/proc/self/statm") as f:
-        rss_raw = int(f.read().split()[1]) * _PAGE
+    rss_raw = _private_rss()
     gc.collect()
     if _malloc_trim is not None:
         _malloc_trim(0)
-    with open("/proc/self/statm") as f:
-        rss = int(f.read().split()[1]) * _PAGE
+    rss = _private_rss()
     return {
         "fds": len(os.listdir("/proc/self/fd")),
         "rss": rss,

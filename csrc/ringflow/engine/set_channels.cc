@@ -89,9 +89,20 @@ bool Engine::channel_news() {
   if (!own && !job && !channel_pfds_.empty()) {
     own = ::poll(channel_pfds_.data(), channel_pfds_.size(), 0) > 0;
   }
-  if (!job && !outside_pfds_.empty()) {
+  if (!job && !outside_pfds_.empty() && ::poll(outside_pfds_.data(), outside_pfds_.size(), 0) > 0) {
+    // Over shared memory the socket may hold only a late doorbell for data this rank already
+    // took from a ring (the last job-wide round's): a job-wide round asked for on it would make
+    // the channel wait for the busiest rank of the job. Read the doorbells, then look again.
+    transport.has_buffered_input();
     job = ::poll(outside_pfds_.data(), outside_pfds_.size(), 0) > 0;
+    for (int r : live_) {
+      if (job) break;
+      const bool member = std::binary_search(channel_->members.begin(), channel_->members.end(), r);
+      job = r != rank_ && !member && transport.has_buffered_input_from(r);
+    }
   }
+  // A job-wide round begun in shared memory (the bulletin) rings no socket.
+  job = job || transport.input_hint();
   channel_job_news_ = job;
   return own || job;
 }
