@@ -92,31 +92,6 @@ void* output_of(const TensorRef& tensor, const py::array& out, size_t bytes) {
   return address_of(out);
 }
 
-std::vector<rf::HandlePtr> submit(rf::Engine& engine, rf::OpKind kind,
-                                  const std::vector<TensorRef>& tensors, const py::list& outs,
-                                  ReduceOp op, int root, int peer, double prescale,
-                                  double postscale, int process_set,
-                                  const std::vector<int64_t>& splits,
-                                  const std::vector<int>& set_ranks, const std::string& group,
-                                  bool synchronous);
-
-// submit() + wait + rethrow for the commonest call, without the lists and handles that cross
-// into Python on the general path (a few microseconds of an 8-byte allreduce).
-void allreduce_now(rf::Engine& engine, const py::array& array, DType dtype, std::string name,
-                   const py::object& out, ReduceOp op, double prescale, double postscale) {
-  py::list outs;
-  outs.append(out);
-  const std::vector<TensorRef> tensors{make_tensor(array, dtype, std::move(name), "")};
-  const std::vector<rf::HandlePtr> handles =
-      submit(engine, rf::OpKind::kAllreduce, tensors, outs, op, 0, 0, prescale, postscale, 0, {},
-             {}, "", true);
-  {
-    py::gil_scoped_release release;
-    engine.wait(handles[0]);
-  }
-  handles[0]->rethrow();
-}
-
 std::unique_ptr<rf::Engine> make_engine(int rank, int size, int local_rank, int local_size,
                                         const std::string& store_host, int store_port,
                                         bool host_store, const py::bytes& secret,
@@ -223,6 +198,23 @@ std::vector<rf::HandlePtr> submit(rf::Engine& engine, rf::OpKind kind,
     batch.push_back(std::move(s));
   }
   return engine.submit(std::move(batch), synchronous);
+}
+
+// submit() + wait + rethrow for the commonest call, without the lists and handles that cross
+// into Python on the general path (a few microseconds of an 8-byte allreduce).
+void allreduce_now(rf::Engine& engine, const py::array& array, DType dtype, std::string name,
+                   const py::object& out, ReduceOp op, double prescale, double postscale) {
+  py::list outs;
+  outs.append(out);
+  const std::vector<TensorRef> tensors{make_tensor(array, dtype, std::move(name), "")};
+  const std::vector<rf::HandlePtr> handles =
+      submit(engine, rf::OpKind::kAllreduce, tensors, outs, op, 0, 0, prescale, postscale, 0, {},
+             {}, "", true);
+  {
+    py::gil_scoped_release release;
+    engine.wait(handles[0]);
+  }
+  handles[0]->rethrow();
 }
 
 // The engine-allocated output of an allgather / alltoall, as a numpy array that owns it.
