@@ -50,6 +50,13 @@ size_t payload_bytes(const AnnouncementHeader& h) {
 }  // namespace
 
 RoundResult exchange_announcements(const CollectiveContext& ctx, const Announcement& mine) {
+  RoundResult result;
+  exchange_announcements(ctx, mine, result);
+  return result;
+}
+
+void exchange_announcements(const CollectiveContext& ctx, const Announcement& mine,
+                            RoundResult& result) {
   uint32_t inline_bytes = 0;
   for (const InlineData& data : mine.inline_data) {
     inline_bytes += static_cast<uint32_t>(data.bytes.size());
@@ -61,7 +68,12 @@ RoundResult exchange_announcements(const CollectiveContext& ctx, const Announcem
       inline_bytes,
       static_cast<uint32_t>(mine.waits.size()),
       (mine.leaving ? kLeaving : 0u) | (mine.wants_job_round ? kWantsJobRound : 0u)};
-  std::vector<char> payload(payload_bytes(header));
+  // Scratch kept from round to round (a round never runs inside another on one thread).
+  thread_local std::vector<char> payload;
+  thread_local GatherBlock block;
+  thread_local GatheredBlocks gathered;
+  thread_local std::vector<InlineHeader> inline_headers;
+  payload.resize(payload_bytes(header));
   char* cursor = payload.data();
   auto put = [&cursor](const void* data, size_t bytes) {
     if (bytes) std::memcpy(cursor, data, bytes);
@@ -79,12 +91,10 @@ RoundResult exchange_announcements(const CollectiveContext& ctx, const Announcem
     WaitEntry entry{key.process_set, key.name_hash};
     put(&entry, sizeof(entry));
   }
-  GatherBlock block;
   block.header.assign(reinterpret_cast<const char*>(&header),
                       reinterpret_cast<const char*>(&header) + sizeof(header));
   block.payload = payload.data();
   block.payload_bytes = payload.size();
-  GatheredBlocks gathered;
   const PayloadSize size_of = [](const char* raw) {
     AnnouncementHeader h;
     std::memcpy(&h, raw, sizeof(h));
@@ -92,13 +102,13 @@ RoundResult exchange_announcements(const CollectiveContext& ctx, const Announcem
   };
   if (ctx.size() == 1) {
     gathered.headers = block.header;
-    gathered.payloads.push_back(payload);
+    gathered.payloads.resize(1);
+    gathered.payloads[0].assign(payload.begin(), payload.end());
   } else if (!ctx.transport.oneshot_allgather(block.header, block.payload, block.payload_bytes,
                                               size_of, &gathered.headers, &gathered.payloads,
                                               ctx.tag, ctx.deadline)) {
     bruck_allgather(ctx, block, size_of, &gathered);
   }
-  RoundResult result;
   result.bytes = sizeof(header) + payload.size();
   result.by_rank.resize(ctx.size());
   for (int r = 0; r < ctx.size(); ++r) {
@@ -114,7 +124,7 @@ RoundResult exchange_announcements(const CollectiveContext& ctx, const Announcem
     take(out.descriptors.data(), h.descriptors * sizeof(Descriptor));
     out.cache_ids.resize(h.cache_ids);
     take(out.cache_ids.data(), h.cache_ids * sizeof(uint32_t));
-    std::vector<InlineHeader> inline_headers(h.inline_count);
+    inline_headers.resize(h.inline_count);
     take(inline_headers.data(), h.inline_count * sizeof(InlineHeader));
     size_t announced_bytes = 0;
     for (const InlineHeader& ih : inline_headers) announced_bytes += ih.bytes;
@@ -137,7 +147,6 @@ RoundResult exchange_announcements(const CollectiveContext& ctx, const Announcem
     out.wants_job_round = (h.flags & kWantsJobRound) != 0;
     for (const Descriptor& d : out.descriptors) validate_descriptor(d);
   }
-  return result;
 }
 
 }  // namespace rf

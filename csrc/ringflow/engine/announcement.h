@@ -36,5 +36,9 @@ struct RoundResult {
 
 // Exchanges `mine` with every rank of ctx. Malformed announcements raise kPeerFailure.
 RoundResult exchange_announcements(const CollectiveContext& ctx, const Announcement& mine);
+// The same into `result`, whose vectors keep their capacity: a steady loop of small calls
+// allocates nothing here (the engine reuses one RoundResult).
+void exchange_announcements(const CollectiveContext& ctx, const Announcement& mine,
+                            RoundResult& result);
 
 }  // namespace rf

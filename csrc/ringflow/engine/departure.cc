@@ -31,12 +31,13 @@ void Engine::leave() {
   }
 }
 
-RoundResult Engine::exchange_among_live(const Announcement& mine) {
-  if (channel_round_) return exchange_in_channel(mine);
+void Engine::exchange_among_live(const Announcement& mine, RoundResult& out) {
+  if (channel_round_) return exchange_in_channel(mine, out);
   const Deadline deadline = Deadline::after_seconds(timeout_s_);
   if (live_.size() == static_cast<size_t>(size_)) {
-    return exchange_announcements(CollectiveContext{runtime_->transport(), round_tag_, deadline},
-                                  mine);
+    exchange_announcements(CollectiveContext{runtime_->transport(), round_tag_, deadline}, mine,
+                           out);
+    return;
   }
   // Renumbered 0 … k-1, as a process set is; the result goes back to job ranks.
   const auto me = std::lower_bound(live_.begin(), live_.end(), rank_) - live_.begin();
@@ -49,7 +50,7 @@ RoundResult Engine::exchange_among_live(const Announcement& mine) {
   for (size_t i = 0; i < live_.size(); ++i) {
     by_job_rank.by_rank[live_[i]] = std::move(round.by_rank[i]);
   }
-  return by_job_rank;
+  out = std::move(by_job_rank);
 }
 
 void Engine::note_departures(const RoundResult& round) {

@@ -426,32 +426,41 @@ void Engine::progress_locked(const Handle* until) {
   recorder_.set_idle(table_.size() + channel_pending);
 }
 
-std::vector<int> Engine::members_of(const Descriptor& d) {
+void Engine::members_of(const Descriptor& d, std::vector<int>& out) {
   if (d.process_set == kPointToPointSet) {
     RF_CHECK(d.root >= 0 && d.root < size_ && d.peer >= 0 && d.peer < size_ && d.root != d.peer,
              kPeerFailure)
         << "received a malformed point-to-point descriptor";
-    return {std::min(d.root, d.peer), std::max(d.root, d.peer)};
+    out.assign({std::min(d.root, d.peer), std::max(d.root, d.peer)});
+    return;
   }
   std::lock_guard<std::mutex> lock(sets_mutex_);
   RF_CHECK(sets_.contains(d.process_set), kPeerFailure)
       << "a peer announced tensor '" << descriptor_name(d) << "' on process set " << d.process_set
       << ", which this rank does not have (process sets must be added and "
       << "removed on every rank, in the same order)";
-  return sets_.ranks(d.process_set);
+  const std::vector<int>& ranks = sets_.ranks(d.process_set);
+  out.assign(ranks.begin(), ranks.end());
 }
 
 void Engine::run_round(bool leaving) {
-  std::vector<Local> fresh;
-  Announcement mine;
+  std::vector<Local>& fresh = fresh_;
+  Announcement& mine = mine_;
+  fresh.clear();
+  mine.descriptors.clear();
+  mine.cache_ids.clear();
+  mine.waits.clear();
   mine.leaving = leaving;
+  mine.wants_job_round = false;
+  size_t inlined = 0;  // mine.inline_data's elements in use (their buffers are reused)
   // Waits travel with (or after) the submissions made before them: never ahead of one.
   take_queue(fresh, mine);
   // Small allreduces travel with their announcement, up to what Bruck would carry in one go.
   size_t inline_budget = env_config().bruck_max_bytes / std::max(1, size_ - 1);
+  std::vector<int>& members = members_scratch_;
   for (Local& local : fresh) {
     const TensorKey key = key_of(local.own);
-    const std::vector<int> members = members_of(local.own);
+    members_of(local.own, members);
     if (needs_departed(members)) {
       const Error error = departed_error(op_kind_name(local.submission.request.kind),
                                          local.submission.request.name, members);
@@ -472,16 +481,20 @@ void Engine::run_round(bool leaving) {
         bytes <= inline_budget &&
         choose_allreduce(bytes, static_cast<int>(members.size())) == AllreduceAlgorithm::kBruck) {
       const char* data = static_cast<const char*>(local.submission.in);
-      mine.inline_data.push_back(InlineData{key, std::vector<char>(data, data + bytes)});
+      if (inlined == mine.inline_data.size()) mine.inline_data.emplace_back();
+      mine.inline_data[inlined].key = key;
+      mine.inline_data[inlined++].bytes.assign(data, data + bytes);
       inline_budget -= bytes;
     }
     announced_[key] = std::make_unique<Local>(std::move(local));
   }
+  mine.inline_data.resize(inlined);
+  fresh.clear();
   round_tag_ = next_tag_++;
   recorder_.set_activity(leaving ? "leaving the job (shutdown)" : "negotiation round", round_tag_);
-  RoundResult round;
+  RoundResult& round = round_;
   try {
-    round = exchange_among_live(mine);
+    exchange_among_live(mine, round);
   } catch (const Error& error) {
     std::ostringstream waiting;
     size_t listed = 0;
@@ -516,12 +529,13 @@ void Engine::run_round(bool leaving) {
 
 void Engine::apply_announcements(const RoundResult& round) {
   const auto now = SteadyClock::now();
+  std::vector<int>& members = members_scratch_;
   // Cache ids refer to the cache as it was when the round began: resolve them all before any
   // full descriptor evicts an entry.
   for (int r = 0; r < size_; ++r) {
     for (uint32_t id : round.by_rank[r].cache_ids) {
       const std::vector<Descriptor>& agreed = cache_.entry(id);
-      const std::vector<int> members = members_of(agreed[0]);
+      members_of(agreed[0], members);
       auto it = std::lower_bound(members.begin(), members.end(), r);
       RF_CHECK(it != members.end() && *it == r, kPeerFailure)
           << "rank " << r << " announced a cached tensor of a set it is not in";
@@ -533,7 +547,8 @@ void Engine::apply_announcements(const RoundResult& round) {
   for (int r = 0; r < size_; ++r) {
     for (const Descriptor& d : round.by_rank[r].descriptors) {
       cache_.erase(key_of(d));  // the request changed (or was never cached)
-      table_.announce(d, r, members_of(d), now);
+      members_of(d, members);
+      table_.announce(d, r, members, now);
       if (d.kind == static_cast<uint8_t>(OpKind::kJoin)) joined_[r] = true;
     }
   }

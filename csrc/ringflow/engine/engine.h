@@ -150,7 +150,7 @@ class Engine {
   // departure.cc: this rank's last round, with comm_mutex_ held and nothing left pending.
   void leave();
   // The round's exchange, among the ranks still in the job; by_rank is indexed by job rank.
-  RoundResult exchange_among_live(const Announcement& mine);
+  void exchange_among_live(const Announcement& mine, RoundResult& out);
   // Records the ranks that announced their departure this round; stops polling their sockets.
   void note_departures(const RoundResult& round);
   // Fails (on this rank) the tensors that need a rank that has left.
@@ -168,7 +168,8 @@ class Engine {
   std::vector<TensorKey> overdue_waits();
   void note_waits(const RoundResult& round);
   void prune_waits();
-  std::vector<int> members_of(const Descriptor& d);
+  // The ranks of d's set, into `out` (a buffer reused from call to call).
+  void members_of(const Descriptor& d, std::vector<int>& out);
   void apply_announcements(const RoundResult& round);
   // set_channels.cc (see set_channels.h). The queued requests (and waits) the round being run
   // announces: the channel's in a channel round, the others in a job-wide one.
@@ -177,7 +178,7 @@ class Engine {
   bool channel_news();
   // A channel round, then a job-wide round when some member asked for one.
   void run_channel_round(bool leaving = false);
-  RoundResult exchange_in_channel(const Announcement& mine);
+  void exchange_in_channel(const Announcement& mine, RoundResult& out);
   // After a job-wide round: the channel this rank should run now (the set table or the live
   // ranks may have changed); an old one is given up.
   void update_channel();
@@ -197,7 +198,8 @@ class Engine {
   void execute_inline_allreduce(Ready& tensor);
   void execute_allreduce(std::vector<Ready>& bucket, const CollectiveContext& ctx);
   // Where a set's members live (by set rank), for hierarchical allreduce; says once when uneven.
-  HostLayout set_layout(const std::vector<int>& members, int my_index);
+  // The answer is kept for the next call with the same members (valid until then).
+  const HostLayout& set_layout(const std::vector<int>& members, int my_index);
   void execute_allgather(std::vector<Ready>& bucket, const CollectiveContext& ctx);
   void execute_reducescatter(std::vector<Ready>& bucket, const CollectiveContext& ctx);
   void execute_broadcast(Ready& tensor, const CollectiveContext& ctx);
@@ -275,6 +277,16 @@ class Engine {
   bool channel_abandon_ = false;               // a member leaves: give the channel up
   std::vector<pollfd> channel_pfds_;           // the sockets of the channel's other members
   std::vector<pollfd> outside_pfds_;           // and of the live ranks outside it
+
+  // Scratch of run_round (never nested), kept so that a loop of small calls reuses capacity.
+  std::vector<Local> fresh_;
+  Announcement mine_;
+  RoundResult round_;
+  std::vector<int> members_scratch_;
+  // set_layout's last answer: every call of a loop asks it for the same set.
+  std::vector<int> layout_members_;
+  int layout_index_ = -1;
+  HostLayout layout_;
 
   std::mutex stats_mutex_;
   EngineStats stats_;

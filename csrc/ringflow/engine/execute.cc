@@ -119,7 +119,9 @@ void Engine::execute_ready(std::vector<PendingTensor> ready) {
     std::vector<Ready> bucket;
     for (size_t i : indices) bucket.push_back(std::move(items[to_plan[i]]));
     execute(bucket, next_tag_++);
+    for (Ready& item : bucket) table_.recycle(std::move(item.tensor));
   }
+  for (Ready& item : items) table_.recycle(std::move(item.tensor));
   // Everything ready this round has finished (or failed): forget it.
   for (auto it = announced_.begin(); it != announced_.end();) {
     it = it->second->handle->done() ? announced_.erase(it) : std::next(it);
@@ -203,7 +205,7 @@ void Engine::execute_inline_allreduce(Ready& item) {
   void* out = item.local->submission.out;
   const std::vector<int>& members = item.tensor.members;
   const auto me = std::lower_bound(members.begin(), members.end(), rank_) - members.begin();
-  const HostLayout hosts = set_layout(members, static_cast<int>(me));  // only its grid is used
+  const HostLayout& hosts = set_layout(members, static_cast<int>(me));  // only its grid is used
   if (hosts.enabled) {
     fold_in_hierarchical_order(contributions, hosts, out, count, request.dtype, request.op);
   } else {
@@ -293,29 +295,6 @@ void Engine::trace(const Ready& item, const char* phase, int64_t start_us, int64
   timeline_.record(item.local->submission.request.name, phase, start_us, end_us);
 }
 
-HostLayout Engine::set_layout(const std::vector<int>& members, int my_index) {
-  const std::vector<int>& host_of = runtime_->topology().host_of;
-  if (env_config().hierarchical == "off" || host_of.size() != static_cast<size_t>(size_)) {
-    return HostLayout{};
-  }
-  std::vector<int> member_hosts;
-  for (int r : members) member_hosts.push_back(host_of[r]);
-  HostLayout layout = host_layout(member_hosts, my_index);
-  layout.enabled = choose_hierarchical(layout);
-  if (!layout.uniform && !told_uneven_) {
-    told_uneven_ = true;  // every rank sees the same layout, so every rank falls back alike
-    const std::string why = "rank " + std::to_string(rank_) +
-                            ": the hosts hold different numbers of this set's ranks: allreduce "
-                            "takes the flat algorithms, not hierarchical";
-    if (env_config().hierarchical == "on") {
-      RF_LOG(kWarning) << why;
-    } else {
-      RF_LOG(kInfo) << why;
-    }
-  }
-  return layout;
-}
-
 void Engine::execute_allreduce(std::vector<Ready>& bucket, const CollectiveContext& ctx) {
   const Request& request = bucket[0].local->submission.request;
   const DType dtype = request.dtype;
@@ -324,7 +303,7 @@ void Engine::execute_allreduce(std::vector<Ready>& bucket, const CollectiveConte
   const int set_size = ctx.size();
   const double factor = finishing_factor(op, request.postscale, average_divisor(bucket[0].tensor));
   auto finish = [=](void* data, size_t n) { scale_by(data, n, dtype, factor); };
-  const HostLayout hosts = set_layout(bucket[0].tensor.members, ctx.rank());
+  const HostLayout& hosts = set_layout(bucket[0].tensor.members, ctx.rank());
   auto run = [&](const void* in, void* out, size_t count, const std::vector<size_t>& chunks) {
     const int64_t start = Timeline::now_us();
     const char* phase = "HIERARCHICAL_ALLREDUCE";

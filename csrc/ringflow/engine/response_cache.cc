@@ -25,16 +25,21 @@ const std::vector<Descriptor>& ResponseCache::entry(uint32_t id) const {
 
 void ResponseCache::put(const TensorKey& key, const std::vector<Descriptor>& by_member) {
   if (capacity_ == 0) return;
+  // Nodes are moved between the maps, not freed and allocated again: with unnamed calls every
+  // put evicts an entry once the cache is full.
   auto it = ids_.find(key);
   if (it != ids_.end()) {
     Entry& entry = entries_[it->second];
-    entry.by_member = by_member;
-    by_use_.erase({entry.last_used, it->second});
+    entry.by_member.assign(by_member.begin(), by_member.end());
+    auto use = by_use_.extract({entry.last_used, it->second});
     entry.last_used = ++clock_;
-    by_use_.insert({entry.last_used, it->second});
+    use.value() = {entry.last_used, it->second};
+    by_use_.insert(std::move(use));
     return;
   }
   uint32_t id;
+  decltype(ids_)::node_type id_node;
+  decltype(by_use_)::node_type use_node;
   if (!free_.empty()) {
     id = *free_.begin();
     free_.erase(free_.begin());
@@ -42,13 +47,28 @@ void ResponseCache::put(const TensorKey& key, const std::vector<Descriptor>& by_
     id = static_cast<uint32_t>(entries_.size());
     entries_.emplace_back();
   } else {
-    id = by_use_.begin()->second;  // full: evict the least recently used
-    by_use_.erase(by_use_.begin());
-    ids_.erase(entries_[id].key);
+    use_node = by_use_.extract(by_use_.begin());  // full: evict the least recently used
+    id = use_node.value().second;
+    id_node = ids_.extract(entries_[id].key);
   }
-  entries_[id] = Entry{key, by_member, ++clock_, true};
-  by_use_.insert({clock_, id});
-  ids_[key] = id;
+  Entry& entry = entries_[id];
+  entry.key = key;
+  entry.by_member.assign(by_member.begin(), by_member.end());
+  entry.last_used = ++clock_;
+  entry.live = true;
+  if (use_node) {
+    use_node.value() = {clock_, id};
+    by_use_.insert(std::move(use_node));
+  } else {
+    by_use_.insert({clock_, id});
+  }
+  if (id_node) {
+    id_node.key() = key;
+    id_node.mapped() = id;
+    ids_.insert(std::move(id_node));
+  } else {
+    ids_[key] = id;
+  }
 }
 
 void ResponseCache::erase(const TensorKey& key) {

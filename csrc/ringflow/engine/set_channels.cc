@@ -166,7 +166,7 @@ void Engine::check_deadlock_across() {
   }
 }
 
-RoundResult Engine::exchange_in_channel(const Announcement& mine) {
+void Engine::exchange_in_channel(const Announcement& mine, RoundResult& out) {
   SubsetTransport members(runtime_->transport(), channel_->members, channel_->my_index);
   RoundResult round = exchange_announcements(
       CollectiveContext{members, round_tag_, Deadline::after_seconds(timeout_s_)}, mine);
@@ -181,14 +181,17 @@ RoundResult Engine::exchange_in_channel(const Announcement& mine) {
     theirs.leaving = false;  // departures are noted in the job-wide round, by every rank alike
     by_job_rank.by_rank[channel_->members[i]] = std::move(theirs);
   }
-  if (!someone_leaves) return by_job_rank;
+  if (!someone_leaves) {
+    out = std::move(by_job_rank);
+    return;
+  }
   // A member leaves: nothing of this round is applied; what is pending here goes back to the
   // queue and the job-wide round that follows fails what needs the rank that left.
   channel_abandon_ = true;
   RoundResult nothing;
   nothing.bytes = round.bytes;
   nothing.by_rank.resize(size_);
-  return nothing;
+  out = std::move(nothing);
 }
 
 void Engine::abandon_channel() {

@@ -1,6 +1,7 @@
 #include "ringflow/engine/tensor_table.h"
 
 #include <algorithm>
+#include <cstring>
 #include <tuple>
 
 #include "ringflow/common/check.h"
@@ -23,25 +24,53 @@ std::vector<int> PendingTensor::announced_ranks() const {
   return ranks;
 }
 
+namespace {
+
+constexpr size_t kSpareNodes = 64;  // more than one round of a loop needs
+
+}  // namespace
+
 void TensorTable::announce(const Descriptor& d, int rank, const std::vector<int>& members,
                            SteadyClock::time_point now) {
   const TensorKey key = key_of(d);
   auto found = order_of_.find(key);
   if (found == order_of_.end()) {
-    PendingTensor tensor;
+    OrderNode node;
+    if (spare_tensors_.empty()) {
+      node = std::map<uint64_t, PendingTensor>{{0, PendingTensor{}}}.extract(0);
+    } else {
+      node = std::move(spare_tensors_.back());
+      spare_tensors_.pop_back();
+    }
+    // Assigned field by field: a recycled tensor's vectors keep their capacity.
+    const size_t n = members.size();
+    PendingTensor& tensor = node.mapped();
     tensor.key = key;
-    tensor.name = descriptor_name(d);
+    tensor.name.assign(d.name, strnlen(d.name, kDescriptorNameBytes));
     tensor.kind = static_cast<OpKind>(d.kind);
-    tensor.members = members;
-    tensor.by_member.resize(members.size());
-    tensor.announced.assign(members.size(), false);
-    tensor.missing = static_cast<int>(members.size());
-    tensor.inline_data.resize(members.size());
-    tensor.has_inline_data.assign(members.size(), false);
-    tensor.stand_in.assign(members.size(), false);
+    tensor.members.assign(members.begin(), members.end());
+    tensor.by_member.resize(n);
+    tensor.announced.assign(n, false);
+    tensor.missing = static_cast<int>(n);
+    tensor.inline_data.resize(n);
+    for (std::vector<char>& data : tensor.inline_data) data.clear();
+    tensor.has_inline_data.assign(n, false);
+    tensor.stand_in.assign(n, false);
+    tensor.last_announcer = -1;
     tensor.first_seen = now;
-    found = order_of_.emplace(key, next_order_).first;
-    by_order_.emplace(next_order_++, std::move(tensor));
+    tensor.warned = false;
+    node.key() = next_order_;
+    if (spare_keys_.empty()) {
+      found = order_of_.emplace(key, next_order_).first;
+    } else {
+      KeyNode key_node = std::move(spare_keys_.back());
+      spare_keys_.pop_back();
+      key_node.key() = key;
+      key_node.mapped() = next_order_;
+      found = order_of_.insert(std::move(key_node)).position;
+    }
+    by_order_.insert(std::move(node));
+    ++next_order_;
   }
   PendingTensor& tensor = by_order_.at(found->second);
   auto it = std::lower_bound(tensor.members.begin(), tensor.members.end(), rank);
@@ -58,7 +87,18 @@ void TensorTable::announce(const Descriptor& d, int rank, const std::vector<int>
   --tensor.missing;
 }
 
-void TensorTable::attach_inline_data(const TensorKey& key, int rank, std::vector<char> bytes) {
+void TensorTable::recycle(PendingTensor&& tensor) {
+  if (tensor.members.capacity() == 0) return;  // moved from already
+  for (OrderNode& node : spare_tensors_) {
+    if (node.mapped().members.capacity() == 0) {  // holds a moved-from tensor
+      node.mapped() = std::move(tensor);
+      return;
+    }
+  }
+}
+
+void TensorTable::attach_inline_data(const TensorKey& key, int rank,
+                                     const std::vector<char>& bytes) {
   auto found = order_of_.find(key);
   RF_CHECK(found != order_of_.end(), kPeerFailure)
       << "rank " << rank << " sent data for a tensor it did not announce";
@@ -71,7 +111,7 @@ void TensorTable::attach_inline_data(const TensorKey& key, int rank, std::vector
            kPeerFailure)
       << "rank " << rank << " sent data that does not match its announcement of tensor '"
       << tensor.name << "'";
-  tensor.inline_data[index] = std::move(bytes);
+  tensor.inline_data[index].assign(bytes.begin(), bytes.end());
   tensor.has_inline_data[index] = true;
 }
 
@@ -143,9 +183,11 @@ std::vector<PendingTensor> TensorTable::take_ready(const std::vector<bool>& join
       ++it;
       continue;
     }
-    order_of_.erase(tensor.key);
-    ready.push_back(std::move(it->second));
-    it = by_order_.erase(it);
+    KeyNode key_node = order_of_.extract(tensor.key);
+    if (spare_keys_.size() < kSpareNodes) spare_keys_.push_back(std::move(key_node));
+    OrderNode node = by_order_.extract(it++);
+    ready.push_back(std::move(node.mapped()));
+    if (spare_tensors_.size() < kSpareNodes) spare_tensors_.push_back(std::move(node));
   }
   return ready;
 }

@@ -46,7 +46,7 @@ class TensorTable {
   void announce(const Descriptor& d, int rank, const std::vector<int>& members,
                 SteadyClock::time_point now);
   // The data `rank` sent along with its announcement of `key` (announced this round or before).
-  void attach_inline_data(const TensorKey& key, int rank, std::vector<char> bytes);
+  void attach_inline_data(const TensorKey& key, int rank, const std::vector<char>& bytes);
   // Removes and returns the ready tensors, in first-announcement order. A tensor that waits only
   // for `joined` ranks is ready too: they stand in with the descriptor of its first announcer
   // (no rows for an allgather).
@@ -59,11 +59,18 @@ class TensorTable {
   std::vector<PendingTensor> take_involving(const std::vector<bool>& gone);
   bool empty() const { return by_order_.empty(); }
   size_t size() const { return by_order_.size(); }
+  // Hands back a tensor taken from the table once it has run: its vectors and the map nodes
+  // serve the next announcement (a loop of small calls allocates none of them again).
+  void recycle(PendingTensor&& tensor);
 
  private:
+  using OrderNode = std::map<uint64_t, PendingTensor>::node_type;
+  using KeyNode = std::unordered_map<TensorKey, uint64_t, TensorKeyHash>::node_type;
   std::map<uint64_t, PendingTensor> by_order_;
   std::unordered_map<TensorKey, uint64_t, TensorKeyHash> order_of_;
   uint64_t next_order_ = 0;
+  std::vector<OrderNode> spare_tensors_;  // empty nodes, or ones holding a recycled tensor
+  std::vector<KeyNode> spare_keys_;
 };
 
 }  // namespace rf

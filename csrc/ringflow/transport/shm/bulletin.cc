@@ -68,29 +68,41 @@ bool ShmTransport::oneshot_allgather(const std::vector<char>& header, const char
       if (p != rank_) shm_[p]->post_send(payload, payload_bytes, tag);
     }
   }
-  headers->assign(n * header_bytes, 0);
-  payloads->assign(n, {});
+  // Sized, not rebuilt: the engine passes the same vectors every round, so their capacity stays.
+  headers->resize(n * header_bytes);
+  payloads->resize(n);
   std::memcpy(headers->data() + rank_ * header_bytes, header.data(), header_bytes);
   (*payloads)[rank_].assign(payload, payload + payload_bytes);
-  bool received_frames = false;
-  std::vector<char> got(n, 0);
+  thread_local std::vector<char> got;
+  got.assign(n, 0);
   got[rank_] = 1;
-  wait_bulletins(got, deadline, [&](int p) {
+  // What `take` needs, behind one pointer: a capture that small needs no heap std::function.
+  struct Take {
+    ShmTransport* self;
+    uint64_t round, tag;
+    size_t header_bytes;
+    std::vector<char>* headers;
+    std::vector<std::vector<char>>* payloads;
+    const std::function<size_t(const char*)>* payload_size;
+    bool received_frames = false;
+  } state{this, round, tag, header_bytes, headers, payloads, &payload_size};
+  wait_bulletins(got, deadline, [s = &state](int p) {
     // Copied out, then checked: the peer's buffer is read once, whatever it holds.
-    const char* theirs = bulletin_buffer(bulletin_of(theirs_[p]), round);
-    char* at = headers->data() + p * header_bytes;
-    std::memcpy(at, theirs, header_bytes);
-    const size_t bytes = payload_size(at);  // throws kPeerFailure for a malformed header
-    std::vector<char>& out = (*payloads)[p];
+    const char* theirs = bulletin_buffer(bulletin_of(s->self->theirs_[p]), s->round);
+    char* at = s->headers->data() + p * s->header_bytes;
+    std::memcpy(at, theirs, s->header_bytes);
+    const size_t bytes = (*s->payload_size)(at);  // throws kPeerFailure for a malformed header
+    std::vector<char>& out = (*s->payloads)[p];
     out.resize(bytes);
-    if (bytes <= kBulletinBuffer - header_bytes) {
-      if (bytes) std::memcpy(out.data(), theirs + header_bytes, bytes);
+    if (bytes <= kBulletinBuffer - s->header_bytes) {
+      if (bytes) std::memcpy(out.data(), theirs + s->header_bytes, bytes);
     } else {
-      shm_[p]->post_recv(out.data(), bytes, tag, nullptr);
-      active_.push_back(p);
-      received_frames = true;
+      s->self->shm_[p]->post_recv(out.data(), bytes, s->tag, nullptr);
+      s->self->active_.push_back(p);
+      s->received_frames = true;
     }
   });
+  const bool received_frames = state.received_frames;
   if (spill) {
     for (int p = 0; p < n; ++p) {
       if (p != rank_) active_.push_back(p);
