@@ -24,17 +24,22 @@ _NO_SPLITS: list[int] = []
 # -- allreduce ---------------------------------------------------------------------------------
 
 
+def _now(x, op, name, pre, post, in_place):
+    """The commonest call in one trip into the core: a usable host array (what _arrays.describe
+    would accept as is), blocking, on the global set. None when x is not such an array."""
+    dtype = _arrays.host_dtype(x, in_place)
+    if dtype is None:
+        return None
+    out = x if in_place else np.empty(x.shape, x.dtype)
+    engine().allreduce_now(x, dtype, auto_name("allreduce", name), out, op, float(pre), float(post))
+    return out
+
+
 def _allreduce(x, op, name, pre, post, process_set, *, in_place, sync, grouped=False):
     """Every allreduce form: one tensor or a group, in place or not, blocking or a Handle."""
     if sync and not grouped and process_set is None and type(x) is np.ndarray:
-        # The commonest call in one trip into the core: a usable host array, blocking, on the
-        # global set (what _arrays.describe would accept as is).
-        dtype = _arrays.host_dtype(x, in_place)
-        if dtype is not None:
-            out = x if in_place else np.empty(x.shape, x.dtype)
-            engine().allreduce_now(
-                x, dtype, auto_name("allreduce", name), out, op, float(pre), float(post)
-            )
+        out = _now(x, op, name, pre, post, in_place)
+        if out is not None:
             return out
     ps = set_id(process_set)
     xs = list(x) if grouped else [x]
@@ -88,6 +93,10 @@ def allreduce_(
     truncate toward zero. prescale_factor multiplies each rank's input first (the same rule),
     postscale_factor the result (in one multiplication by postscale_factor/size for Average).
     """
+    if process_set is None and type(x) is np.ndarray:  # the fast path, one call fewer
+        out = _now(x, op, name, prescale_factor, postscale_factor, True)
+        if out is not None:
+            return out
     return _allreduce(
         x, op, name, prescale_factor, postscale_factor, process_set, in_place=True, sync=True
     )
@@ -102,6 +111,10 @@ def allreduce(
     process_set: ProcessSet | None = None,
 ) -> np.ndarray:
     """Reduce x over the ranks into a new array (see `allreduce_`)."""
+    if process_set is None and type(x) is np.ndarray:  # the fast path, one call fewer
+        out = _now(x, op, name, prescale_factor, postscale_factor, False)
+        if out is not None:
+            return out
     return _allreduce(
         x, op, name, prescale_factor, postscale_factor, process_set, in_place=False, sync=True
     )

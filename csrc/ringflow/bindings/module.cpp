@@ -113,89 +113,100 @@ std::unique_ptr<rf::Engine> make_engine(int rank, int size, int local_rank, int 
   return std::make_unique<rf::Engine>(options);
 }
 
-// One submission per tensor; `outs[i]` is the output array for allreduce / reducescatter
-// (checked here: the raw calls are public) and None otherwise.
+// The submission of one tensor (moved from), with what only this rank can tell is wrong as its
+// invalid_reason; `out` is its output array for allreduce / reducescatter (checked here: the
+// raw calls are public), None otherwise.
+rf::Submission submission_of(rf::Engine& engine, rf::OpKind kind, TensorRef&& tensor,
+                             const py::handle& out, ReduceOp op, int root, int peer,
+                             double prescale, double postscale, int process_set,
+                             const std::vector<int64_t>& splits, const std::vector<int>& set_ranks,
+                             uint64_t group_hash, uint32_t group_size) {
+  rf::Submission s;
+  rf::Request& r = s.request;
+  r.kind = kind;
+  r.dtype = tensor.dtype;
+  r.op = op;
+  r.root = root;
+  r.peer = peer;
+  r.process_set = process_set;
+  r.prescale = prescale;
+  r.postscale = postscale;
+  r.invalid_reason = tensor.invalid_reason;
+  r.group_hash = group_hash;
+  r.group_size = group_size;
+  if (r.invalid_reason.empty() &&
+      (kind == rf::OpKind::kAllreduce || kind == rf::OpKind::kReducescatter) &&
+      !rf::reduction_supported(tensor.dtype, op)) {
+    r.invalid_reason = std::string(rf::reduce_op_name(op)) + " is not supported for dtype " +
+                       rf::dtype_name(tensor.dtype) + " (bool supports Min and Max)";
+  }
+  if (r.invalid_reason.empty() && tensor.shape.empty() &&
+      (kind == rf::OpKind::kAllgather || kind == rf::OpKind::kReducescatter ||
+       kind == rf::OpKind::kAlltoall)) {
+    r.invalid_reason =
+        std::string(rf::op_kind_name(kind)) + " needs at least one dimension (got a scalar)";
+  }
+  s.in = tensor.data;
+  s.out = tensor.data;
+  if (!out.is_none() && tensor.invalid_reason.empty()) {
+    const size_t rows = tensor.shape.empty() ? 0 : static_cast<size_t>(tensor.shape[0]);
+    size_t bytes = tensor.bytes();
+    if (kind == rf::OpKind::kReducescatter && rows > 0) {
+      const auto members = engine.process_set_ranks(process_set);
+      const size_t world = members.size();
+      const size_t me = static_cast<size_t>(
+          std::find(members.begin(), members.end(), engine.rank()) - members.begin());
+      bytes = bytes / rows * (rows / world + (me < rows % world ? 1 : 0));
+    }
+    if (tensor.device >= 0) {  // a CUDA output, by address, as large as the Python layer made
+      s.out = reinterpret_cast<void*>(out.cast<uintptr_t>());
+      s.device.out_bytes = bytes;
+    } else {
+      s.out = output_of(tensor, out.cast<py::array>(), bytes);
+    }
+  }
+  if (tensor.device >= 0) {  // the engine stages it through pinned host memory
+    s.device.device = tensor.device;
+    s.device.stream = tensor.stream;
+    s.device.in = s.in;
+    s.device.out = out.is_none() ? (kind == rf::OpKind::kAllreduce ? s.in : nullptr) : s.out;
+    if (s.device.out == s.in) s.device.out_bytes = tensor.bytes();
+    s.in = nullptr;
+    s.out = nullptr;
+  }
+  if (kind == rf::OpKind::kAlltoall) {
+    s.splits = splits;
+    int64_t total = 0;
+    for (int64_t v : splits) total += v;
+    const int64_t rows = tensor.shape.empty() ? 0 : tensor.shape[0];
+    bool negative = false;
+    for (int64_t v : splits) negative = negative || v < 0;
+    if (r.invalid_reason.empty() && (negative || total != rows)) {
+      r.invalid_reason =
+          "splits must be non-negative and add up to the first dimension " + std::to_string(rows);
+    }
+  }
+  s.set_ranks = set_ranks;
+  r.name = std::move(tensor.name);
+  r.shape = std::move(tensor.shape);
+  return s;
+}
+
+// One submission per tensor; `outs[i]` is the output array for allreduce / reducescatter and
+// None otherwise.
 std::vector<rf::HandlePtr> submit(rf::Engine& engine, rf::OpKind kind,
-                                  const std::vector<TensorRef>& tensors, const py::list& outs,
-                                  ReduceOp op, int root, int peer, double prescale,
-                                  double postscale, int process_set,
-                                  const std::vector<int64_t>& splits,
+                                  std::vector<TensorRef> tensors, const py::list& outs, ReduceOp op,
+                                  int root, int peer, double prescale, double postscale,
+                                  int process_set, const std::vector<int64_t>& splits,
                                   const std::vector<int>& set_ranks, const std::string& group,
                                   bool synchronous) {
+  const uint64_t group_hash = group.empty() ? 0 : rf::name_hash(group);
+  const uint32_t group_size = group.empty() ? 0 : static_cast<uint32_t>(tensors.size());
   std::vector<rf::Submission> batch;
   for (size_t i = 0; i < tensors.size(); ++i) {
-    const TensorRef& tensor = tensors[i];
-    rf::Submission s;
-    rf::Request& r = s.request;
-    r.kind = kind;
-    r.name = tensor.name;
-    r.dtype = tensor.dtype;
-    r.op = op;
-    r.root = root;
-    r.peer = peer;
-    r.process_set = process_set;
-    r.shape = tensor.shape;
-    r.prescale = prescale;
-    r.postscale = postscale;
-    r.invalid_reason = tensor.invalid_reason;
-    if (!group.empty()) {
-      r.group_hash = rf::name_hash(group);
-      r.group_size = static_cast<uint32_t>(tensors.size());
-    }
-    if (r.invalid_reason.empty() &&
-        (kind == rf::OpKind::kAllreduce || kind == rf::OpKind::kReducescatter) &&
-        !rf::reduction_supported(tensor.dtype, op)) {
-      r.invalid_reason = std::string(rf::reduce_op_name(op)) + " is not supported for dtype " +
-                         rf::dtype_name(tensor.dtype) + " (bool supports Min and Max)";
-    }
-    if (r.invalid_reason.empty() && tensor.shape.empty() &&
-        (kind == rf::OpKind::kAllgather || kind == rf::OpKind::kReducescatter ||
-         kind == rf::OpKind::kAlltoall)) {
-      r.invalid_reason =
-          std::string(rf::op_kind_name(kind)) + " needs at least one dimension (got a scalar)";
-    }
-    s.in = tensor.data;
-    s.out = tensor.data;
-    if (!outs[i].is_none() && tensor.invalid_reason.empty()) {
-      const size_t rows = tensor.shape.empty() ? 0 : static_cast<size_t>(tensor.shape[0]);
-      size_t bytes = tensor.bytes();
-      if (kind == rf::OpKind::kReducescatter && rows > 0) {
-        const auto members = engine.process_set_ranks(process_set);
-        const size_t world = members.size();
-        const size_t me = static_cast<size_t>(
-            std::find(members.begin(), members.end(), engine.rank()) - members.begin());
-        bytes = bytes / rows * (rows / world + (me < rows % world ? 1 : 0));
-      }
-      if (tensor.device >= 0) {  // a CUDA output, by address, as large as the Python layer made
-        s.out = reinterpret_cast<void*>(outs[i].cast<uintptr_t>());
-        s.device.out_bytes = bytes;
-      } else {
-        s.out = output_of(tensor, outs[i].cast<py::array>(), bytes);
-      }
-    }
-    if (tensor.device >= 0) {  // the engine stages it through pinned host memory
-      s.device.device = tensor.device;
-      s.device.stream = tensor.stream;
-      s.device.in = s.in;
-      s.device.out = outs[i].is_none() ? (kind == rf::OpKind::kAllreduce ? s.in : nullptr) : s.out;
-      if (s.device.out == s.in) s.device.out_bytes = tensor.bytes();
-      s.in = nullptr;
-      s.out = nullptr;
-    }
-    if (kind == rf::OpKind::kAlltoall) {
-      s.splits = splits;
-      int64_t total = 0;
-      for (int64_t v : splits) total += v;
-      const int64_t rows = tensor.shape.empty() ? 0 : tensor.shape[0];
-      bool negative = false;
-      for (int64_t v : splits) negative = negative || v < 0;
-      if (r.invalid_reason.empty() && (negative || total != rows)) {
-        r.invalid_reason =
-            "splits must be non-negative and add up to the first dimension " + std::to_string(rows);
-      }
-    }
-    s.set_ranks = set_ranks;
-    batch.push_back(std::move(s));
+    batch.push_back(submission_of(engine, kind, std::move(tensors[i]), outs[i], op, root, peer,
+                                  prescale, postscale, process_set, splits, set_ranks, group_hash,
+                                  group_size));
   }
   return engine.submit(std::move(batch), synchronous);
 }
@@ -204,12 +215,11 @@ std::vector<rf::HandlePtr> submit(rf::Engine& engine, rf::OpKind kind,
 // into Python on the general path (a few microseconds of an 8-byte allreduce).
 void allreduce_now(rf::Engine& engine, const py::array& array, DType dtype, std::string name,
                    const py::object& out, ReduceOp op, double prescale, double postscale) {
-  py::list outs;
-  outs.append(out);
-  const std::vector<TensorRef> tensors{make_tensor(array, dtype, std::move(name), "")};
-  const std::vector<rf::HandlePtr> handles =
-      submit(engine, rf::OpKind::kAllreduce, tensors, outs, op, 0, 0, prescale, postscale, 0, {},
-             {}, "", true);
+  std::vector<rf::Submission> batch;
+  batch.push_back(submission_of(engine, rf::OpKind::kAllreduce,
+                                make_tensor(array, dtype, std::move(name), ""), out, op, 0, 0,
+                                prescale, postscale, 0, {}, {}, 0, 0));
+  const std::vector<rf::HandlePtr> handles = engine.submit(std::move(batch), true);
   {
     py::gil_scoped_release release;
     engine.wait(handles[0]);

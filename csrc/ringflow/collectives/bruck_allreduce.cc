@@ -37,16 +37,22 @@ void fold_in_ring_order(const std::vector<const char*>& contributions, void* out
                         DType dtype, ReduceOp op, const std::vector<size_t>& chunk_counts) {
   const int size = static_cast<int>(contributions.size());
   const size_t elem = dtype_size(dtype);
-  const std::vector<size_t> chunks = chunk_counts.empty() ? even_blocks(count, size) : chunk_counts;
-  const std::vector<size_t> offsets = block_offsets(chunks);
+  // Even blocks (the first count % size one element longer) are computed, not allocated: the
+  // inline allreduce of every small call folds here.
+  const bool even = chunk_counts.empty();
+  const size_t base = count / size;
+  const size_t longer = count % size;
   char* target = static_cast<char*>(out);
+  size_t offset = 0;
   for (int c = 0; c < size; ++c) {
-    const size_t first = offsets[c] * elem;
-    if (chunks[c] == 0) continue;
-    std::memcpy(target + first, contributions[c] + first, chunks[c] * elem);
+    const size_t chunk = even ? base + (static_cast<size_t>(c) < longer ? 1 : 0) : chunk_counts[c];
+    const size_t first = offset * elem;
+    offset += chunk;
+    if (chunk == 0) continue;
+    std::memcpy(target + first, contributions[c] + first, chunk * elem);
     for (int k = 1; k < size; ++k) {
       const char* contribution = contributions[(c + k) % size] + first;
-      reduce(contribution, target + first, target + first, chunks[c], dtype, op);
+      reduce(contribution, target + first, target + first, chunk, dtype, op);
     }
   }
 }

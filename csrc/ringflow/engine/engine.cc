@@ -95,6 +95,7 @@ void Engine::close() {
     std::lock_guard<std::mutex> lock(queue_mutex_);
     if (closed_) return;
     closed_ = true;
+    unusable_.store(true, std::memory_order_release);
   }
   stopping_ = true;
   wake();
@@ -124,7 +125,13 @@ std::vector<HandlePtr> Engine::submit(std::vector<Submission> batch, bool synchr
   bool any_device = false;
   bool any_host = false;
   for (const Submission& s : batch) (s.device.on_device() ? any_device : any_host) = true;
-  std::vector<Local> locals;
+  // Per thread, kept between calls (submit runs on any thread): its capacity is reused.
+  thread_local std::vector<Local> locals;
+  locals.clear();
+  struct Clear {  // emptied however submit ends: nothing of this call outlives it
+    std::vector<Local>& list;
+    ~Clear() { list.clear(); }
+  } clear_locals{locals};
   for (Submission& submission : batch) {
     Request& request = submission.request;
     request.on_device = submission.device.on_device();
@@ -133,16 +140,18 @@ std::vector<HandlePtr> Engine::submit(std::vector<Submission> batch, bool synchr
                                memory_name(submission.device.device) +
                                "); pass all of them in one kind of memory";
     }
-    const std::string what =
-        rank_prefix(rank_) + op_kind_name(request.kind) + " of tensor '" + request.name + "'";
+    // Formatted only for an error (a blocking call in a loop passes here every time).
+    auto what = [&] {
+      return rank_prefix(rank_) + op_kind_name(request.kind) + " of tensor '" + request.name + "'";
+    };
     if (request.process_set != kPointToPointSet) {
       std::lock_guard<std::mutex> lock(sets_mutex_);
       RF_CHECK(sets_.contains(request.process_set), kInvalidArgument)
-          << what << ": process set " << request.process_set
+          << what() << ": process set " << request.process_set
           << " does not exist (never added, or removed)";
       const std::vector<int>& members = sets_.ranks(request.process_set);
       RF_CHECK(sets_.index_of(request.process_set, rank_) >= 0, kInvalidArgument)
-          << what << ": this rank is not in process set " << request.process_set << " (ranks " <<
+          << what() << ": this rank is not in process set " << request.process_set << " (ranks " <<
           [&] {
             std::ostringstream text;
             for (size_t i = 0; i < members.size(); ++i) text << (i ? ", " : "") << members[i];
@@ -213,7 +222,13 @@ std::vector<HandlePtr> Engine::submit(std::vector<Submission> batch, bool synchr
       entry.bytes = descriptor_elements(local.own) * dtype_size(request.dtype);
       entry.submitted_us = local.submitted_us;
       local.flight_id = recorder_.submitted(std::move(entry));
-      pending_names_.insert(key_of(local.own));
+      if (spare_names_.empty()) {
+        pending_names_.insert(key_of(local.own));
+      } else {  // a node settle() kept: no allocation
+        spare_names_.back().value() = key_of(local.own);
+        pending_names_.insert(std::move(spare_names_.back()));
+        spare_names_.pop_back();
+      }
       handles.push_back(local.handle);
       queue_.push_back(std::move(local));
     }
@@ -280,8 +295,8 @@ void Engine::refresh_peer_fds() {
 }
 
 bool Engine::broken() {
-  std::lock_guard<std::mutex> lock(queue_mutex_);
-  return broken_.has_value() || closed_;
+  // Asked on every pass of the progress loop: a load, not a lock (set with broken_ / closed_).
+  return unusable_.load(std::memory_order_acquire);
 }
 
 void Engine::start_timeline(const std::string& path) {
@@ -486,7 +501,16 @@ void Engine::run_round(bool leaving) {
       mine.inline_data[inlined++].bytes.assign(data, data + bytes);
       inline_budget -= bytes;
     }
-    announced_[key] = std::make_unique<Local>(std::move(local));
+    if (spare_locals_.empty()) {
+      announced_[key] = std::make_unique<Local>(std::move(local));
+    } else {  // a node execute_ready kept, with its Local: no allocation
+      auto node = std::move(spare_locals_.back());
+      spare_locals_.pop_back();
+      node.key() = key;
+      *node.mapped() = std::move(local);
+      auto placed = announced_.insert(std::move(node));
+      if (!placed.inserted) placed.position->second = std::move(placed.node.mapped());
+    }
   }
   mine.inline_data.resize(inlined);
   fresh.clear();

@@ -244,9 +244,13 @@ class Engine {
   std::mutex queue_mutex_;
   std::vector<Local> queue_;
   std::unordered_set<TensorKey, TensorKeyHash> pending_names_;
+  // Nodes of pending_names_ that settle() took out, for the next submissions to reuse.
+  static constexpr size_t kSpareNodes = 64;
+  std::vector<std::unordered_set<TensorKey, TensorKeyHash>::node_type> spare_names_;
   std::optional<Error> broken_;
   bool closed_ = false;
-  std::vector<uint64_t> sends_to_;  // point-to-point message counters per peer
+  std::atomic<bool> unusable_{false};  // broken_ or closed_, readable without the lock
+  std::vector<uint64_t> sends_to_;     // point-to-point message counters per peer
   std::vector<uint64_t> recvs_from_;
   std::vector<TensorKey> new_waits_;  // tensors callers wait on, not announced yet
   int64_t new_waits_since_us_ = 0;
@@ -254,6 +258,9 @@ class Engine {
   // Everything below belongs to whoever holds comm_mutex_.
   std::mutex comm_mutex_;
   std::unordered_map<TensorKey, std::unique_ptr<Local>, TensorKeyHash> announced_;
+  // Finished entries of announced_ (node and emptied Local), for run_round to reuse.
+  std::vector<std::unordered_map<TensorKey, std::unique_ptr<Local>, TensorKeyHash>::node_type>
+      spare_locals_;
   TensorTable table_;
   std::vector<bool> joined_;  // ranks that called join() and wait for the others
   ResponseCache cache_;
@@ -283,6 +290,7 @@ class Engine {
   Announcement mine_;
   RoundResult round_;
   std::vector<int> members_scratch_;
+  std::vector<Ready> ready_items_;  // execute_ready's
   // set_layout's last answer: every call of a loop asks it for the same set.
   std::vector<int> layout_members_;
   int layout_index_ = -1;

@@ -60,7 +60,8 @@ const char* allreduce_phase(AllreduceAlgorithm algorithm) {
 
 void Engine::execute_ready(std::vector<PendingTensor> ready) {
   const int64_t now = Timeline::now_us();
-  std::vector<Ready> items;
+  std::vector<Ready>& items = ready_items_;  // kept between rounds, like `ready` (below)
+  items.clear();
   std::vector<std::unique_ptr<Local>> stand_ins;  // this rank's zeros while it has joined
   for (PendingTensor& tensor : ready) {
     Ready item;
@@ -122,9 +123,17 @@ void Engine::execute_ready(std::vector<PendingTensor> ready) {
     for (Ready& item : bucket) table_.recycle(std::move(item.tensor));
   }
   for (Ready& item : items) table_.recycle(std::move(item.tensor));
+  items.clear();
+  table_.reuse_list(std::move(ready));
   // Everything ready this round has finished (or failed): forget it.
   for (auto it = announced_.begin(); it != announced_.end();) {
-    it = it->second->handle->done() ? announced_.erase(it) : std::next(it);
+    if (!it->second->handle->done()) {
+      ++it;
+      continue;
+    }
+    auto node = announced_.extract(it++);
+    *node.mapped() = Local{};  // its buffers and staging go now; the node waits for run_round
+    if (spare_locals_.size() < kSpareNodes) spare_locals_.push_back(std::move(node));
   }
 }
 
@@ -133,7 +142,8 @@ void Engine::settle(Local& local, const Error* error) {
   {
     // The name is free again before the caller can see the handle done and reuse it.
     std::lock_guard<std::mutex> lock(queue_mutex_);
-    pending_names_.erase(key_of(local.own));
+    auto node = pending_names_.extract(key_of(local.own));
+    if (node && spare_names_.size() < kSpareNodes) spare_names_.push_back(std::move(node));
   }
   if (error) {
     local.handle->fail(*error);
@@ -197,7 +207,8 @@ void Engine::execute_inline_allreduce(Ready& item) {
   recorder_.running(item.local->flight_id, round_tag_, 0, start);
   trace(item, "NEGOTIATE", item.local->submitted_us, item.ready_us);
   trace(item, "QUEUE", item.ready_us, start);
-  std::vector<const char*> contributions;
+  thread_local std::vector<const char*> contributions;
+  contributions.clear();
   for (std::vector<char>& data : item.tensor.inline_data) {
     if (request.prescale != 1.0) scale_by(data.data(), count, request.dtype, request.prescale);
     contributions.push_back(data.data());

@@ -57,6 +57,7 @@ void Engine::poison(const Error& error) {
   {
     std::lock_guard<std::mutex> lock(queue_mutex_);
     broken_ = Error(error.kind(), message + first_line);
+    unusable_.store(true, std::memory_order_release);
   }
   // Peers get the short form and add what they know themselves; they hear it before this rank
   // reads every heartbeat.

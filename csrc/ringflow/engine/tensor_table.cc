@@ -172,7 +172,8 @@ std::vector<PendingTensor> TensorTable::take_ready(const std::vector<bool>& join
       ++group_ready[group_of(tensor.by_member[0])];
     }
   }
-  std::vector<PendingTensor> ready;
+  std::vector<PendingTensor> ready = std::move(ready_list_);
+  ready.clear();
   for (auto it = by_order_.begin(); it != by_order_.end();) {
     const PendingTensor& tensor = it->second;
     bool take = tensor.missing == 0;

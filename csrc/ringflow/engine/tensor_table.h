@@ -62,6 +62,11 @@ class TensorTable {
   // Hands back a tensor taken from the table once it has run: its vectors and the map nodes
   // serve the next announcement (a loop of small calls allocates none of them again).
   void recycle(PendingTensor&& tensor);
+  // Hands back the list take_ready returned, for the next one to reuse.
+  void reuse_list(std::vector<PendingTensor>&& list) {
+    list.clear();
+    ready_list_ = std::move(list);
+  }
 
  private:
   using OrderNode = std::map<uint64_t, PendingTensor>::node_type;
@@ -71,6 +76,7 @@ class TensorTable {
   uint64_t next_order_ = 0;
   std::vector<OrderNode> spare_tensors_;  // empty nodes, or ones holding a recycled tensor
   std::vector<KeyNode> spare_keys_;
+  std::vector<PendingTensor> ready_list_;
 };
 
 }  // namespace rf

@@ -17,6 +17,14 @@ namespace rf::shm {
 
 namespace {
 
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
 // How often a futex sleep wakes to read the sockets of the peers not yet published: a dead
 // peer's EOF wakes nobody.
 constexpr int kBulletinLivenessMs = 50;
@@ -141,6 +149,12 @@ void ShmTransport::wait_bulletins(std::vector<char>& got, const Deadline& deadli
   };
   bool slept = false;
   bool rang = false;
+  if (bulletin_poll_ns_ > 0 && pending() >= 0) {
+    const auto poll_until = start + std::chrono::nanoseconds(bulletin_poll_ns_);
+    do {
+      for (int i = 0; i < 16; ++i) cpu_relax();
+    } while (pending() >= 0 && Clock::now() < poll_until);
+  }
   while (true) {
     int waiting = pending();
     if (waiting < 0) return finish();

@@ -34,6 +34,16 @@ int bulletin_spin_us(int local_ranks) {
   return local_ranks > usable ? kOversubscribedSpinUs : kBulletinSpinUs;
 }
 
+// Before that, with a core per rank only: a peer in step publishes within a microsecond or
+// two, and polling that long without a syscall sees it sooner than yields (each a syscall).
+constexpr int kBulletinPollNs = 3000;
+
+bool oversubscribed(int local_ranks) {
+  cpu_set_t cpus;
+  CPU_ZERO(&cpus);
+  return ::sched_getaffinity(0, sizeof(cpus), &cpus) != 0 || local_ranks > CPU_COUNT(&cpus);
+}
+
 }  // namespace
 
 ShmTransport::ShmTransport(int rank, std::vector<UniqueFd> sockets, Segment mine,
@@ -88,6 +98,7 @@ ShmTransport::ShmTransport(int rank, std::vector<UniqueFd> sockets, Segment mine
   }
   // RINGFLOW_SPIN_US=0 (never poll) holds here too.
   bulletin_spin_ = SpinPolicy(SpinOptions{spin.max_us == 0 ? 0 : bulletin_spin_us(local_ranks)});
+  bulletin_poll_ns_ = spin.max_us == 0 || oversubscribed(local_ranks) ? 0 : kBulletinPollNs;
 }
 
 ShmTransport::~ShmTransport() = default;

@@ -80,6 +80,7 @@ class ShmTransport : public Transport {
   bool bulletin_ = false;  // every peer shares memory: one-shot allgathers go there
   std::atomic<uint64_t> bulletin_round_{0};  // the last round this rank published
   SpinPolicy bulletin_spin_;
+  int bulletin_poll_ns_ = 0;  // polled without yielding first (0: oversubscribed, or no polling)
 };
 
 }  // namespace rf::shm
