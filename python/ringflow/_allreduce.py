@@ -14,11 +14,13 @@ import numpy as np
 from ringflow import _arrays, _core
 from ringflow._handles import Handle, finish
 from ringflow._process_sets import ProcessSet, set_id
-from ringflow._state import auto_name, engine
+from ringflow._state import auto_name, engine, state
 
 Average = _core.ReduceOp.Average
 _K = _core.OpKind
 _NO_SPLITS: list[int] = []
+_HOST_DTYPES = _arrays.host_dtypes()
+_UNNAMED = ("allreduce", 0)  # auto_name's counter of unnamed allreduces on the global set
 
 
 # -- allreduce ---------------------------------------------------------------------------------
@@ -26,12 +28,21 @@ _NO_SPLITS: list[int] = []
 
 def _now(x, op, name, pre, post, in_place):
     """The commonest call in one trip into the core: a usable host array (what _arrays.describe
-    would accept as is), blocking, on the global set. None when x is not such an array."""
-    dtype = _arrays.host_dtype(x, in_place)
+    would accept as is), blocking, on the global set. None when x is not such an array.
+    Written out (no host_dtype / engine / auto_name calls): it is most of a small call's Python."""
+    flags = x.flags
+    if not flags.c_contiguous or (in_place and not flags.writeable):
+        return None
+    dtype = _HOST_DTYPES.get(x.dtype)
     if dtype is None:
         return None
+    core = state.engine
+    if core is None:
+        engine()  # raises: not initialized
+    if name is None:
+        name = f"allreduce.noname.{next(state.unnamed[_UNNAMED])}"  # as auto_name names it
     out = x if in_place else np.empty(x.shape, x.dtype)
-    engine().allreduce_now(x, dtype, auto_name("allreduce", name), out, op, float(pre), float(post))
+    core.allreduce_now(x, dtype, name, out, op, float(pre), float(post))
     return out
 
 

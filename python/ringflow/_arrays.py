@@ -43,6 +43,11 @@ _SUPPORTED = "uint8, int8, int16, int32, int64, float16, bfloat16, float32, floa
 EMPTY = np.empty(0, np.uint8)
 
 
+def host_dtypes() -> dict[np.dtype, _core.DType]:
+    """numpy dtype -> the core's, for the host arrays `host_dtype` takes (a copy)."""
+    return dict(_DTYPES)
+
+
 def dtype_of(dtype: np.dtype) -> _core.DType | None:
     """The core's dtype for a numpy dtype, or None when it is not supported."""
     found = _DTYPES.get(dtype)

@@ -23,23 +23,33 @@ const std::vector<Descriptor>& ResponseCache::entry(uint32_t id) const {
   return entries_[id].by_member;
 }
 
+void ResponseCache::unlink(uint32_t id) {
+  Entry& entry = entries_[id];
+  (entry.older == kNone ? oldest_ : entries_[entry.older].newer) = entry.newer;
+  (entry.newer == kNone ? newest_ : entries_[entry.newer].older) = entry.older;
+  entry.older = entry.newer = kNone;
+}
+
+void ResponseCache::append(uint32_t id) {
+  Entry& entry = entries_[id];
+  entry.older = newest_;
+  entry.newer = kNone;
+  (newest_ == kNone ? oldest_ : entries_[newest_].newer) = id;
+  newest_ = id;
+}
+
 void ResponseCache::put(const TensorKey& key, const std::vector<Descriptor>& by_member) {
   if (capacity_ == 0) return;
-  // Nodes are moved between the maps, not freed and allocated again: with unnamed calls every
-  // put evicts an entry once the cache is full.
   auto it = ids_.find(key);
   if (it != ids_.end()) {
-    Entry& entry = entries_[it->second];
-    entry.by_member.assign(by_member.begin(), by_member.end());
-    auto use = by_use_.extract({entry.last_used, it->second});
-    entry.last_used = ++clock_;
-    use.value() = {entry.last_used, it->second};
-    by_use_.insert(std::move(use));
+    entries_[it->second].by_member.assign(by_member.begin(), by_member.end());
+    unlink(it->second);
+    append(it->second);
     return;
   }
   uint32_t id;
+  // The evicted entry's map node is moved, not freed and allocated again.
   decltype(ids_)::node_type id_node;
-  decltype(by_use_)::node_type use_node;
   if (!free_.empty()) {
     id = *free_.begin();
     free_.erase(free_.begin());
@@ -47,21 +57,15 @@ void ResponseCache::put(const TensorKey& key, const std::vector<Descriptor>& by_
     id = static_cast<uint32_t>(entries_.size());
     entries_.emplace_back();
   } else {
-    use_node = by_use_.extract(by_use_.begin());  // full: evict the least recently used
-    id = use_node.value().second;
+    id = oldest_;  // full: evict the least recently used
+    unlink(id);
     id_node = ids_.extract(entries_[id].key);
   }
   Entry& entry = entries_[id];
   entry.key = key;
   entry.by_member.assign(by_member.begin(), by_member.end());
-  entry.last_used = ++clock_;
   entry.live = true;
-  if (use_node) {
-    use_node.value() = {clock_, id};
-    by_use_.insert(std::move(use_node));
-  } else {
-    by_use_.insert({clock_, id});
-  }
+  append(id);
   if (id_node) {
     id_node.key() = key;
     id_node.mapped() = id;
@@ -74,9 +78,8 @@ void ResponseCache::put(const TensorKey& key, const std::vector<Descriptor>& by_
 void ResponseCache::erase(const TensorKey& key) {
   auto it = ids_.find(key);
   if (it == ids_.end()) return;
-  Entry& entry = entries_[it->second];
-  entry.live = false;
-  by_use_.erase({entry.last_used, it->second});
+  entries_[it->second].live = false;
+  unlink(it->second);
   free_.insert(it->second);
   ids_.erase(it);
 }

@@ -45,20 +45,24 @@ class ResponseCache {
   void erase(const TensorKey& key);
 
  private:
+  static constexpr uint32_t kNone = ~0u;
   struct Entry {
     TensorKey key;
     std::vector<Descriptor> by_member;
-    uint64_t last_used = 0;
+    uint32_t older = kNone;  // the recency list, least recently used first (live entries only)
+    uint32_t newer = kNone;
     bool live = false;
   };
+  void unlink(uint32_t id);
+  void append(uint32_t id);  // as the most recently used
   size_t capacity_;
   std::vector<Entry> entries_;  // indexed by id; ids of erased entries are reused
   std::unordered_map<TensorKey, uint32_t, TensorKeyHash> ids_;
-  // Dead ids (lowest reused first) and live entries by last use: a put costs O(log n), not a
-  // scan of the whole cache (every unnamed call adds an entry, so a full cache is the norm).
+  // Dead ids (lowest reused first) and a recency list threaded through the entries: a put costs
+  // O(1) and no allocation (every unnamed call adds an entry, so a full cache is the norm).
   std::set<uint32_t> free_;
-  std::set<std::pair<uint64_t, uint32_t>> by_use_;
-  uint64_t clock_ = 0;
+  uint32_t oldest_ = kNone;
+  uint32_t newest_ = kNone;
 };
 
 }  // namespace rf
