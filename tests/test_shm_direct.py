@@ -238,7 +238,7 @@ def test_process_sets_share_the_areas(jobs):
 def test_auto_choice(make_job):
     """Default settings at N = 3: Bruck's sizes stay Bruck, above them the allreduce is direct."""
     job = make_job(3, env={"RINGFLOW_TRANSPORT": "shm"}).start()
-    threshold = 65536 // 4 // 2  # Bruck's largest float32 count at N = 3
+    threshold = 8192 // 4 // 2  # Bruck's largest float32 count at N = 3 over shared memory
     assert job.call(_auto_choice, [1, threshold, threshold + 1, 300_001]) == [2, 2, 2]
 
 

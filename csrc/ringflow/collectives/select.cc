@@ -6,7 +6,7 @@
 
 namespace rf {
 
-AllreduceAlgorithm choose_allreduce(size_t bytes, int size) {
+AllreduceAlgorithm choose_allreduce(size_t bytes, int size, bool shared_memory) {
   const EnvConfig& env = env_config();
   if (env.allreduce_algorithm == "ring" || env.allreduce_algorithm == "direct") {
     return AllreduceAlgorithm::kRing;  // direct: choose_shm_direct decides between the two
@@ -15,10 +15,12 @@ AllreduceAlgorithm choose_allreduce(size_t bytes, int size) {
   // Bruck receives (N - 1) x the data in log2(N) rounds; the ring 2 (N - 1) / N x in
   // 2 (N - 1) rounds. Small messages are all latency, large ones all bandwidth, so the switch
   // is on what Bruck makes a rank receive. Measured crossovers (docs/performance.md): 64 KiB
-  // at N = 2 and 16-64 KiB at N = 4 on loopback, 16 KiB at N = 4 on 1 Gbit/s links.
-  return size > 1 && bytes * static_cast<size_t>(size - 1) <= env.bruck_max_bytes
-             ? AllreduceAlgorithm::kBruck
-             : AllreduceAlgorithm::kRing;
+  // at N = 2 and 16-64 KiB at N = 4 on loopback, 16 KiB at N = 4 on 1 Gbit/s links. Over
+  // shared memory the ring (N = 2) and the direct algorithm win from 8-16 KiB at N = 2 and 4
+  // (2 cores, `ringflow bench`: 32 KiB at N = 2 took 12.8 us by Bruck, 8.8 by the ring).
+  const size_t limit = shared_memory ? env.bruck_max_bytes_shm : env.bruck_max_bytes;
+  return size > 1 && bytes * static_cast<size_t>(size - 1) <= limit ? AllreduceAlgorithm::kBruck
+                                                                    : AllreduceAlgorithm::kRing;
 }
 
 bool choose_shm_direct(size_t bytes, int size, bool possible) {

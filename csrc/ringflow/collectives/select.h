@@ -13,7 +13,9 @@ enum class BroadcastAlgorithm { kBinomial, kChain };
 
 // RINGFLOW_ALLREDUCE_ALGORITHM=auto|ring|bruck; auto picks bruck while (N - 1) x bytes, what
 // it makes each rank receive, is at most RINGFLOW_BRUCK_MAX_BYTES (64 KiB).
-AllreduceAlgorithm choose_allreduce(size_t bytes, int size);
+// `shared_memory`: the set's ranks share memory (shm_direct_possible), where the ring and the
+// direct algorithm overtake Bruck sooner (RINGFLOW_BRUCK_MAX_BYTES unset: 8 KiB).
+AllreduceAlgorithm choose_allreduce(size_t bytes, int size, bool shared_memory = false);
 // Whether an allreduce that is not Bruck's (choose_allreduce) reads its peers' memory directly
 // (shm_direct_allreduce) instead of going around the ring. `possible`: shm_direct_possible.
 // RINGFLOW_ALLREDUCE_ALGORITHM=direct forces it at every size where possible (Bruck and the

@@ -95,6 +95,7 @@ EnvConfig read_env() {
   if (direct_min != "auto") config.direct_min_bytes = env_int("RINGFLOW_DIRECT_MIN_BYTES", 0);
   config.bruck_max_bytes = static_cast<size_t>(
       env_int("RINGFLOW_BRUCK_MAX_BYTES", static_cast<long long>(config.bruck_max_bytes)));
+  if (std::getenv("RINGFLOW_BRUCK_MAX_BYTES")) config.bruck_max_bytes_shm = config.bruck_max_bytes;
   config.broadcast_algorithm = parse_choice("RINGFLOW_BROADCAST_ALGORITHM",
                                             env_string("RINGFLOW_BROADCAST_ALGORITHM", "auto"),
                                             {"auto", "binomial", "chain", "direct"});

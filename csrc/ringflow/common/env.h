@@ -28,6 +28,9 @@ struct EnvConfig {
   // (collectives/select.cc); "auto" (-1): the measured crossover for the set's size.
   long long direct_min_bytes = -1;
   size_t bruck_max_bytes = 64 << 10;  // RINGFLOW_BRUCK_MAX_BYTES
+  // The same for a set whose ranks share memory (collectives/select.cc); RINGFLOW_BRUCK_MAX_BYTES
+  // sets both.
+  size_t bruck_max_bytes_shm = 8 << 10;
   std::string broadcast_algorithm =
       "auto";  // RINGFLOW_BROADCAST_ALGORITHM=auto|binomial|chain|direct
   std::string allgather_algorithm = "auto";  // RINGFLOW_ALLGATHER_ALGORITHM=auto|ring|direct

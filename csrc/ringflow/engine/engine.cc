@@ -494,7 +494,8 @@ void Engine::run_round(bool leaving) {
     const size_t bytes = descriptor_elements(local.own) * dtype_size(request.dtype);
     if (request.kind == OpKind::kAllreduce && request.invalid_reason.empty() && !local.staging &&
         bytes <= inline_budget &&
-        choose_allreduce(bytes, static_cast<int>(members.size())) == AllreduceAlgorithm::kBruck) {
+        choose_allreduce(bytes, static_cast<int>(members.size()), shares_memory(members)) ==
+            AllreduceAlgorithm::kBruck) {
       const char* data = static_cast<const char*>(local.submission.in);
       if (inlined == mine.inline_data.size()) mine.inline_data.emplace_back();
       mine.inline_data[inlined].key = key;

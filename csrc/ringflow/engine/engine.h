@@ -200,6 +200,9 @@ class Engine {
   // Where a set's members live (by set rank), for hierarchical allreduce; says once when uneven.
   // The answer is kept for the next call with the same members (valid until then).
   const HostLayout& set_layout(const std::vector<int>& members, int my_index);
+  // Whether the members (job ranks) map each other's collective areas, as shm_direct_possible
+  // answers for their context: every member alike. Kept for the next call, like the layout.
+  bool shares_memory(const std::vector<int>& members);
   void execute_allgather(std::vector<Ready>& bucket, const CollectiveContext& ctx);
   void execute_reducescatter(std::vector<Ready>& bucket, const CollectiveContext& ctx);
   void execute_broadcast(Ready& tensor, const CollectiveContext& ctx);
@@ -295,6 +298,8 @@ class Engine {
   std::vector<int> layout_members_;
   int layout_index_ = -1;
   HostLayout layout_;
+  std::vector<int> shared_members_;
+  bool shared_ = false;
 
   std::mutex stats_mutex_;
   EngineStats stats_;

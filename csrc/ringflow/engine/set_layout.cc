@@ -8,6 +8,7 @@
 #include "ringflow/common/env.h"
 #include "ringflow/common/log.h"
 #include "ringflow/engine/engine.h"
+#include "ringflow/transport/shm/collective_area.h"
 
 namespace rf {
 
@@ -40,6 +41,15 @@ const HostLayout& Engine::set_layout(const std::vector<int>& members, int my_ind
   layout_members_ = members;
   layout_index_ = my_index;
   return layout;
+}
+
+bool Engine::shares_memory(const std::vector<int>& members) {
+  if (members == shared_members_) return shared_;
+  shm::CollectiveAreas* areas = runtime_->transport().collective_areas();
+  shared_ =
+      areas && members.size() >= 2 && areas->covers(members) && areas->slot_bytes(members) >= 64;
+  shared_members_ = members;
+  return shared_;
 }
 
 }  // namespace rf
