@@ -21,6 +21,7 @@ _K = _core.OpKind
 _NO_SPLITS: list[int] = []
 _HOST_DTYPES = _arrays.host_dtypes()
 _UNNAMED = ("allreduce", 0)  # auto_name's counter of unnamed allreduces on the global set
+_allreduce_now = _core.allreduce_now_fast  # Engine.allreduce_now without pybind11's dispatch
 
 
 # -- allreduce ---------------------------------------------------------------------------------
@@ -42,7 +43,7 @@ def _now(x, op, name, pre, post, in_place):
     if name is None:
         name = f"allreduce.noname.{next(state.unnamed[_UNNAMED])}"  # as auto_name names it
     out = x if in_place else np.empty(x.shape, x.dtype)
-    core.allreduce_now(x, dtype, name, out, op, float(pre), float(post))
+    _allreduce_now(core, x, dtype, name, out, op, float(pre), float(post))
     return out
 
 

@@ -222,6 +222,19 @@ class Engine:
     def peer_transports(self) -> list[str]: ...
     def flight_recorder_json(self) -> str: ...
 
+def allreduce_now_fast(
+    engine: Engine,
+    array: Any,
+    dtype: DType,
+    name: str,
+    out: Any,
+    op: ReduceOp,
+    prescale: float,
+    postscale: float,
+    /,
+) -> None:
+    """Engine.allreduce_now without pybind11's dispatch (positional arguments only)."""
+
 class StoreServer:
     def __init__(
         self, host: str = "127.0.0.1", port: int = 0, *, secret: bytes, job_id: str

@@ -49,24 +49,28 @@ void register_exceptions(py::module_& m) {
     try {
       if (pointer) std::rethrow_exception(pointer);
     } catch (const rf::Error& error) {
-      PyObject* type = exceptions.base;
-      switch (error.kind()) {
-        case rf::ErrorKind::kInvalidArgument:
-          type = exceptions.invalid_argument;
-          break;
-        case rf::ErrorKind::kMismatch:
-          type = exceptions.mismatch;
-          break;
-        case rf::ErrorKind::kTimeout:
-          type = exceptions.timeout;
-          break;
-        case rf::ErrorKind::kPeerFailure:
-          type = exceptions.peer_failure;
-          break;
-        case rf::ErrorKind::kInternal:
-          break;
-      }
-      PyErr_SetString(type, error.what());
+      set_python_error(error);
     }
   });
+}
+
+void set_python_error(const rf::Error& error) {
+  PyObject* type = exceptions.base;
+  switch (error.kind()) {
+    case rf::ErrorKind::kInvalidArgument:
+      type = exceptions.invalid_argument;
+      break;
+    case rf::ErrorKind::kMismatch:
+      type = exceptions.mismatch;
+      break;
+    case rf::ErrorKind::kTimeout:
+      type = exceptions.timeout;
+      break;
+    case rf::ErrorKind::kPeerFailure:
+      type = exceptions.peer_failure;
+      break;
+    case rf::ErrorKind::kInternal:
+      break;
+  }
+  PyErr_SetString(type, error.what());
 }

@@ -4,4 +4,8 @@
 
 #include <pybind11/pybind11.h>
 
+#include "ringflow/common/error.h"
+
 void register_exceptions(pybind11::module_& m);
+// Sets the Python error for `error` (its class by kind), for calls outside pybind11's dispatch.
+void set_python_error(const rf::Error& error);

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "ringflow/bindings/exceptions.h"
+#include "ringflow/bindings/fast_allreduce.h"
 #include "ringflow/common/dtype.h"
 #include "ringflow/common/error.h"
 #include "ringflow/cuda/device.h"
@@ -260,6 +261,7 @@ void probe_handshake(const std::string& host, int port, const std::string& secre
 PYBIND11_MODULE(_core, m) {
   m.doc() = "ringflow's C++ core (internal: use the ringflow package)";
   register_exceptions(m);
+  register_fast_allreduce(m, &allreduce_now);
 
   py::enum_<DType>(m, "DType")
       .value("uint8", DType::kUInt8)
