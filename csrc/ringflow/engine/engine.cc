@@ -449,7 +449,8 @@ void Engine::members_of(const Descriptor& d, std::vector<int>& out) {
     out.assign({std::min(d.root, d.peer), std::max(d.root, d.peer)});
     return;
   }
-  std::lock_guard<std::mutex> lock(sets_mutex_);
+  // No sets_mutex_: the table changes only in complete_control, under comm_mutex_, which every
+  // caller of this holds (the lock guards the submitting threads' reads).
   RF_CHECK(sets_.contains(d.process_set), kPeerFailure)
       << "a peer announced tensor '" << descriptor_name(d) << "' on process set " << d.process_set
       << ", which this rank does not have (process sets must be added and "
