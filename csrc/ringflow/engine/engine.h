@@ -200,8 +200,8 @@ class Engine {
   // Where a set's members live (by set rank), for hierarchical allreduce; says once when uneven.
   // The answer is kept for the next call with the same members (valid until then).
   const HostLayout& set_layout(const std::vector<int>& members, int my_index);
-  // Whether the members (job ranks) map each other's collective areas, as shm_direct_possible
-  // answers for their context: every member alike. Kept for the next call, like the layout.
+  // Whether the members (job ranks) are on one host (topology) and map each other's collective
+  // areas (as shm_direct_possible): every member alike. Kept for the next call, like the layout.
   bool shares_memory(const std::vector<int>& members);
   void execute_allgather(std::vector<Ready>& bucket, const CollectiveContext& ctx);
   void execute_reducescatter(std::vector<Ready>& bucket, const CollectiveContext& ctx);

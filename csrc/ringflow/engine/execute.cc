@@ -315,7 +315,7 @@ void Engine::execute_allreduce(std::vector<Ready>& bucket, const CollectiveConte
   const double factor = finishing_factor(op, request.postscale, average_divisor(bucket[0].tensor));
   auto finish = [=](void* data, size_t n) { scale_by(data, n, dtype, factor); };
   const HostLayout& hosts = set_layout(bucket[0].tensor.members, ctx.rank());
-  const bool shared = shm_direct_possible(ctx);
+  const bool shared = shares_memory(bucket[0].tensor.members);  // as run_round decided inlining
   auto run = [&](const void* in, void* out, size_t count, const std::vector<size_t>& chunks) {
     const int64_t start = Timeline::now_us();
     const char* phase = "HIERARCHICAL_ALLREDUCE";
@@ -332,7 +332,7 @@ void Engine::execute_allreduce(std::vector<Ready>& bucket, const CollectiveConte
     } else if (small) {
       bruck_allreduce(ctx, in, out, count, dtype, op, finish, chunks);
       phase = allreduce_phase(AllreduceAlgorithm::kBruck);
-    } else if (choose_shm_direct(count * elem, set_size, shared)) {
+    } else if (choose_shm_direct(count * elem, set_size, shm_direct_possible(ctx))) {
       shm_direct_allreduce(ctx, in, out, count, dtype, op, finish, chunks);
       phase = "SHM_DIRECT_ALLREDUCE";
       std::lock_guard<std::mutex> lock(stats_mutex_);
