@@ -43,7 +43,7 @@ def _now(x, op, name, pre, post, in_place):
     if name is None:
         name = f"allreduce.noname.{next(state.unnamed[_UNNAMED])}"  # as auto_name names it
     out = x if in_place else np.empty(x.shape, x.dtype)
-    _allreduce_now(core, x, dtype, name, out, op, float(pre), float(post))
+    _allreduce_now(core, x, dtype, name, out, op, pre, post)  # it converts pre, post as float()
     return out
 
 

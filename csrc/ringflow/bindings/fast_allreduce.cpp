@@ -11,10 +11,14 @@ namespace {
 
 AllreduceNow allreduce_now = nullptr;
 
+// float(value), as the Python layer's float(prescale) was (strings included).
 double as_double(PyObject* value) {
-  const double number = PyFloat_AsDouble(value);
-  if (number == -1.0 && PyErr_Occurred()) throw py::error_already_set();
-  return number;
+  if (PyFloat_CheckExact(value)) return PyFloat_AS_DOUBLE(value);
+  PyObject* number = PyNumber_Float(value);
+  if (number == nullptr) throw py::error_already_set();
+  const double result = PyFloat_AS_DOUBLE(number);
+  Py_DECREF(number);
+  return result;
 }
 
 PyObject* allreduce_now_fast(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs) {

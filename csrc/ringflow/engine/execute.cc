@@ -223,7 +223,7 @@ void Engine::execute_inline_allreduce(Ready& item) {
     fold_in_ring_order(contributions, out, count, request.dtype, request.op);
   }
   scale_by(out, count, request.dtype, finishing_factor(request.op, request.postscale, set_size));
-  trace(item, "INLINE_ALLREDUCE", start, Timeline::now_us());
+  if (timeline_.active()) trace(item, "INLINE_ALLREDUCE", start, Timeline::now_us());
   {
     std::lock_guard<std::mutex> lock(stats_mutex_);
     ++stats_.inline_allreduces;
