@@ -248,7 +248,7 @@ class Engine {
   std::vector<Local> queue_;
   std::unordered_set<TensorKey, TensorKeyHash> pending_names_;
   // Nodes of pending_names_ that settle() took out, for the next submissions to reuse.
-  static constexpr size_t kSpareNodes = 64;
+  static constexpr size_t kSpareNodes = 16;
   std::vector<std::unordered_set<TensorKey, TensorKeyHash>::node_type> spare_names_;
   std::optional<Error> broken_;
   bool closed_ = false;

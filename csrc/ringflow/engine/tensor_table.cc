@@ -26,7 +26,7 @@ std::vector<int> PendingTensor::announced_ranks() const {
 
 namespace {
 
-constexpr size_t kSpareNodes = 64;  // more than one round of a loop needs
+constexpr size_t kSpareNodes = 16;  // enough for a loop; a burst is not kept
 
 }  // namespace
 
@@ -89,6 +89,11 @@ void TensorTable::announce(const Descriptor& d, int rank, const std::vector<int>
 
 void TensorTable::recycle(PendingTensor&& tensor) {
   if (tensor.members.capacity() == 0) return;  // moved from already
+  // Small inline buffers are what a loop reuses; a large one is not kept for later.
+  constexpr size_t kKeptInlineBytes = 1 << 10;
+  for (std::vector<char>& data : tensor.inline_data) {
+    if (data.capacity() > kKeptInlineBytes) std::vector<char>().swap(data);
+  }
   for (OrderNode& node : spare_tensors_) {
     if (node.mapped().members.capacity() == 0) {  // holds a moved-from tensor
       node.mapped() = std::move(tensor);
