@@ -6,6 +6,15 @@
 
 namespace rf {
 
+namespace {
+// Where the direct reducescatter and alltoall start under auto (bytes; N = 2 and N > 2),
+// measured with `ringflow bench` on 2 cores (docs/performance.md).
+constexpr size_t kDirectScatterMinBytes = 0;
+constexpr size_t kDirectScatterMinBytes2 = 0;
+constexpr size_t kDirectAlltoallMinBytes = 0;
+constexpr size_t kDirectAlltoallMinBytes2 = 0;
+}  // namespace
+
 AllreduceAlgorithm choose_allreduce(size_t bytes, int size) {
   const EnvConfig& env = env_config();
   if (env.allreduce_algorithm == "ring" || env.allreduce_algorithm == "direct") {
@@ -59,6 +68,45 @@ BroadcastAlgorithm choose_broadcast(size_t bytes, int size) {
   // The tree sends the whole buffer log2(N) times from the root; the chain once per link.
   return size > 2 && bytes >= env.chain_min_bytes ? BroadcastAlgorithm::kChain
                                                   : BroadcastAlgorithm::kBinomial;
+}
+
+bool choose_shm_direct_reduce_scatter(size_t bytes, int size, bool possible) {
+  const std::string& choice = env_config().reducescatter_algorithm;
+  if (!possible || choice == "ring") return false;
+  // Direct moves 3 - 1/N bytes per byte against the ring's 7 (N - 1)/N (the files' headers).
+  // Measured crossovers on 2 cores: see docs/performance.md.
+  return choice == "direct" ||
+         bytes >= (size > 2 ? kDirectScatterMinBytes : kDirectScatterMinBytes2);
+}
+
+bool choose_shm_direct_alltoall(size_t bytes, int size, bool possible) {
+  const std::string& choice = env_config().alltoall_algorithm;
+  if (!possible || choice == "pairwise") return false;
+  return choice == "direct" ||
+         bytes >= (size > 2 ? kDirectAlltoallMinBytes : kDirectAlltoallMinBytes2);
+}
+
+const char* run_reduce_scatter(const CollectiveContext& ctx, const void* in, void* out,
+                               const std::vector<size_t>& block_counts, DType dtype, ReduceOp op) {
+  size_t bytes = 0;
+  for (size_t count : block_counts) bytes += count * dtype_size(dtype);
+  if (choose_shm_direct_reduce_scatter(bytes, ctx.size(), shm_direct_part_bytes(ctx) > 0)) {
+    shm_direct_reduce_scatter(ctx, in, out, block_counts, dtype, op);
+    return "SHM_DIRECT_REDUCESCATTER";
+  }
+  ring_reduce_scatter(ctx, in, out, block_counts, dtype, op);
+  return "RING_REDUCESCATTER";
+}
+
+const char* run_alltoall(const CollectiveContext& ctx, size_t agreed_bytes, const void* in,
+                         const std::vector<size_t>& send_bytes, void* out,
+                         const std::vector<size_t>& recv_bytes) {
+  if (choose_shm_direct_alltoall(agreed_bytes, ctx.size(), shm_direct_part_bytes(ctx) > 0)) {
+    shm_direct_alltoall(ctx, in, send_bytes, out, recv_bytes);
+    return "SHM_DIRECT_ALLTOALL";
+  }
+  pairwise_alltoall(ctx, in, send_bytes, out, recv_bytes);
+  return "PAIRWISE_ALLTOALL";
 }
 
 size_t segment_elements(size_t elem_bytes) {

@@ -3,11 +3,15 @@
 #pragma once
 
 #include <cstddef>
+#include <vector>
+
+#include "ringflow/common/dtype.h"
 
 namespace rf {
 
 enum class AllreduceAlgorithm { kRing, kBruck };
 struct HostLayout;
+struct CollectiveContext;
 
 enum class BroadcastAlgorithm { kBinomial, kChain };
 
@@ -35,5 +39,21 @@ bool choose_shm_direct_broadcast(int size, bool possible);
 bool choose_hierarchical(const HostLayout& layout);
 // RINGFLOW_BROADCAST_ALGORITHM=auto|binomial|chain; auto picks chain from RINGFLOW_CHAIN_MIN_BYTES.
 BroadcastAlgorithm choose_broadcast(size_t bytes, int size);
+
+// Whether a reducescatter of `bytes` (its whole input, alike on every rank) reads its peers'
+// collective areas (shm_direct_reduce_scatter) instead of going around the ring, and whether an
+// alltoall does (shm_direct_alltoall, `bytes`: what the set's first rank sends) instead of
+// pairwise exchange. `possible`: shm_direct_part_bytes(ctx) > 0.
+// RINGFLOW_REDUCESCATTER_ALGORITHM=auto|ring|direct, RINGFLOW_ALLTOALL_ALGORITHM=
+// auto|pairwise|direct: auto is the crossover measured for `size` ranks (select.cc).
+bool choose_shm_direct_reduce_scatter(size_t bytes, int size, bool possible);
+bool choose_shm_direct_alltoall(size_t bytes, int size, bool possible);
+// Run the reducescatter (ring_reduce_scatter's arguments) or alltoall (pairwise_alltoall's) that
+// the choice above picks; each returns its timeline phase.
+const char* run_reduce_scatter(const CollectiveContext& ctx, const void* in, void* out,
+                               const std::vector<size_t>& block_counts, DType dtype, ReduceOp op);
+const char* run_alltoall(const CollectiveContext& ctx, size_t agreed_bytes, const void* in,
+                         const std::vector<size_t>& send_bytes, void* out,
+                         const std::vector<size_t>& recv_bytes);
 
 }  // namespace rf
