@@ -334,6 +334,13 @@ def test_process_sets_share_the_areas(jobs):
                 ref.assert_bits_equal(a, b, f"rank {rank}, collective {j}")
 
 
+def test_auto_choice(make_job):
+    """Default algorithms at N = 2: every reducescatter direct; alltoall direct from 256 KiB
+    sent by rank 0 (rows of 16 KiB: 2 x 1 rows stay pairwise, 2 x 16 go direct)."""
+    job = make_job(2, env=BASE_ENV).start()
+    assert job.call(_auto_choice, [1, 16]) == [(2, 1), (2, 1)]
+
+
 @pytest.mark.parametrize(("n", "kind"), [(4, "reducescatter"), (3, "alltoall")])
 def test_sigkill_mid_collective(make_job, n, kind):
     """Ranks loop over 800 KB collectives (hundreds of pieces of the tiny area); one is killed."""

@@ -7,12 +7,9 @@
 namespace rf {
 
 namespace {
-// Where the direct reducescatter and alltoall start under auto (bytes; N = 2 and N > 2),
-// measured with `ringflow bench` on 2 cores (docs/performance.md).
-constexpr size_t kDirectScatterMinBytes = 0;
-constexpr size_t kDirectScatterMinBytes2 = 0;
-constexpr size_t kDirectAlltoallMinBytes = 0;
-constexpr size_t kDirectAlltoallMinBytes2 = 0;
+// Where alltoall starts reading the collective areas under auto (what the set's first rank
+// sends), measured with `ringflow bench` on 2 cores (docs/performance.md).
+constexpr size_t kDirectAlltoallMinBytes = 256 << 10;
 }  // namespace
 
 AllreduceAlgorithm choose_allreduce(size_t bytes, int size) {
@@ -70,20 +67,20 @@ BroadcastAlgorithm choose_broadcast(size_t bytes, int size) {
                                                   : BroadcastAlgorithm::kBinomial;
 }
 
-bool choose_shm_direct_reduce_scatter(size_t bytes, int size, bool possible) {
+bool choose_shm_direct_reduce_scatter(size_t /*bytes*/, int /*size*/, bool possible) {
   const std::string& choice = env_config().reducescatter_algorithm;
-  if (!possible || choice == "ring") return false;
-  // Direct moves 3 - 1/N bytes per byte against the ring's 7 (N - 1)/N (the files' headers).
-  // Measured crossovers on 2 cores: see docs/performance.md.
-  return choice == "direct" ||
-         bytes >= (size > 2 ? kDirectScatterMinBytes : kDirectScatterMinBytes2);
+  // Direct moves 3 - 1/N bytes per byte against the ring's 7 (N - 1)/N and waits on no ring:
+  // measured (docs/performance.md, 2 cores) as fast or faster at every size from 64 B to 64 MiB,
+  // N = 2 and 4, so auto takes it wherever it is possible.
+  return possible && choice != "ring";
 }
 
-bool choose_shm_direct_alltoall(size_t bytes, int size, bool possible) {
+bool choose_shm_direct_alltoall(size_t bytes, int /*size*/, bool possible) {
   const std::string& choice = env_config().alltoall_algorithm;
   if (!possible || choice == "pairwise") return false;
-  return choice == "direct" ||
-         bytes >= (size > 2 ? kDirectAlltoallMinBytes : kDirectAlltoallMinBytes2);
+  // The same bytes as pairwise exchange over the rings: direct wins on synchronisation only,
+  // measured 1.0-1.3x from 256 KiB and within noise below (N = 2 and 4).
+  return choice == "direct" || bytes >= kDirectAlltoallMinBytes;
 }
 
 const char* run_reduce_scatter(const CollectiveContext& ctx, const void* in, void* out,

@@ -45,7 +45,8 @@ BroadcastAlgorithm choose_broadcast(size_t bytes, int size);
 // alltoall does (shm_direct_alltoall, `bytes`: what the set's first rank sends) instead of
 // pairwise exchange. `possible`: shm_direct_part_bytes(ctx) > 0.
 // RINGFLOW_REDUCESCATTER_ALGORITHM=auto|ring|direct, RINGFLOW_ALLTOALL_ALGORITHM=
-// auto|pairwise|direct: auto is the crossover measured for `size` ranks (select.cc).
+// auto|pairwise|direct. Measured (select.cc): auto reducescatter is direct wherever possible,
+// auto alltoall from 256 KiB.
 bool choose_shm_direct_reduce_scatter(size_t bytes, int size, bool possible);
 bool choose_shm_direct_alltoall(size_t bytes, int size, bool possible);
 // Run the reducescatter (ring_reduce_scatter's arguments) or alltoall (pairwise_alltoall's) that
