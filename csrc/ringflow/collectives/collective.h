@@ -112,9 +112,13 @@ void ring_reduce_scatter(const CollectiveContext& ctx, const void* in, void* out
 // own block straight from the others' slots (shm_direct_reduce_scatter.cc), in the ring's order.
 // Only where shm_direct_part_bytes(ctx) > 0, which every member answers alike: the bytes of each
 // rank's slot that it gives each other member (0: no areas, or slots too small).
+// `gather`, if set, stands for `in`: it copies bytes [offset, offset + bytes) of the input to
+// `dst`, so a fused bucket's tensors go straight into the area without being packed first.
 size_t shm_direct_part_bytes(const CollectiveContext& ctx);
+using InputGather = std::function<void(size_t offset, size_t bytes, char* dst)>;
 void shm_direct_reduce_scatter(const CollectiveContext& ctx, const void* in, void* out,
-                               const std::vector<size_t>& block_counts, DType dtype, ReduceOp op);
+                               const std::vector<size_t>& block_counts, DType dtype, ReduceOp op,
+                               const InputGather& gather = {});
 
 // send_bytes[p] bytes from `in` (blocks in rank order) go to rank p; recv_bytes[p] bytes from
 // rank p land in `out` (blocks in rank order).

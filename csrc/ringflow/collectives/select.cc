@@ -83,12 +83,21 @@ bool choose_shm_direct_alltoall(size_t bytes, int /*size*/, bool possible) {
   return choice == "direct" || bytes >= kDirectAlltoallMinBytes;
 }
 
+bool reduce_scatter_gathers(const CollectiveContext& ctx, size_t bytes, double prescale) {
+  // Prescale scales a packed copy; otherwise the direct algorithm, which copies its input into
+  // the area piece by piece anyway, takes it from the tensors: the fusion buffer's copy is saved.
+  return prescale == 1.0 &&
+         choose_shm_direct_reduce_scatter(bytes, ctx.size(), shm_direct_part_bytes(ctx) > 0);
+}
+
 const char* run_reduce_scatter(const CollectiveContext& ctx, const void* in, void* out,
-                               const std::vector<size_t>& block_counts, DType dtype, ReduceOp op) {
+                               const std::vector<size_t>& block_counts, DType dtype, ReduceOp op,
+                               const std::function<void(size_t, size_t, char*)>& gather) {
   size_t bytes = 0;
   for (size_t count : block_counts) bytes += count * dtype_size(dtype);
-  if (choose_shm_direct_reduce_scatter(bytes, ctx.size(), shm_direct_part_bytes(ctx) > 0)) {
-    shm_direct_reduce_scatter(ctx, in, out, block_counts, dtype, op);
+  if (gather ||
+      choose_shm_direct_reduce_scatter(bytes, ctx.size(), shm_direct_part_bytes(ctx) > 0)) {
+    shm_direct_reduce_scatter(ctx, in, out, block_counts, dtype, op, gather);
     return "SHM_DIRECT_REDUCESCATTER";
   }
   ring_reduce_scatter(ctx, in, out, block_counts, dtype, op);

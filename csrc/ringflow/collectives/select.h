@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstddef>
+#include <functional>
 #include <vector>
 
 #include "ringflow/common/dtype.h"
@@ -51,8 +52,12 @@ bool choose_shm_direct_reduce_scatter(size_t bytes, int size, bool possible);
 bool choose_shm_direct_alltoall(size_t bytes, int size, bool possible);
 // Run the reducescatter (ring_reduce_scatter's arguments) or alltoall (pairwise_alltoall's) that
 // the choice above picks; each returns its timeline phase.
+// A fused reducescatter may leave its input unpacked (`in` not yet written) where
+// reduce_scatter_gathers says so, and pass `gather` (collective.h, InputGather) instead.
+bool reduce_scatter_gathers(const CollectiveContext& ctx, size_t bytes, double prescale);
 const char* run_reduce_scatter(const CollectiveContext& ctx, const void* in, void* out,
-                               const std::vector<size_t>& block_counts, DType dtype, ReduceOp op);
+                               const std::vector<size_t>& block_counts, DType dtype, ReduceOp op,
+                               const std::function<void(size_t, size_t, char*)>& gather = {});
 const char* run_alltoall(const CollectiveContext& ctx, size_t agreed_bytes, const void* in,
                          const std::vector<size_t>& send_bytes, void* out,
                          const std::vector<size_t>& recv_bytes);

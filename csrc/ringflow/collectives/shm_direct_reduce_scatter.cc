@@ -51,7 +51,8 @@ size_t shm_direct_part_bytes(const CollectiveContext& ctx) {
 }
 
 void shm_direct_reduce_scatter(const CollectiveContext& ctx, const void* in, void* out,
-                               const std::vector<size_t>& block_counts, DType dtype, ReduceOp op) {
+                               const std::vector<size_t>& block_counts, DType dtype, ReduceOp op,
+                               const InputGather& gather) {
   const int size = ctx.size();
   const int me = ctx.rank();
   const size_t elem = dtype_size(dtype);
@@ -66,6 +67,15 @@ void shm_direct_reduce_scatter(const CollectiveContext& ctx, const void* in, voi
   const size_t pieces = (largest + per_piece - 1) / per_piece;
   const std::vector<size_t> block_at = block_offsets(block_counts);
   const char* source = static_cast<const char*>(in);
+  // Input elements [first, first + n) to dst: from `in`, or straight from a fused bucket's tensors.
+  auto copy_input = [&](size_t first, size_t n, char* dst) {
+    if (gather) {
+      gather(first * elem, n * elem, dst);
+    } else {
+      std::memcpy(dst, source + first * elem, n * elem);
+    }
+  };
+  std::vector<char> own(gather ? part_bytes : 0);  // this rank's part, gathered
   // Counts for each pair before this collective: this rank's own (collective_area.h).
   std::vector<uint64_t> base(size);
   for (int r = 0; r < size; ++r) {
@@ -96,8 +106,7 @@ void shm_direct_reduce_scatter(const CollectiveContext& ctx, const void* in, voi
       std::vector<std::pair<int, uint64_t>> readers;
       for (int r = 0; r < size; ++r) {
         if (r == me) continue;
-        std::memcpy(slot + part_at(me, r), source + (block_at[r] + k * per_piece) * elem,
-                    part(r, k) * elem);
+        copy_input(block_at[r] + k * per_piece, part(r, k), slot + part_at(me, r));
         readers.emplace_back(ranks[r], base[r] + k + 1);
       }
       areas.slot_filled(slot_index, std::move(readers));
@@ -115,10 +124,13 @@ void shm_direct_reduce_scatter(const CollectiveContext& ctx, const void* in, voi
     if (n > 0) {
       const int slot_index = static_cast<int>(k % shm::kAreaSlots);
       for (int r = 0; r < size; ++r) {
-        if (r == me) {
+        if (r == me && gather) {
+          copy_input(block_at[me] + k * per_piece, n, own.data());
+          contributions[r] = own.data();
+        } else if (r == me) {
           contributions[r] = source + (block_at[me] + k * per_piece) * elem;
-          continue;
         }
+        if (r == me) continue;
         areas.wait(ranks[r], shm::kFilled, base[r] + k + 1, ranks, ctx.deadline, "reducescatter");
         contributions[r] = areas.slot(ranks[r], slot_index) + part_at(r, me);
       }

@@ -487,16 +487,17 @@ void Engine::execute_reducescatter(std::vector<Ready>& bucket, const CollectiveC
     trace(bucket[0], count_direct_gather(phase), start, Timeline::now_us());
     return;
   }
-  const size_t mine = layout.slot_bytes()[me];
-  fusion_buffer_.reserve(layout.total_bytes() + mine);
+  fusion_buffer_.reserve(layout.total_bytes() + layout.slot_bytes()[me]);
   char* fused = fusion_buffer_.data();
   char* reduced = fused + layout.total_bytes();
-  pack_all(layout, sources, fused);
+  const bool gathers = reduce_scatter_gathers(ctx, layout.total_bytes(), request.prescale);
+  if (!gathers) pack_all(layout, sources, fused);
   if (request.prescale != 1.0) {
     scale_by(fused, layout.total_bytes() / elem, dtype, request.prescale);
   }
   const int64_t packed = Timeline::now_us();
-  auto* phase = count_direct_gather(run_reduce_scatter(ctx, fused, reduced, counts, dtype, op));
+  auto* phase = count_direct_gather(run_reduce_scatter(
+      ctx, fused, reduced, counts, dtype, op, gathers ? fused_gather(layout, sources) : nullptr));
   finish(reduced);
   const int64_t scattered = Timeline::now_us();
   unpack_slot(layout, me, reduced, targets);
