@@ -151,7 +151,13 @@ def _fused_and_async(rows_list):
     ]
     in_flight = [rf.synchronize(h) for h in handles]
     exchanged = [rf.synchronize(h) for h in a2a]
-    return fused, alone, in_flight, exchanged, did_fuse
+    # Prescaled, the fused bucket is packed and scaled first (not gathered from the tensors).
+    scaled = rf.grouped_reducescatter(tensors, op=rf.Sum, prescale_factor=0.5, name="fused.sc")
+    scaled_alone = [
+        rf.reducescatter(t, op=rf.Sum, prescale_factor=0.5, name=f"sc.{i}")
+        for i, t in enumerate(tensors)
+    ]
+    return fused, alone, in_flight, exchanged, did_fuse, list(zip(scaled, scaled_alone))
 
 
 def _sets_interleaved(rows_list):
@@ -288,8 +294,10 @@ def test_every_dtype_and_op_exact_and_equal_to_the_ring(jobs, n):
 def test_fused_async_equal_unfused(jobs, n):
     rows_list = [1, 7, 10 * n + 1, BIG]
     results = jobs("direct", n).call(_fused_and_async, rows_list)
-    for rank, (fused, alone, in_flight, exchanged, did_fuse) in enumerate(results):
+    for rank, (fused, alone, in_flight, exchanged, did_fuse, scaled) in enumerate(results):
         assert did_fuse, f"rank {rank}: the grouped call was not fused"
+        for i, (a, b) in enumerate(scaled):
+            ref.assert_bits_equal(a, b, f"rank {rank}, tensor {i}: prescaled fused differs")
         for i, (a, b, c) in enumerate(zip(fused, alone, in_flight)):
             ref.assert_bits_equal(a, b, f"rank {rank}, tensor {i}: fused differs from alone")
             ref.assert_bits_equal(c, b, f"rank {rank}, tensor {i}: async differs from alone")
