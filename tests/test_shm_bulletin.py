@@ -10,7 +10,6 @@ rank SIGKILLed while the others loop over 8-byte allreduces is named by every su
 from __future__ import annotations
 
 import os
-import signal
 import time
 
 import numpy as np
@@ -18,8 +17,7 @@ import pytest
 
 import ringflow as rf
 from tests import harness
-from tests.test_failures import DEAD_PEER_S, names_dead_rank
-from tests.test_shm_transport import _shm_segments
+from tests.shm_kill import sigkill_during_loop
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm on this host")
 
@@ -114,26 +112,5 @@ def _loop_small(victim):
 
 @pytest.mark.parametrize("n", [2, 4])
 def test_sigkill_during_small_allreduces(make_job, n):
-    victim = n - 1
     job = _job(make_job, n)
-    pids = [job.pid(r) for r in range(n)]
-    job.submit(_loop_small, victim)
-    store = job.store_client()
-    try:
-        store.get("test/looping", timeout_s=60.0)
-    finally:
-        store.close()
-    job.kill(victim)
-    killed_at = time.monotonic()
-    results = job.collect(deadline=TIMEOUT_S + 30)
-    for result in results:
-        if result.rank == victim:
-            assert result.died and result.exitcode == -signal.SIGKILL, result.describe()
-            continue
-        assert result.ok, result.describe()
-        step, error, raised_at = result.value
-        assert step >= 100 and isinstance(error, rf.PeerFailureError), result.describe()
-        assert raised_at - killed_at < DEAD_PEER_S, result.describe()
-        assert f"rank {result.rank}" in str(error), result.describe()
-        assert names_dead_rank(str(error), victim), result.describe()
-    assert _shm_segments(pids) == []
+    sigkill_during_loop(job, n - 1, _loop_small, min_step=100, deadline=TIMEOUT_S + 30)

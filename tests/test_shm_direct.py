@@ -11,8 +11,6 @@ rank SIGKILLed mid-collective makes every survivor raise within 5 s, leaving /de
 from __future__ import annotations
 
 import os
-import signal
-import time
 
 import numpy as np
 import pytest
@@ -20,8 +18,8 @@ import pytest
 import ringflow as rf
 from tests import harness
 from tests import reference as ref
-from tests.test_failure_reports import _start_loop
-from tests.test_failures import DEAD_PEER_S, names_dead_rank
+from tests.shm_kill import sigkill_during_loop
+from tests.test_failure_reports import _loop_until_error
 from tests.test_shm_transport import _shm_segments
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm on this host")
@@ -213,25 +211,9 @@ def test_fused_equals_unfused(jobs, n):
 @pytest.mark.parametrize("n", [2, 4])
 def test_sigkill_mid_collective(make_job, n):
     """Ranks loop over 800 KB allreduces (50 pieces of the tiny area); one is SIGKILLed."""
-    victim = n - 1
     job = make_job(n, env=ENVS["direct"], rank_timeout=10.0)
     job.start()
-    pids = [job.pid(r) for r in range(n)]
-    _start_loop(job, victim)
-    killed_at = time.monotonic()
-    job.kill(victim)
-    results = job.collect(deadline=40)
-    assert time.monotonic() - killed_at < DEAD_PEER_S, harness.describe_all(results)
-    for result in results:
-        if result.rank == victim:
-            assert result.died and result.exitcode == -signal.SIGKILL, result.describe()
-            continue
-        assert result.ok, result.describe()
-        step, error, since_ok = result.value
-        assert step >= 3 and isinstance(error, rf.PeerFailureError), result.describe()
-        assert since_ok < DEAD_PEER_S, result.describe()
-        assert names_dead_rank(str(error), victim), result.describe()
-    assert _shm_segments(pids) == []
+    sigkill_during_loop(job, n - 1, _loop_until_error, min_step=3, deadline=40)
 
 
 def test_process_sets_share_the_areas(jobs):

@@ -15,17 +15,14 @@ import numpy as np
 import pytest
 
 import ringflow as rf
-from tests import harness
-from tests.test_failure_reports import _start_loop
+from tests.shm_kill import sigkill_during_loop
+from tests.test_failure_reports import _loop_until_error
 from tests.test_failures import (
-    DEAD_PEER_S,
     _collective,
     _timed,
     _warm_up_then,
     check_survivors,
-    names_dead_rank,
 )
-from tests.test_shm_transport import _shm_segments
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm on this host")
 
@@ -49,24 +46,8 @@ def _shm_job(make_job, n, **kwargs):
 @pytest.mark.parametrize("n", [2, 4])
 def test_sigkill_mid_collective(make_job, n):
     """The parent SIGKILLs a rank while all loop over allreduces larger than the rings."""
-    victim = 1
     job = _shm_job(make_job, n)
-    pids = [job.pid(r) for r in range(n)]
-    _start_loop(job, victim)
-    killed_at = time.monotonic()
-    job.kill(victim)
-    results = job.collect(deadline=TIMEOUT_S + 30)
-    assert time.monotonic() - killed_at < DEAD_PEER_S, harness.describe_all(results)
-    for result in results:
-        if result.rank == victim:
-            assert result.died and result.exitcode == -signal.SIGKILL, result.describe()
-            continue
-        assert result.ok, result.describe()
-        step, error, _ = result.value
-        assert step >= 3 and isinstance(error, rf.PeerFailureError), result.describe()
-        assert f"rank {result.rank}" in str(error), result.describe()
-        assert names_dead_rank(str(error), victim), result.describe()
-    assert _shm_segments(pids) == []
+    sigkill_during_loop(job, 1, _loop_until_error, min_step=3, deadline=TIMEOUT_S + 30)
 
 
 @pytest.mark.parametrize(("kind", "how"), [("allreduce", "sigkill"), ("recv", "exit")])
