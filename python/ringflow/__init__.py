@@ -270,6 +270,6 @@ def engine_stats() -> dict[str, int]:
     """Counters since init: negotiation rounds and bytes, response-cache hits, operations run
     (`responses`; a fused bucket counts once), small allreduces reduced from the round's own data
     (`inline_allreduces`, not in `responses`), fused operations and the tensors they carried,
-    and the allreduces, allgathers and broadcasts that read same-host peers' memory directly
-    (`direct_allreduces`, `direct_gathers`)."""
+    and the allreduces, allgathers and broadcasts (reducescatters, alltoalls) that read same-host
+    peers' memory directly (`direct_allreduces`, `direct_gathers`)."""
     return dict(_engine().stats())

@@ -108,12 +108,27 @@ void shm_direct_allgatherv(const CollectiveContext& ctx, void* out,
 // this rank's block, reduced over all ranks.
 void ring_reduce_scatter(const CollectiveContext& ctx, const void* in, void* out,
                          const std::vector<size_t>& block_counts, DType dtype, ReduceOp op);
+// The same result for ranks of one host that map each other's collective areas: each reduces its
+// own block straight from the others' slots (shm_direct_reduce_scatter.cc), in the ring's order.
+// Only where shm_direct_part_bytes(ctx) > 0, which every member answers alike: the bytes of each
+// rank's slot that it gives each other member (0: no areas, or slots too small).
+// `gather`, if set, stands for `in`: it copies bytes [offset, offset + bytes) of the input to
+// `dst`, so a fused bucket's tensors go straight into the area without being packed first.
+size_t shm_direct_part_bytes(const CollectiveContext& ctx);
+using InputGather = std::function<void(size_t offset, size_t bytes, char* dst)>;
+void shm_direct_reduce_scatter(const CollectiveContext& ctx, const void* in, void* out,
+                               const std::vector<size_t>& block_counts, DType dtype, ReduceOp op,
+                               const InputGather& gather = {});
 
 // send_bytes[p] bytes from `in` (blocks in rank order) go to rank p; recv_bytes[p] bytes from
 // rank p land in `out` (blocks in rank order).
 void pairwise_alltoall(const CollectiveContext& ctx, const void* in,
                        const std::vector<size_t>& send_bytes, void* out,
                        const std::vector<size_t>& recv_bytes);
+// The same through the collective areas (shm_direct_alltoall.cc; where shm_direct_part_bytes > 0).
+void shm_direct_alltoall(const CollectiveContext& ctx, const void* in,
+                         const std::vector<size_t>& send_bytes, void* out,
+                         const std::vector<size_t>& recv_bytes);
 
 // Returns once every rank has entered it.
 void dissemination_barrier(const CollectiveContext& ctx);

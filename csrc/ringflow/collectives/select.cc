@@ -6,6 +6,12 @@
 
 namespace rf {
 
+namespace {
+// Where alltoall starts reading the collective areas under auto (what the set's first rank
+// sends), measured with `ringflow bench` on 2 cores (docs/performance.md).
+constexpr size_t kDirectAlltoallMinBytes = 256 << 10;
+}  // namespace
+
 AllreduceAlgorithm choose_allreduce(size_t bytes, int size, bool shared_memory) {
   const EnvConfig& env = env_config();
   if (env.allreduce_algorithm == "ring" || env.allreduce_algorithm == "direct") {
@@ -61,6 +67,54 @@ BroadcastAlgorithm choose_broadcast(size_t bytes, int size) {
   // The tree sends the whole buffer log2(N) times from the root; the chain once per link.
   return size > 2 && bytes >= env.chain_min_bytes ? BroadcastAlgorithm::kChain
                                                   : BroadcastAlgorithm::kBinomial;
+}
+
+bool choose_shm_direct_reduce_scatter(size_t /*bytes*/, int /*size*/, bool possible) {
+  const std::string& choice = env_config().reducescatter_algorithm;
+  // Direct moves 3 - 1/N bytes per byte against the ring's 7 (N - 1)/N and waits on no ring:
+  // measured (docs/performance.md, 2 cores) as fast or faster at every size from 64 B to 64 MiB,
+  // N = 2 and 4, so auto takes it wherever it is possible.
+  return possible && choice != "ring";
+}
+
+bool choose_shm_direct_alltoall(size_t bytes, int /*size*/, bool possible) {
+  const std::string& choice = env_config().alltoall_algorithm;
+  if (!possible || choice == "pairwise") return false;
+  // The same bytes as pairwise exchange over the rings: direct wins on synchronisation only,
+  // measured 1.0-1.3x from 256 KiB and within noise below (N = 2 and 4).
+  return choice == "direct" || bytes >= kDirectAlltoallMinBytes;
+}
+
+bool reduce_scatter_gathers(const CollectiveContext& ctx, size_t bytes, double prescale) {
+  // Prescale scales a packed copy; otherwise the direct algorithm, which copies its input into
+  // the area piece by piece anyway, takes it from the tensors: the fusion buffer's copy is saved.
+  return prescale == 1.0 &&
+         choose_shm_direct_reduce_scatter(bytes, ctx.size(), shm_direct_part_bytes(ctx) > 0);
+}
+
+const char* run_reduce_scatter(const CollectiveContext& ctx, const void* in, void* out,
+                               const std::vector<size_t>& block_counts, DType dtype, ReduceOp op,
+                               const std::function<void(size_t, size_t, char*)>& gather) {
+  size_t bytes = 0;
+  for (size_t count : block_counts) bytes += count * dtype_size(dtype);
+  if (gather ||
+      choose_shm_direct_reduce_scatter(bytes, ctx.size(), shm_direct_part_bytes(ctx) > 0)) {
+    shm_direct_reduce_scatter(ctx, in, out, block_counts, dtype, op, gather);
+    return "SHM_DIRECT_REDUCESCATTER";
+  }
+  ring_reduce_scatter(ctx, in, out, block_counts, dtype, op);
+  return "RING_REDUCESCATTER";
+}
+
+const char* run_alltoall(const CollectiveContext& ctx, size_t agreed_bytes, const void* in,
+                         const std::vector<size_t>& send_bytes, void* out,
+                         const std::vector<size_t>& recv_bytes) {
+  if (choose_shm_direct_alltoall(agreed_bytes, ctx.size(), shm_direct_part_bytes(ctx) > 0)) {
+    shm_direct_alltoall(ctx, in, send_bytes, out, recv_bytes);
+    return "SHM_DIRECT_ALLTOALL";
+  }
+  pairwise_alltoall(ctx, in, send_bytes, out, recv_bytes);
+  return "PAIRWISE_ALLTOALL";
 }
 
 size_t segment_elements(size_t elem_bytes) {

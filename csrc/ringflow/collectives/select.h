@@ -3,11 +3,16 @@
 #pragma once
 
 #include <cstddef>
+#include <functional>
+#include <vector>
+
+#include "ringflow/common/dtype.h"
 
 namespace rf {
 
 enum class AllreduceAlgorithm { kRing, kBruck };
 struct HostLayout;
+struct CollectiveContext;
 
 enum class BroadcastAlgorithm { kBinomial, kChain };
 
@@ -37,5 +42,26 @@ bool choose_shm_direct_broadcast(int size, bool possible);
 bool choose_hierarchical(const HostLayout& layout);
 // RINGFLOW_BROADCAST_ALGORITHM=auto|binomial|chain; auto picks chain from RINGFLOW_CHAIN_MIN_BYTES.
 BroadcastAlgorithm choose_broadcast(size_t bytes, int size);
+
+// Whether a reducescatter of `bytes` (its whole input, alike on every rank) reads its peers'
+// collective areas (shm_direct_reduce_scatter) instead of going around the ring, and whether an
+// alltoall does (shm_direct_alltoall, `bytes`: what the set's first rank sends) instead of
+// pairwise exchange. `possible`: shm_direct_part_bytes(ctx) > 0.
+// RINGFLOW_REDUCESCATTER_ALGORITHM=auto|ring|direct, RINGFLOW_ALLTOALL_ALGORITHM=
+// auto|pairwise|direct. Measured (select.cc): auto reducescatter is direct wherever possible,
+// auto alltoall from 256 KiB.
+bool choose_shm_direct_reduce_scatter(size_t bytes, int size, bool possible);
+bool choose_shm_direct_alltoall(size_t bytes, int size, bool possible);
+// Run the reducescatter (ring_reduce_scatter's arguments) or alltoall (pairwise_alltoall's) that
+// the choice above picks; each returns its timeline phase.
+// A fused reducescatter may leave its input unpacked (`in` not yet written) where
+// reduce_scatter_gathers says so, and pass `gather` (collective.h, InputGather) instead.
+bool reduce_scatter_gathers(const CollectiveContext& ctx, size_t bytes, double prescale);
+const char* run_reduce_scatter(const CollectiveContext& ctx, const void* in, void* out,
+                               const std::vector<size_t>& block_counts, DType dtype, ReduceOp op,
+                               const std::function<void(size_t, size_t, char*)>& gather = {});
+const char* run_alltoall(const CollectiveContext& ctx, size_t agreed_bytes, const void* in,
+                         const std::vector<size_t>& send_bytes, void* out,
+                         const std::vector<size_t>& recv_bytes);
 
 }  // namespace rf

@@ -102,6 +102,12 @@ EnvConfig read_env() {
   config.allgather_algorithm =
       parse_choice("RINGFLOW_ALLGATHER_ALGORITHM",
                    env_string("RINGFLOW_ALLGATHER_ALGORITHM", "auto"), {"auto", "ring", "direct"});
+  config.reducescatter_algorithm = parse_choice(
+      "RINGFLOW_REDUCESCATTER_ALGORITHM", env_string("RINGFLOW_REDUCESCATTER_ALGORITHM", "auto"),
+      {"auto", "ring", "direct"});
+  config.alltoall_algorithm =
+      parse_choice("RINGFLOW_ALLTOALL_ALGORITHM", env_string("RINGFLOW_ALLTOALL_ALGORITHM", "auto"),
+                   {"auto", "pairwise", "direct"});
   config.chain_min_bytes = static_cast<size_t>(
       env_int("RINGFLOW_CHAIN_MIN_BYTES", static_cast<long long>(config.chain_min_bytes)));
   config.segment_bytes = positive_bytes("RINGFLOW_SEGMENT_BYTES", config.segment_bytes);

@@ -37,6 +37,10 @@ struct EnvConfig {
   size_t chain_min_bytes = 1 << 20;          // RINGFLOW_CHAIN_MIN_BYTES
   size_t segment_bytes = 512 << 10;          // RINGFLOW_SEGMENT_BYTES
   std::string hierarchical = "auto";         // RINGFLOW_HIERARCHICAL=auto|on|off
+  // RINGFLOW_REDUCESCATTER_ALGORITHM=auto|ring|direct, RINGFLOW_ALLTOALL_ALGORITHM=auto|pairwise|
+  // direct (collectives/select.cc).
+  std::string reducescatter_algorithm = "auto";
+  std::string alltoall_algorithm = "auto";
   // RINGFLOW_SPIN_US: the most microseconds a wait polls before sleeping (adaptive, see
   // transport/tcp/spin_policy.h); 0 never polls; "auto" (-1) is 50.
   long long spin_us = -1;

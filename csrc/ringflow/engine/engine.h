@@ -71,7 +71,7 @@ struct EngineStats {
   uint64_t fused_ops = 0;          // operations that carried more than one tensor
   uint64_t fused_tensors = 0;      // tensors that travelled in them
   uint64_t direct_allreduces = 0;  // allreduces that read same-host peers' memory directly
-  uint64_t direct_gathers = 0;     // allgathers and broadcasts that did
+  uint64_t direct_gathers = 0;     // allgathers, broadcasts, reducescatters, alltoalls that did
 };
 
 class Engine {
@@ -227,7 +227,7 @@ class Engine {
   std::string status_line() const;
   void report_flight_recorder(const std::string& error, const std::string& now);
   void trace(const Ready& tensor, const char* phase, int64_t start_us, int64_t end_us);
-  void count_direct_gather(const char* phase);  // an allgather or broadcast on the areas
+  const char* count_direct_gather(const char* phase);  // any collective but allreduce on areas
 
   const int rank_;
   const int size_;

@@ -295,10 +295,10 @@ void Engine::execute(std::vector<Ready>& bucket, uint64_t tag) {
   for (Ready& item : bucket) settle(*item.local, nullptr);
 }
 
-void Engine::count_direct_gather(const char* phase) {
-  if (std::strncmp(phase, "SHM_DIRECT", 10) != 0) return;
+const char* Engine::count_direct_gather(const char* phase) {
   std::lock_guard<std::mutex> lock(stats_mutex_);
-  ++stats_.direct_gathers;
+  if (std::strncmp(phase, "SHM_DIRECT", 10) == 0) ++stats_.direct_gathers;
+  return phase;
 }
 
 void Engine::trace(const Ready& item, const char* phase, int64_t start_us, int64_t end_us) {
@@ -474,28 +474,29 @@ void Engine::execute_reducescatter(std::vector<Ready>& bucket, const CollectiveC
       scale_by(fusion_buffer_.data(), layout.total_bytes() / elem, dtype, request.prescale);
       source = fusion_buffer_.data();
     }
-    ring_reduce_scatter(ctx, source, targets[0], counts, dtype, op);
+    const char* phase = run_reduce_scatter(ctx, source, targets[0], counts, dtype, op);
     finish(targets[0]);
-    trace(bucket[0], "RING_REDUCESCATTER", start, Timeline::now_us());
+    trace(bucket[0], count_direct_gather(phase), start, Timeline::now_us());
     return;
   }
-  const size_t mine = layout.slot_bytes()[me];
-  fusion_buffer_.reserve(layout.total_bytes() + mine);
+  fusion_buffer_.reserve(layout.total_bytes() + layout.slot_bytes()[me]);
   char* fused = fusion_buffer_.data();
   char* reduced = fused + layout.total_bytes();
-  pack_all(layout, sources, fused);
+  const bool gathers = reduce_scatter_gathers(ctx, layout.total_bytes(), request.prescale);
+  if (!gathers) pack_all(layout, sources, fused);
   if (request.prescale != 1.0) {
     scale_by(fused, layout.total_bytes() / elem, dtype, request.prescale);
   }
   const int64_t packed = Timeline::now_us();
-  ring_reduce_scatter(ctx, fused, reduced, counts, dtype, op);
+  auto* phase = count_direct_gather(run_reduce_scatter(
+      ctx, fused, reduced, counts, dtype, op, gathers ? fused_gather(layout, sources) : nullptr));
   finish(reduced);
   const int64_t scattered = Timeline::now_us();
   unpack_slot(layout, me, reduced, targets);
   const int64_t end = Timeline::now_us();
   for (const Ready& item : bucket) {
     trace(item, "MEMCPY_IN_FUSION_BUFFER", start, packed);
-    trace(item, "RING_REDUCESCATTER", packed, scattered);
+    trace(item, phase, packed, scattered);
     trace(item, "MEMCPY_OUT_FUSION_BUFFER", scattered, end);
   }
 }
@@ -543,13 +544,12 @@ void Engine::execute_alltoall(Ready& item, const CollectiveContext& ctx) {
     recv_bytes[m] = static_cast<size_t>(handle.received_splits[m]) * row_bytes;
     rows += handle.received_splits[m];
   }
-  size_t total = 0;
-  for (size_t b : recv_bytes) total += b;
-  handle.output.allocate(total);
+  handle.output.allocate(block_offsets(recv_bytes).back());
   handle.output_shape.assign(item.local->own.dims, item.local->own.dims + item.local->own.ndim);
   handle.output_shape[0] = rows;
-  pairwise_alltoall(ctx, s.in, send_bytes, handle.output.data.get(), recv_bytes);
-  trace(item, "PAIRWISE_ALLTOALL", start, Timeline::now_us());
+  const char* phase = run_alltoall(ctx, planned_bytes(item.tensor), s.in, send_bytes,
+                                   handle.output.data.get(), recv_bytes);
+  trace(item, count_direct_gather(phase), start, Timeline::now_us());
 }
 
 void Engine::execute_point_to_point(Ready& item, const CollectiveContext& ctx) {

@@ -1,5 +1,6 @@
 #include "ringflow/engine/fusion.h"
 
+#include <algorithm>
 #include <cstring>
 
 namespace rf {
@@ -75,6 +76,23 @@ void pack_all(const FusedLayout& layout, const std::vector<const void*>& sources
       if (n) std::memcpy(fused + layout.fused_offset(t, c), source + layout.tensor_offset(t, c), n);
     }
   }
+}
+
+std::function<void(size_t, size_t, char*)> fused_gather(const FusedLayout& layout,
+                                                        const std::vector<const void*>& sources) {
+  return [&layout, &sources](size_t offset, size_t bytes, char* dst) {
+    const size_t end = offset + bytes;
+    for (size_t c = 0; c < layout.slots(); ++c) {
+      for (size_t t = 0; t < layout.tensors(); ++t) {
+        const size_t first = layout.fused_offset(t, c);
+        const size_t last = first + layout.block_bytes(t, c);
+        if (last <= offset || first >= end) continue;
+        const size_t from = std::max(first, offset);
+        const char* source = static_cast<const char*>(sources[t]) + layout.tensor_offset(t, c);
+        std::memcpy(dst + (from - offset), source + (from - first), std::min(last, end) - from);
+      }
+    }
+  };
 }
 
 void pack_slot(const FusedLayout& layout, size_t c, const std::vector<const void*>& sources,

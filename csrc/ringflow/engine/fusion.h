@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstddef>
+#include <functional>
 #include <vector>
 
 #include "ringflow/engine/negotiation.h"
@@ -53,6 +54,10 @@ class FusedLayout {
 
 // Copies every block of each tensor (tensor t's buffer is sources[t]) into the fusion buffer.
 void pack_all(const FusedLayout& layout, const std::vector<const void*>& sources, char* fused);
+// Copies bytes [offset, offset + bytes) of what pack_all would write, straight from the tensors
+// (collectives' InputGather); layout and sources must outlive it.
+std::function<void(size_t offset, size_t bytes, char* dst)> fused_gather(
+    const FusedLayout& layout, const std::vector<const void*>& sources);
 // Copies only slot c (source t holds just its block c, at offset 0): an allgather's own part.
 void pack_slot(const FusedLayout& layout, size_t c, const std::vector<const void*>& sources,
                char* fused);

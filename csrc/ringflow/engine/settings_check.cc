@@ -18,7 +18,8 @@ struct Setting {
 };
 
 uint64_t choice_code(const std::string& choice) {
-  // Short enough to pack: "auto", "ring", "bruck", "binomial", "chain", "direct", "on", "off".
+  // Short enough to pack: "auto", "ring", "bruck", "binomial", "chain", "direct", "pairwise", "on",
+  // "off".
   uint64_t code = 0;
   std::memcpy(&code, choice.data(), std::min<size_t>(choice.size(), sizeof(code)));
   return code;
@@ -45,6 +46,8 @@ std::vector<Setting> plan_settings() {
       {"RINGFLOW_ALLREDUCE_ALGORITHM", choice_code(env.allreduce_algorithm)},
       {"RINGFLOW_BROADCAST_ALGORITHM", choice_code(env.broadcast_algorithm)},
       {"RINGFLOW_ALLGATHER_ALGORITHM", choice_code(env.allgather_algorithm)},
+      {"RINGFLOW_REDUCESCATTER_ALGORITHM", choice_code(env.reducescatter_algorithm)},
+      {"RINGFLOW_ALLTOALL_ALGORITHM", choice_code(env.alltoall_algorithm)},
       {"RINGFLOW_CHAIN_MIN_BYTES", env.chain_min_bytes},
       {"RINGFLOW_SEGMENT_BYTES", env.segment_bytes},
       {"RINGFLOW_HIERARCHICAL", choice_code(env.hierarchical)},
